@@ -1,0 +1,810 @@
+/* codec.c - Lua values to bytes and back: MessagePack with extension types.
+ *
+ * Scalars are plain MessagePack (integers stay integers, floats are always
+ * float64 so 1.0 stays a float; NaN and infinities travel as they are;
+ * strings are binary-safe). A table is an array when it is a proper sequence,
+ * otherwise a map. What MessagePack has no word for is an extension type:
+ *
+ *   1 REF      u32 id: the id-th table/function/object of this message again
+ *              (shared references and cycles)
+ *   2 MODULE   name: package.loaded[name] on the receiving side
+ *   3 MODFIELD "mod\0key": a C function (or a module's function or
+ *              userdata) by name, e.g. string.format, io.stdout
+ *   4 FUNC     bin bytecode, array of upvalues: a Lua function (debug info
+ *              kept, so tracebacks show file:line)
+ *   5 MTTABLE  table, metatable
+ *   6 OBJECT   kind byte, reference: an engine object (see mpe_lua.h)
+ *
+ * Ids: tables, Lua functions and engine objects get ids 1, 2, ... in the order
+ * the encoder meets them (depth first), and the decoder counts the same way,
+ * so no id is written except in REF. Modules and module fields are named, not
+ * counted. Nothing is sent until the whole value has encoded, so a value that
+ * cannot travel raises with its path and nothing half-sent reaches a peer. */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mpe_lua.h"
+
+enum { EXT_REF = 1, EXT_MODULE, EXT_MODFIELD, EXT_FUNC, EXT_MTTABLE, EXT_OBJECT };
+
+#define MAX_DEPTH 120
+#define MAX_SEG 24
+#define SEG_LEN 48
+#define WIRE_KEEP (64u << 20)
+
+/* ------------------------------------------------------------- the wire */
+
+static int wire_gc(lua_State *L) {
+  mpel_wire *w = lua_touserdata(L, 1);
+  free(w->buf);
+  w->buf = NULL;
+  w->cap = w->len = 0;
+  return 0;
+}
+
+mpel_wire *mpel_wire_get(lua_State *L, int allow_ends) {
+  mpel_wire *w;
+  if (lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.wire") == LUA_TUSERDATA) {
+    w = lua_touserdata(L, -1);
+  } else {
+    w = lua_newuserdatauv(L, sizeof *w, 0);
+    memset(w, 0, sizeof *w);
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, wire_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.wire");
+  }
+  lua_pop(L, 1); /* the registry keeps it alive */
+  w->len = 0;
+  w->nends = 0;
+  w->allow_ends = allow_ends;
+  return w;
+}
+
+void mpel_wire_done(mpel_wire *w) {
+  w->nends = 0;
+  if (w->cap > WIRE_KEEP) { /* do not sit on a huge buffer */
+    free(w->buf);
+    w->buf = NULL;
+    w->cap = 0;
+  }
+  w->len = 0;
+}
+
+int mpel_wire_reserve(mpel_wire *w, size_t more) {
+  if (w->cap - w->len >= more) return 0;
+  size_t cap = w->cap ? w->cap : 256;
+  while (cap - w->len < more) {
+    if (cap > SIZE_MAX / 2) return -1;
+    cap *= 2;
+  }
+  char *b = realloc(w->buf, cap);
+  if (!b) return -1;
+  w->buf = b;
+  w->cap = cap;
+  return 0;
+}
+
+/* ------------------------------------------------------------- encoder */
+
+typedef struct enc {
+  lua_State *L;
+  mpel_wire *w;
+  int seen; /* stack index: value -> id */
+  int rev;  /* stack index: value -> "mod" or "mod\0key" */
+  int nextid;
+  int depth;
+  const char *why;
+  char whybuf[96];
+  int nseg;
+  char seg[MAX_SEG][SEG_LEN];
+} enc;
+
+static void need(enc *e, size_t n) {
+  if (mpel_wire_reserve(e->w, n) != 0) luaL_error(e->L, "cannot send value: out of memory");
+}
+
+static void put(enc *e, const void *p, size_t n) {
+  need(e, n);
+  memcpy(e->w->buf + e->w->len, p, n);
+  e->w->len += n;
+}
+
+static void put1(enc *e, unsigned char b) {
+  need(e, 1);
+  e->w->buf[e->w->len++] = (char)b;
+}
+
+static void put_be(enc *e, unsigned char tag, uint64_t v, int bytes) {
+  unsigned char b[9];
+  b[0] = tag;
+  for (int i = 0; i < bytes; i++) b[1 + i] = (unsigned char)(v >> (8 * (bytes - 1 - i)));
+  put(e, b, (size_t)bytes + 1);
+}
+
+static void patch32(enc *e, size_t at, size_t v) {
+  unsigned char *b = (unsigned char *)e->w->buf + at;
+  b[0] = (unsigned char)(v >> 24);
+  b[1] = (unsigned char)(v >> 16);
+  b[2] = (unsigned char)(v >> 8);
+  b[3] = (unsigned char)v;
+}
+
+static void put_int(enc *e, lua_Integer i) {
+  if (i >= 0) {
+    if (i < 128) put1(e, (unsigned char)i);
+    else if (i < 256) put_be(e, 0xcc, (uint64_t)i, 1);
+    else if (i < 65536) put_be(e, 0xcd, (uint64_t)i, 2);
+    else if (i <= 0xffffffffLL) put_be(e, 0xce, (uint64_t)i, 4);
+    else put_be(e, 0xcf, (uint64_t)i, 8);
+  } else {
+    if (i >= -32) put1(e, (unsigned char)(0xe0 | (i + 32)));
+    else if (i >= -128) put_be(e, 0xd0, (uint64_t)i & 0xff, 1);
+    else if (i >= -32768) put_be(e, 0xd1, (uint64_t)i & 0xffff, 2);
+    else if (i >= INT32_MIN) put_be(e, 0xd2, (uint64_t)i & 0xffffffffu, 4);
+    else put_be(e, 0xd3, (uint64_t)i, 8);
+  }
+}
+
+static void put_float(enc *e, double d) {
+  uint64_t u;
+  memcpy(&u, &d, 8);
+  put_be(e, 0xcb, u, 8);
+}
+
+static void put_str(enc *e, const char *s, size_t n) {
+  if (n < 32) put1(e, (unsigned char)(0xa0 | n));
+  else if (n < 256) put_be(e, 0xd9, n, 1);
+  else if (n < 65536) put_be(e, 0xda, n, 2);
+  else put_be(e, 0xdb, n, 4);
+  put(e, s, n);
+}
+
+static void put_count(enc *e, int map, size_t n) {
+  if (n < 16) put1(e, (unsigned char)((map ? 0x80 : 0x90) | n));
+  else if (n < 65536) put_be(e, map ? 0xde : 0xdc, n, 2);
+  else put_be(e, map ? 0xdf : 0xdd, n, 4);
+}
+
+static void put_ext(enc *e, int type, const void *p, size_t n) {
+  if (n == 1 || n == 2 || n == 4 || n == 8 || n == 16) {
+    put1(e, n == 1 ? 0xd4 : n == 2 ? 0xd5 : n == 4 ? 0xd6 : n == 8 ? 0xd7 : 0xd8);
+  } else if (n < 256) {
+    put_be(e, 0xc7, n, 1);
+  } else if (n < 65536) {
+    put_be(e, 0xc8, n, 2);
+  } else {
+    put_be(e, 0xc9, n, 4);
+  }
+  put1(e, (unsigned char)type);
+  put(e, p, n);
+}
+
+/* Opens an ext32 whose length is patched by close_ext. */
+static size_t open_ext(enc *e, int type) {
+  put_be(e, 0xc9, 0, 4);
+  put1(e, (unsigned char)type);
+  return e->w->len;
+}
+
+static void close_ext(enc *e, size_t start) {
+  size_t n = e->w->len - start;
+  if (n > 0xffffffffu) luaL_error(e->L, "cannot send value: a function or table over 4 GiB");
+  patch32(e, start - 5, n);
+}
+
+static int fail(enc *e, const char *why) {
+  e->why = why;
+  return -1;
+}
+
+/* Records one path segment while unwinding from a failure. */
+static void seg_key(enc *e, int key) {
+  if (e->nseg >= MAX_SEG) return;
+  char *s = e->seg[e->nseg++];
+  lua_State *L = e->L;
+  if (lua_type(L, key) == LUA_TNUMBER && lua_isinteger(L, key)) {
+    snprintf(s, SEG_LEN, "[%lld]", (long long)lua_tointeger(L, key));
+  } else if (lua_type(L, key) == LUA_TSTRING) {
+    const char *k = lua_tostring(L, key);
+    int ident = (*k == '_' || (*k | 32) >= 'a') && (*k | 32) <= 'z';
+    for (const char *c = k; *c && ident; c++)
+      ident = *c == '_' || ((*c | 32) >= 'a' && (*c | 32) <= 'z') || (*c >= '0' && *c <= '9');
+    if (ident) snprintf(s, SEG_LEN, ".%s", k);
+    else snprintf(s, SEG_LEN, "[\"%.40s\"]", k);
+  } else {
+    snprintf(s, SEG_LEN, "[%s key]", luaL_typename(L, key));
+  }
+}
+
+static void seg_text(enc *e, const char *prefix, const char *arg, const char *suffix) {
+  if (e->nseg >= MAX_SEG) return;
+  snprintf(e->seg[e->nseg++], SEG_LEN, "%s%s%s", prefix, arg, suffix);
+}
+
+static int enc_value(enc *e, int idx);
+
+/* 1 if the value at idx was seen (a REF was written); else gives it an id. */
+static int enc_seen(enc *e, int idx) {
+  lua_State *L = e->L;
+  lua_pushvalue(L, idx);
+  if (lua_rawget(L, e->seen) != LUA_TNIL) {
+    uint32_t id = (uint32_t)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    unsigned char b[4] = {(unsigned char)(id >> 24), (unsigned char)(id >> 16),
+                          (unsigned char)(id >> 8), (unsigned char)id};
+    put_ext(e, EXT_REF, b, 4);
+    return 1;
+  }
+  lua_pop(L, 1);
+  lua_pushvalue(L, idx);
+  lua_pushinteger(L, ++e->nextid);
+  lua_rawset(L, e->seen);
+  return 0;
+}
+
+/* 1 if the value at idx is a module or a module's field (written by name). */
+static int enc_named(enc *e, int idx) {
+  lua_State *L = e->L;
+  lua_pushvalue(L, idx);
+  if (lua_rawget(L, e->rev) != LUA_TSTRING) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  size_t n;
+  const char *name = lua_tolstring(L, -1, &n);
+  put_ext(e, memchr(name, 0, n) ? EXT_MODFIELD : EXT_MODULE, name, n);
+  lua_pop(L, 1);
+  return 1;
+}
+
+static int enc_table(enc *e, int idx) {
+  lua_State *L = e->L;
+  if (enc_named(e, idx)) return 0;
+  size_t ext = 0;
+  int has_mt = lua_getmetatable(L, idx);
+  if (has_mt) ext = open_ext(e, EXT_MTTABLE); /* before the id: the decoder meets the body first */
+  if (enc_seen(e, idx)) {
+    /* A table already sent is a REF, metatable included. Undo the ext. */
+    if (has_mt) {
+      size_t reflen = e->w->len - ext;
+      memmove(e->w->buf + ext - 6, e->w->buf + ext, reflen);
+      e->w->len -= 6;
+      lua_pop(L, 1);
+    }
+    return 0;
+  }
+  if (++e->depth > MAX_DEPTH) return fail(e, "table nested too deeply (cycles are fine, depth is not)");
+  luaL_checkstack(L, 6, "cannot send value");
+  lua_Unsigned n = lua_rawlen(L, idx);
+  size_t count = 0;
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    count++;
+    lua_pop(L, 1);
+  }
+  if (n > 0 && count == n) {
+    put_count(e, 0, n);
+    for (lua_Unsigned i = 1; i <= n; i++) {
+      lua_rawgeti(L, idx, (lua_Integer)i);
+      if (enc_value(e, lua_gettop(L)) != 0) {
+        lua_pushinteger(L, (lua_Integer)i);
+        seg_key(e, lua_gettop(L));
+        return -1;
+      }
+      lua_pop(L, 1);
+    }
+  } else {
+    put_count(e, 1, count);
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+      int k = lua_gettop(L) - 1;
+      if (enc_value(e, k) != 0 || enc_value(e, k + 1) != 0) {
+        seg_key(e, k);
+        return -1;
+      }
+      lua_pop(L, 1);
+    }
+  }
+  if (has_mt) {
+    int mt = lua_gettop(L);
+    if (enc_value(e, mt) != 0) {
+      seg_text(e, "[metatable]", "", "");
+      return -1;
+    }
+    lua_pop(L, 1);
+    close_ext(e, ext);
+  }
+  e->depth--;
+  return 0;
+}
+
+static int dump_writer(lua_State *L, const void *p, size_t n, void *ud) {
+  (void)L;
+  put(ud, p, n);
+  return 0;
+}
+
+static int enc_function(enc *e, int idx) {
+  lua_State *L = e->L;
+  if (enc_named(e, idx)) return 0;
+  if (lua_iscfunction(L, idx)) {
+    if (lua_getupvalue(L, idx, 1)) {
+      lua_pop(L, 1);
+      return fail(e, "C closure with upvalues (not a field of a loaded module)");
+    }
+    return fail(e, "C function (not a field of a loaded module)");
+  }
+  if (enc_seen(e, idx)) return 0;
+  if (++e->depth > MAX_DEPTH) return fail(e, "functions nested too deeply");
+  size_t ext = open_ext(e, EXT_FUNC);
+  put_be(e, 0xc6, 0, 4); /* bin32, length patched below */
+  size_t code = e->w->len;
+  lua_pushvalue(L, idx);
+  lua_dump(L, dump_writer, e, 0); /* keep debug info: tracebacks need it */
+  lua_pop(L, 1);
+  patch32(e, code - 4, e->w->len - code);
+  int n = 0;
+  while (lua_getupvalue(L, idx, n + 1)) {
+    lua_pop(L, 1);
+    n++;
+  }
+  put_count(e, 0, (size_t)n);
+  for (int i = 1; i <= n; i++) {
+    const char *name = lua_getupvalue(L, idx, i);
+    if (enc_value(e, lua_gettop(L)) != 0) {
+      seg_text(e, "[upvalue ", name && *name ? name : "?", "]");
+      return -1;
+    }
+    lua_pop(L, 1);
+  }
+  close_ext(e, ext);
+  e->depth--;
+  return 0;
+}
+
+static int enc_userdata(enc *e, int idx) {
+  lua_State *L = e->L;
+  if (lua_getmetatable(L, idx)) {
+    lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.kinds");
+    lua_pushvalue(L, -2);
+    const mpel_class *cls = lua_rawget(L, -2) == LUA_TLIGHTUSERDATA ? lua_touserdata(L, -1) : NULL;
+    lua_pop(L, 3);
+    if (cls) {
+      if (enc_seen(e, idx)) return 0;
+      const char *why = cls->encode(L, idx, e->w);
+      return why ? fail(e, why) : 0;
+    }
+  }
+  if (enc_named(e, idx)) return 0;
+  const char *tn = NULL;
+  if (luaL_getmetafield(L, idx, "__name") == LUA_TSTRING) tn = lua_tostring(L, -1);
+  if (tn) snprintf(e->whybuf, sizeof e->whybuf, "userdata (%s)", tn);
+  else snprintf(e->whybuf, sizeof e->whybuf, "userdata");
+  if (tn) lua_pop(L, 1);
+  return fail(e, e->whybuf);
+}
+
+static int enc_value(enc *e, int idx) {
+  lua_State *L = e->L;
+  switch (lua_type(L, idx)) {
+  case LUA_TNIL: put1(e, 0xc0); return 0;
+  case LUA_TBOOLEAN: put1(e, lua_toboolean(L, idx) ? 0xc3 : 0xc2); return 0;
+  case LUA_TNUMBER:
+    if (lua_isinteger(L, idx)) put_int(e, lua_tointeger(L, idx));
+    else put_float(e, (double)lua_tonumber(L, idx));
+    return 0;
+  case LUA_TSTRING: {
+    size_t n;
+    const char *s = lua_tolstring(L, idx, &n);
+    if (n > 0xffffffffu) return fail(e, "string over 4 GiB");
+    put_str(e, s, n);
+    return 0;
+  }
+  case LUA_TTABLE: return enc_table(e, idx);
+  case LUA_TFUNCTION: return enc_function(e, idx);
+  case LUA_TUSERDATA: return enc_userdata(e, idx);
+  case LUA_TLIGHTUSERDATA: return fail(e, "light userdata");
+  case LUA_TTHREAD: return fail(e, "thread");
+  default: return fail(e, luaL_typename(L, idx));
+  }
+}
+
+/* ------------------------------------------- modules known by their names */
+
+static void rev_add(lua_State *L, int rev, int val, const char *name, size_t nlen) {
+  lua_pushvalue(L, val);
+  if (lua_rawget(L, rev) == LUA_TNIL) {
+    lua_pushvalue(L, val);
+    lua_pushlstring(L, name, nlen);
+    lua_rawset(L, rev);
+  }
+  lua_pop(L, 1);
+}
+
+/* Builds value -> name for package.loaded; pushes it. */
+static void rev_build(lua_State *L, int loaded) {
+  lua_newtable(L);
+  int rev = lua_gettop(L);
+  lua_pushnil(L);
+  while (lua_next(L, loaded)) { /* the modules themselves */
+    int t = lua_type(L, -1);
+    if (lua_type(L, -2) == LUA_TSTRING && (t == LUA_TTABLE || t == LUA_TFUNCTION || t == LUA_TUSERDATA)) {
+      size_t n;
+      const char *name = lua_tolstring(L, -2, &n);
+      rev_add(L, rev, lua_gettop(L), name, n);
+    }
+    lua_pop(L, 1);
+  }
+  for (int pass = 0; pass < 2; pass++) { /* their fields; _G's last */
+    lua_pushnil(L);
+    while (lua_next(L, loaded)) {
+      if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TTABLE) {
+        const char *name = lua_tostring(L, -2);
+        int is_g = strcmp(name, "_G") == 0;
+        if (is_g == pass) {
+          int mod = lua_gettop(L);
+          lua_pushnil(L);
+          while (lua_next(L, mod)) {
+            int t = lua_type(L, -1);
+            int take = t == LUA_TUSERDATA ||
+                       (t == LUA_TFUNCTION && (!is_g || lua_iscfunction(L, -1)));
+            if (take && lua_type(L, -2) == LUA_TSTRING) {
+              luaL_Buffer b;
+              size_t kn;
+              const char *k = lua_tolstring(L, -2, &kn);
+              int val = lua_gettop(L);
+              luaL_buffinit(L, &b);
+              luaL_addstring(&b, name);
+              luaL_addchar(&b, '\0');
+              luaL_addlstring(&b, k, kn);
+              luaL_pushresult(&b);
+              size_t fn;
+              const char *full = lua_tolstring(L, -1, &fn);
+              rev_add(L, rev, val, full, fn);
+              lua_pop(L, 1);
+            }
+            lua_pop(L, 1);
+          }
+        }
+      }
+      lua_pop(L, 1);
+    }
+  }
+}
+
+/* Pushes the cached reverse map, rebuilding it when package.loaded changed. */
+static void rev_push(lua_State *L) {
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  int loaded = lua_gettop(L);
+  int fresh = lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.revsnap") == LUA_TTABLE;
+  int snap = lua_gettop(L);
+  if (fresh) {
+    lua_Integer count = 0;
+    lua_pushnil(L);
+    while (fresh && lua_next(L, loaded)) {
+      count++;
+      lua_pushvalue(L, -2);
+      lua_rawget(L, snap);
+      fresh = lua_rawequal(L, -1, -2);
+      lua_pop(L, 2);
+      if (!fresh) lua_pop(L, 1); /* the key */
+    }
+    lua_pushboolean(L, 1);
+    lua_rawget(L, snap);
+    fresh = fresh && lua_tointeger(L, -1) == count;
+    lua_pop(L, 1);
+  }
+  if (fresh) {
+    lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.rev");
+  } else {
+    lua_newtable(L); /* new snapshot */
+    int ns = lua_gettop(L);
+    lua_Integer count = 0;
+    lua_pushnil(L);
+    while (lua_next(L, loaded)) {
+      count++;
+      lua_pushvalue(L, -2);
+      lua_insert(L, -2);
+      lua_rawset(L, ns);
+    }
+    lua_pushboolean(L, 1);
+    lua_pushinteger(L, count);
+    lua_rawset(L, ns);
+    lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.revsnap");
+    rev_build(L, loaded);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.rev");
+  }
+  lua_replace(L, loaded);
+  lua_settop(L, loaded);
+}
+
+void mpel_encode(lua_State *L, int idx, const char *root, mpel_wire *w) {
+  idx = lua_absindex(L, idx);
+  int t = lua_type(L, idx);
+  if (t != LUA_TTABLE && t != LUA_TFUNCTION && t != LUA_TUSERDATA) {
+    enc e;
+    e.L = L;
+    e.w = w;
+    e.nseg = 0;
+    if (enc_value(&e, idx) != 0) luaL_error(L, "cannot send value at %s: %s", root, e.why);
+    return;
+  }
+  int top = lua_gettop(L);
+  luaL_checkstack(L, 20, "cannot send value");
+  enc e;
+  memset(&e, 0, sizeof e);
+  e.L = L;
+  e.w = w;
+  lua_newtable(L);
+  e.seen = lua_gettop(L);
+  rev_push(L);
+  e.rev = lua_gettop(L);
+  size_t start = w->len;
+  size_t ends0 = w->nends;
+  if (enc_value(&e, idx) != 0) {
+    w->len = start;
+    w->nends = ends0;
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    luaL_addstring(&b, "cannot send value at ");
+    luaL_addstring(&b, root);
+    for (int i = e.nseg - 1; i >= 0; i--) luaL_addstring(&b, e.seg[i]);
+    luaL_addstring(&b, ": ");
+    luaL_addstring(&b, e.why);
+    luaL_pushresult(&b);
+    lua_error(L);
+  }
+  lua_settop(L, top);
+}
+
+/* ------------------------------------------------------------- decoder */
+
+typedef struct dec {
+  lua_State *L;
+  const unsigned char *p, *end;
+  int refs; /* stack index: id -> value */
+  int nrefs;
+  int depth;
+  mpe_pipe **ends;
+  size_t nends;
+} dec;
+
+static int bad(dec *d, const char *what) {
+  return luaL_error(d->L, "cannot receive value: malformed message (%s)", what);
+}
+
+static uint64_t take_be(dec *d, int n) {
+  if (d->end - d->p < n) bad(d, "truncated");
+  uint64_t v = 0;
+  for (int i = 0; i < n; i++) v = (v << 8) | d->p[i];
+  d->p += n;
+  return v;
+}
+
+static void dec_value(dec *d);
+
+static void reg(dec *d) {
+  lua_pushvalue(d->L, -1);
+  lua_rawseti(d->L, d->refs, ++d->nrefs);
+}
+
+static void dec_string(dec *d, uint64_t n) {
+  if ((uint64_t)(d->end - d->p) < n) bad(d, "truncated string");
+  lua_pushlstring(d->L, (const char *)d->p, (size_t)n);
+  d->p += n;
+}
+
+static void dec_table(dec *d, uint64_t n, int map) {
+  lua_State *L = d->L;
+  if (n > (uint64_t)(d->end - d->p)) bad(d, "count beyond the message");
+  if (++d->depth > MAX_DEPTH + 8) bad(d, "nested too deeply");
+  luaL_checkstack(L, 4, "cannot receive value");
+  lua_createtable(L, map ? 0 : (int)n, map ? (int)n : 0);
+  reg(d);
+  for (uint64_t i = 1; i <= n; i++) {
+    if (map) {
+      dec_value(d);
+      if (lua_isnil(L, -1) || (lua_type(L, -1) == LUA_TNUMBER && isnan(lua_tonumber(L, -1))))
+        bad(d, "nil or NaN key");
+      dec_value(d);
+      lua_rawset(L, -3);
+    } else {
+      dec_value(d);
+      lua_rawseti(L, -2, (lua_Integer)i);
+    }
+  }
+  d->depth--;
+}
+
+static void push_module(dec *d, const char *name, size_t n) {
+  lua_State *L = d->L;
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_pushlstring(L, name, n);
+  if (lua_rawget(L, -2) == LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_getglobal(L, "require");
+    lua_pushlstring(L, name, n);
+    lua_call(L, 1, 1);
+  }
+  lua_remove(L, -2);
+}
+
+typedef struct load_src {
+  const char *p;
+  size_t n;
+} load_src;
+
+static const char *load_reader(lua_State *L, void *ud, size_t *size) {
+  (void)L;
+  load_src *s = ud;
+  *size = s->n;
+  s->n = 0;
+  return *size ? s->p : NULL;
+}
+
+static void dec_function(dec *d, uint64_t len) {
+  lua_State *L = d->L;
+  const unsigned char *end = d->p + len;
+  if (d->end - d->p < 5 || *d->p != 0xc6) bad(d, "function without code");
+  d->p++;
+  uint64_t n = take_be(d, 4);
+  if ((uint64_t)(end - d->p) < n) bad(d, "truncated function");
+  load_src src = {(const char *)d->p, (size_t)n};
+  if (n < 4 || memcmp(d->p, LUA_SIGNATURE, 4) != 0 ||
+      lua_load(L, load_reader, &src, "=?", "b") != LUA_OK)
+    bad(d, "bad function code");
+  d->p += n;
+  reg(d);
+  int f = lua_gettop(L);
+  if (d->p >= end) bad(d, "function without upvalues");
+  unsigned char b = *d->p++;
+  uint64_t nup = 0;
+  if ((b & 0xf0) == 0x90) nup = b & 0x0f;
+  else if (b == 0xdc) nup = take_be(d, 2);
+  else if (b == 0xdd) nup = take_be(d, 4);
+  else bad(d, "function upvalues");
+  for (uint64_t i = 1; i <= nup; i++) {
+    dec_value(d);
+    if (!lua_setupvalue(L, f, (int)i)) bad(d, "too many upvalues");
+  }
+  if (d->p != end) bad(d, "trailing bytes in a function");
+}
+
+static void dec_ext(dec *d, int type, uint64_t len) {
+  lua_State *L = d->L;
+  if ((uint64_t)(d->end - d->p) < len) bad(d, "truncated extension");
+  const unsigned char *start = d->p;
+  switch (type) {
+  case EXT_REF: {
+    if (len != 4) bad(d, "reference size");
+    uint64_t id = take_be(d, 4);
+    if (id < 1 || id > (uint64_t)d->nrefs) bad(d, "reference to nothing");
+    lua_rawgeti(L, d->refs, (lua_Integer)id);
+    return;
+  }
+  case EXT_MODULE:
+    d->p += len;
+    push_module(d, (const char *)start, (size_t)len);
+    return;
+  case EXT_MODFIELD: {
+    d->p += len;
+    const char *s = (const char *)start, *z = memchr(s, 0, (size_t)len);
+    if (!z) bad(d, "module field");
+    push_module(d, s, (size_t)(z - s));
+    lua_pushlstring(L, z + 1, (size_t)(len - (uint64_t)(z - s) - 1));
+    if (lua_gettable(L, -2) == LUA_TNIL)
+      luaL_error(L, "cannot receive value: module '%s' has no field '%s'",
+                 lua_pushlstring(L, s, (size_t)(z - s)), z + 1);
+    lua_remove(L, -2);
+    return;
+  }
+  case EXT_FUNC:
+    dec_function(d, len);
+    return;
+  case EXT_MTTABLE: {
+    const unsigned char *end = d->end;
+    d->end = d->p + len;
+    dec_value(d);
+    if (!lua_istable(L, -1)) bad(d, "metatable on a non-table");
+    dec_value(d);
+    if (!lua_istable(L, -1)) bad(d, "metatable is not a table");
+    lua_setmetatable(L, -2);
+    if (d->p != d->end) bad(d, "trailing bytes after a metatable");
+    d->end = end;
+    return;
+  }
+  case EXT_OBJECT: {
+    if (len < 1) bad(d, "object");
+    lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.classes");
+    const mpel_class *cls = lua_rawgeti(L, -1, start[0]) == LUA_TLIGHTUSERDATA ? lua_touserdata(L, -1) : NULL;
+    lua_pop(L, 2);
+    if (!cls) bad(d, "unknown object kind");
+    d->p += len;
+    if (cls->decode(L, start + 1, (size_t)len - 1, d->ends, d->nends) != 0) bad(d, "object reference");
+    reg(d);
+    return;
+  }
+  default:
+    bad(d, "unknown extension type");
+  }
+}
+
+static void dec_value(dec *d) {
+  lua_State *L = d->L;
+  if (d->p >= d->end) bad(d, "truncated");
+  luaL_checkstack(L, 3, "cannot receive value");
+  unsigned char b = *d->p++;
+  if (b <= 0x7f) { lua_pushinteger(L, b); return; }
+  if (b >= 0xe0) { lua_pushinteger(L, (lua_Integer)(int8_t)b); return; }
+  if ((b & 0xf0) == 0x80) { dec_table(d, b & 0x0f, 1); return; }
+  if ((b & 0xf0) == 0x90) { dec_table(d, b & 0x0f, 0); return; }
+  if ((b & 0xe0) == 0xa0) { dec_string(d, b & 0x1f); return; }
+  switch (b) {
+  case 0xc0: lua_pushnil(L); return;
+  case 0xc2: lua_pushboolean(L, 0); return;
+  case 0xc3: lua_pushboolean(L, 1); return;
+  case 0xc4: case 0xd9: dec_string(d, take_be(d, 1)); return;
+  case 0xc5: case 0xda: dec_string(d, take_be(d, 2)); return;
+  case 0xc6: case 0xdb: dec_string(d, take_be(d, 4)); return;
+  case 0xc7: case 0xc8: case 0xc9: {
+    uint64_t n = take_be(d, b == 0xc7 ? 1 : b == 0xc8 ? 2 : 4);
+    int type = (int)take_be(d, 1);
+    dec_ext(d, type, n);
+    return;
+  }
+  case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8: {
+    int type = (int)take_be(d, 1);
+    dec_ext(d, type, (uint64_t)1 << (b - 0xd4));
+    return;
+  }
+  case 0xca: {
+    uint32_t u = (uint32_t)take_be(d, 4);
+    float f;
+    memcpy(&f, &u, 4);
+    lua_pushnumber(L, (lua_Number)f);
+    return;
+  }
+  case 0xcb: {
+    uint64_t u = take_be(d, 8);
+    double f;
+    memcpy(&f, &u, 8);
+    lua_pushnumber(L, (lua_Number)f);
+    return;
+  }
+  case 0xcc: lua_pushinteger(L, (lua_Integer)take_be(d, 1)); return;
+  case 0xcd: lua_pushinteger(L, (lua_Integer)take_be(d, 2)); return;
+  case 0xce: lua_pushinteger(L, (lua_Integer)take_be(d, 4)); return;
+  case 0xcf: lua_pushinteger(L, (lua_Integer)take_be(d, 8)); return;
+  case 0xd0: lua_pushinteger(L, (int8_t)take_be(d, 1)); return;
+  case 0xd1: lua_pushinteger(L, (int16_t)take_be(d, 2)); return;
+  case 0xd2: lua_pushinteger(L, (int32_t)take_be(d, 4)); return;
+  case 0xd3: lua_pushinteger(L, (lua_Integer)take_be(d, 8)); return;
+  case 0xdc: dec_table(d, take_be(d, 2), 0); return;
+  case 0xdd: dec_table(d, take_be(d, 4), 0); return;
+  case 0xde: dec_table(d, take_be(d, 2), 1); return;
+  case 0xdf: dec_table(d, take_be(d, 4), 1); return;
+  default: bad(d, "reserved byte");
+  }
+}
+
+void mpel_decode(lua_State *L, const char *buf, size_t len, mpe_pipe **ends, size_t nends) {
+  dec d;
+  memset(&d, 0, sizeof d);
+  d.L = L;
+  d.p = (const unsigned char *)buf;
+  d.end = d.p + len;
+  d.ends = ends;
+  d.nends = nends;
+  lua_newtable(L);
+  d.refs = lua_gettop(L);
+  dec_value(&d);
+  if (d.p != d.end) bad(&d, "trailing bytes");
+  lua_remove(L, d.refs);
+}

@@ -1,0 +1,162 @@
+/* lmodule.c - the Lua module "mpengine": entry point, module functions, and
+ * the helpers every object family shares (timeouts, reasons, signals).
+ *
+ * Opening the module maps the engine's arena (mpe_init), so it must happen
+ * before the first Process starts: `require "mpengine"` at the top of a
+ * script does that. A sentinel userdata in the registry ends the run when
+ * the state closes (see mpel_processes_atexit). */
+#include <errno.h>
+#include <math.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "mpe_lua.h"
+
+volatile sig_atomic_t mpel_signal;
+const char *mpel_process_name = "MainProcess";
+
+double mpel_opt_timeout(lua_State *L, int idx) {
+  if (lua_isnoneornil(L, idx)) return -1;
+  lua_Number t = luaL_checknumber(L, idx);
+  if (isnan(t) || t < 0) luaL_argerror(L, idx, "timeout must be a number of seconds >= 0 (nil waits forever)");
+  return (double)t;
+}
+
+double mpel_left(double deadline) {
+  if (deadline < 0) return -1;
+  double l = deadline - mpe_time();
+  return l > 0 ? l : 0;
+}
+
+void mpel_check_signal(lua_State *L) {
+  int sig = mpel_signal;
+  if (sig) luaL_error(L, "interrupted by %s", sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "a signal");
+}
+
+int mpel_push_reason(lua_State *L, int err) {
+  lua_pushnil(L);
+  switch (err) {
+  case MPE_ETIMEDOUT: lua_pushliteral(L, "timeout"); break;
+  case MPE_ECLOSED: lua_pushliteral(L, "closed"); break;
+  case MPE_EFULL: lua_pushliteral(L, "full"); break;
+  case MPE_EEMPTY: lua_pushliteral(L, "empty"); break;
+  default: lua_pushstring(L, mpe_strerror(err)); break;
+  }
+  return 2;
+}
+
+int mpel_fail(lua_State *L, const char *what, int err) {
+  return luaL_error(L, "%s: %s", what, mpe_strerror(err));
+}
+
+void mpel_register_class(lua_State *L, const mpel_class *cls) {
+  /* metatable at top */
+  lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.kinds");
+  lua_pushvalue(L, -2);
+  lua_pushlightuserdata(L, (void *)cls);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+  lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.classes");
+  lua_pushlightuserdata(L, (void *)cls);
+  lua_rawseti(L, -2, cls->kind);
+  lua_pop(L, 1);
+}
+
+static int l_sleep(lua_State *L) {
+  lua_Number s = luaL_checknumber(L, 1);
+  luaL_argcheck(L, !isnan(s) && s >= 0, 1, "seconds must be >= 0");
+  double left = (double)s;
+  while (mpe_sleep(left, &left) == MPE_EINTR) mpel_check_signal(L);
+  return 0;
+}
+
+static int l_time(lua_State *L) {
+  lua_pushnumber(L, (lua_Number)mpe_time());
+  return 1;
+}
+
+static int l_cpu_count(lua_State *L) {
+  lua_pushinteger(L, mpe_cpu_count());
+  return 1;
+}
+
+static int l_current_process(lua_State *L) {
+  lua_createtable(L, 0, 2);
+  lua_pushstring(L, mpel_process_name);
+  lua_setfield(L, -2, "name");
+  lua_pushinteger(L, (lua_Integer)getpid());
+  lua_setfield(L, -2, "pid");
+  return 1;
+}
+
+static int l_getpid(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)getpid());
+  return 1;
+}
+
+static int l_arena_stats(lua_State *L) {
+  size_t used, size;
+  mpe_arena_stats(&used, &size);
+  lua_pushinteger(L, (lua_Integer)used);
+  lua_pushinteger(L, (lua_Integer)size);
+  return 2;
+}
+
+/* mp.encode(v) / mp.decode(s): the codec, for tests and for storing values. */
+static int l_encode(lua_State *L) {
+  luaL_checkany(L, 1);
+  mpel_wire *w = mpel_wire_get(L, 0);
+  mpel_encode(L, 1, "value", w);
+  lua_pushlstring(L, w->buf, w->len);
+  mpel_wire_done(w);
+  return 1;
+}
+
+static int l_decode(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  mpel_decode(L, s, n, NULL, 0);
+  return 1;
+}
+
+static int sentinel_gc(lua_State *L) {
+  mpel_processes_atexit(L);
+  return 0;
+}
+
+static const luaL_Reg funcs[] = {
+    {"sleep", l_sleep},
+    {"time", l_time},
+    {"cpu_count", l_cpu_count},
+    {"current_process", l_current_process},
+    {"getpid", l_getpid},
+    {"arena_stats", l_arena_stats},
+    {"encode", l_encode},
+    {"decode", l_decode},
+    {NULL, NULL},
+};
+
+__attribute__((visibility("default"))) int luaopen_mpengine(lua_State *L) {
+  int rc = mpe_init(0);
+  if (rc < 0) return luaL_error(L, "mpengine: cannot map the shared arena: %s", mpe_strerror(rc));
+  if (lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.kinds") != LUA_TTABLE) {
+    lua_newtable(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.kinds");
+    lua_newtable(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.classes");
+    /* The sentinel: its __gc ends the run when this state closes. */
+    lua_newuserdatauv(L, 1, 0);
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, sentinel_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.sentinel");
+  }
+  lua_pop(L, 1);
+  luaL_newlib(L, funcs);
+  lua_pushstring(L, mpe_version());
+  lua_setfield(L, -2, "_VERSION");
+  mpel_open_process(L);
+  mpel_open_pipe(L);
+  return 1;
+}

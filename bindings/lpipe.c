@@ -1,0 +1,205 @@
+/* lpipe.c - mp.Pipe([duplex]) and its Connection objects.
+ *
+ * A Connection wraps one engine pipe end. send() encodes with the codec and
+ * sends one frame tagged VALUE; send_bytes() sends the string as it is,
+ * tagged BYTES. recv() decodes VALUE frames and returns BYTES frames as
+ * strings; recv_bytes() returns any frame's bytes. Pipe ends met while
+ * encoding ride along as descriptors, so a Connection sent through a Pipe is
+ * the same pipe on the other side. */
+#include <string.h>
+
+#include "mpe_lua.h"
+
+enum { TAG_VALUE = 1, TAG_BYTES = 2 };
+
+typedef struct lconn {
+  mpe_pipe *p;
+} lconn;
+
+static lconn *check_conn(lua_State *L, int idx) {
+  return luaL_checkudata(L, idx, "Connection");
+}
+
+static lconn *check_open(lua_State *L, int idx) {
+  lconn *c = check_conn(L, idx);
+  if (!c->p || !mpe_pipe_is_open(c->p)) luaL_error(L, "Connection is closed");
+  return c;
+}
+
+void mpel_push_connection(lua_State *L, mpe_pipe *p) {
+  lconn *c = lua_newuserdatauv(L, sizeof *c, 0);
+  c->p = p;
+  luaL_setmetatable(L, "Connection");
+}
+
+static int l_pipe(lua_State *L) {
+  int duplex = lua_isnoneornil(L, 1) ? 1 : (luaL_checktype(L, 1, LUA_TBOOLEAN), lua_toboolean(L, 1));
+  mpe_pipe *a, *b;
+  int rc = mpe_pipe_new(&a, &b, duplex);
+  if (rc < 0) return mpel_fail(L, "Pipe", rc);
+  mpel_push_connection(L, a);
+  mpel_push_connection(L, b);
+  return 2;
+}
+
+static int send_frame(lua_State *L, lconn *c, const char *buf, size_t len, uint32_t tag,
+                      mpe_pipe *const *ends, size_t nends) {
+  if (!mpe_pipe_can_send(c->p)) return luaL_error(L, "Connection is read-only");
+  int rc = mpe_pipe_send(c->p, buf, len, tag, ends, nends);
+  if (rc == MPE_ECLOSED) return mpel_push_reason(L, rc);
+  if (rc < 0) return mpel_fail(L, "send", rc);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int c_send(lua_State *L) {
+  lconn *c = check_open(L, 1);
+  luaL_checkany(L, 2);
+  if (lua_isnil(L, 2)) return luaL_argerror(L, 2, "cannot send nil");
+  mpel_wire *w = mpel_wire_get(L, 1);
+  mpel_encode(L, 2, "value", w);
+  int n = send_frame(L, c, w->buf, w->len, TAG_VALUE, w->ends, w->nends);
+  mpel_wire_done(w);
+  return n;
+}
+
+static int c_send_bytes(lua_State *L) {
+  lconn *c = check_open(L, 1);
+  size_t len;
+  const char *s = luaL_checklstring(L, 2, &len);
+  return send_frame(L, c, s, len, TAG_BYTES, NULL, 0);
+}
+
+/* A received message while it is decoded: freed even if decoding raises. */
+static int msgbox_gc(lua_State *L) {
+  mpe_msg_clear(lua_touserdata(L, 1));
+  return 0;
+}
+
+static mpe_msg *push_msgbox(lua_State *L) {
+  mpe_msg *m = lua_newuserdatauv(L, sizeof *m, 0);
+  memset(m, 0, sizeof *m);
+  if (luaL_newmetatable(L, "mpengine.msgbox")) {
+    lua_pushcfunction(L, msgbox_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  return m;
+}
+
+static int recv_frame(lua_State *L, int raw) {
+  lconn *c = check_open(L, 1);
+  double timeout = mpel_opt_timeout(L, 2);
+  if (!mpe_pipe_can_recv(c->p)) return luaL_error(L, "Connection is write-only");
+  double deadline = timeout < 0 ? -1 : mpe_time() + timeout;
+  mpe_msg *m = push_msgbox(L);
+  int rc;
+  while ((rc = mpe_pipe_recv(c->p, mpel_left(deadline), m)) == MPE_EINTR) mpel_check_signal(L);
+  if (rc == MPE_ETIMEDOUT || rc == MPE_ECLOSED) return mpel_push_reason(L, rc);
+  if (rc < 0) return mpel_fail(L, "recv", rc);
+  if (raw || m->tag == TAG_BYTES) lua_pushlstring(L, m->data, m->len);
+  else mpel_decode(L, m->data, m->len, m->ends, m->nends);
+  mpe_msg_clear(m);
+  return 1;
+}
+
+static int c_recv(lua_State *L) { return recv_frame(L, 0); }
+static int c_recv_bytes(lua_State *L) { return recv_frame(L, 1); }
+
+static int c_poll(lua_State *L) {
+  lconn *c = check_open(L, 1);
+  double timeout = lua_isnone(L, 2) ? 0 : mpel_opt_timeout(L, 2); /* Python: no argument polls */
+  if (!mpe_pipe_can_recv(c->p)) return luaL_error(L, "Connection is write-only");
+  double deadline = timeout < 0 ? -1 : mpe_time() + timeout;
+  int rc;
+  while ((rc = mpe_pipe_poll(c->p, mpel_left(deadline))) == MPE_EINTR) mpel_check_signal(L);
+  if (rc < 0) return mpel_fail(L, "poll", rc);
+  lua_pushboolean(L, rc > 0);
+  return 1;
+}
+
+static int c_close(lua_State *L) {
+  lconn *c = check_conn(L, 1);
+  if (c->p) mpe_pipe_close(c->p);
+  return 0;
+}
+
+static int c_gc(lua_State *L) {
+  lconn *c = check_conn(L, 1);
+  mpe_pipe_free(c->p);
+  c->p = NULL;
+  return 0;
+}
+
+static int c_index(lua_State *L) {
+  lconn *c = check_conn(L, 1);
+  const char *k = luaL_checkstring(L, 2);
+  if (strcmp(k, "closed") == 0) {
+    lua_pushboolean(L, !c->p || !mpe_pipe_is_open(c->p));
+    return 1;
+  }
+  if (strcmp(k, "readable") == 0 || strcmp(k, "writable") == 0) {
+    int can = c->p && (k[0] == 'r' ? mpe_pipe_can_recv(c->p) : mpe_pipe_can_send(c->p));
+    lua_pushboolean(L, can);
+    return 1;
+  }
+  lua_getmetatable(L, 1);
+  lua_getfield(L, -1, "methods");
+  lua_getfield(L, -1, k);
+  return 1;
+}
+
+static int c_tostring(lua_State *L) {
+  lconn *c = check_conn(L, 1);
+  lua_pushfstring(L, "Connection (%s)", c->p && mpe_pipe_is_open(c->p) ? "open" : "closed");
+  return 1;
+}
+
+static const char *conn_encode(lua_State *L, int idx, mpel_wire *w) {
+  lconn *c = lua_touserdata(L, idx);
+  if (!w->allow_ends) return "Connection (pipe ends travel through a Pipe or to a Process, not here)";
+  if (!c->p || !mpe_pipe_is_open(c->p)) return "Connection (closed)";
+  if (w->nends >= MPEL_MAX_ENDS) return "Connection (more than 64 in one message)";
+  unsigned char ref[2] = {MPEL_CONNECTION, (unsigned char)w->nends};
+  w->ends[w->nends++] = c->p;
+  /* fixext2: kind, index of the end */
+  if (mpel_wire_reserve(w, 4) != 0) return "out of memory";
+  w->buf[w->len++] = (char)0xd5;
+  w->buf[w->len++] = 6; /* EXT_OBJECT */
+  memcpy(w->buf + w->len, ref, 2);
+  w->len += 2;
+  return NULL;
+}
+
+static int conn_decode(lua_State *L, const unsigned char *ref, size_t len, mpe_pipe **ends, size_t nends) {
+  if (len != 1 || ref[0] >= nends || !ends || !ends[ref[0]]) return -1;
+  mpel_push_connection(L, ends[ref[0]]);
+  ends[ref[0]] = NULL; /* claimed: the Connection owns it now */
+  return 0;
+}
+
+static const mpel_class conn_class = {"Connection", MPEL_CONNECTION, conn_encode, conn_decode};
+
+static const luaL_Reg methods[] = {
+    {"send", c_send},   {"recv", c_recv},   {"send_bytes", c_send_bytes}, {"recv_bytes", c_recv_bytes},
+    {"poll", c_poll},   {"close", c_close}, {NULL, NULL},
+};
+
+void mpel_open_pipe(lua_State *L) {
+  if (luaL_newmetatable(L, "Connection")) {
+    luaL_newlib(L, methods);
+    lua_setfield(L, -2, "methods");
+    lua_pushcfunction(L, c_index);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, c_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, c_close);
+    lua_setfield(L, -2, "__close");
+    lua_pushcfunction(L, c_tostring);
+    lua_setfield(L, -2, "__tostring");
+    mpel_register_class(L, &conn_class);
+  }
+  lua_pop(L, 1);
+  lua_pushcfunction(L, l_pipe);
+  lua_setfield(L, -2, "Pipe");
+}

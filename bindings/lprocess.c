@@ -1,0 +1,367 @@
+/* lprocess.c - mp.Process and the module's view of its children.
+ *
+ * start() forks: the child is a copy of the parent at that moment and calls
+ * the target there, so closures, globals and loaded modules are simply
+ * present. Target and args are still checked with the codec first, so what a
+ * Process accepts is exactly what every other channel accepts (and the pipe
+ * ends they reach are the ones the child keeps; the child closes all others,
+ * so EOF works without a ritual of closes).
+ *
+ * The registry table "mpengine.children" holds every started, unreaped
+ * Process (as Python's _children): active_children() reaps from it, and the
+ * sentinel's __gc (lmodule.c) ends the run through mpel_processes_atexit. */
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "mpe_lua.h"
+
+enum { NEW, STARTED, CLOSED, FOREIGN };
+
+typedef struct lproc {
+  mpe_process *h;
+  int state;
+  int daemon;
+  lua_Integer pid; /* FOREIGN: the pid the handle names */
+} lproc;
+
+static lua_Integer counter;
+
+static lproc *check_proc(lua_State *L, int idx) { return luaL_checkudata(L, idx, "Process"); }
+
+static void push_children(lua_State *L) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.children") != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.children");
+  }
+}
+
+/* 1 and *code once exited (reaping), 0 while running or not started. */
+static int proc_exitcode(lproc *p, int *code) {
+  if (p->state != STARTED || !p->h) return 0;
+  return mpe_process_exitcode(p->h, code) == 1;
+}
+
+static const char *const allowed[] = {"target", "args", "name", "daemon", NULL};
+
+static int l_process(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_pushnil(L);
+  while (lua_next(L, 1)) {
+    lua_pop(L, 1);
+    const char *k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+    int ok = 0;
+    for (int i = 0; k && allowed[i] && !ok; i++) ok = strcmp(k, allowed[i]) == 0;
+    if (!ok) return luaL_error(L, "Process: unknown option '%s' (expected target, args, name, daemon)",
+                               k ? k : luaL_typename(L, -1));
+  }
+  lproc *p = lua_newuserdatauv(L, sizeof *p, 1);
+  memset(p, 0, sizeof *p);
+  luaL_setmetatable(L, "Process");
+  lua_createtable(L, 0, 3);
+  if (lua_getfield(L, 1, "target") != LUA_TFUNCTION) return luaL_error(L, "Process: target must be a function");
+  lua_setfield(L, -2, "target");
+  int t = lua_getfield(L, 1, "args");
+  if (t != LUA_TNIL && t != LUA_TTABLE) return luaL_error(L, "Process: args must be a table");
+  if (t == LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+  }
+  lua_setfield(L, -2, "args");
+  t = lua_getfield(L, 1, "name");
+  if (t == LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_pushfstring(L, "Process-%I", ++counter);
+  } else if (t != LUA_TSTRING) {
+    return luaL_error(L, "Process: name must be a string");
+  }
+  lua_setfield(L, -2, "name");
+  t = lua_getfield(L, 1, "daemon");
+  if (t != LUA_TNIL && t != LUA_TBOOLEAN) return luaL_error(L, "Process: daemon must be a boolean");
+  p->daemon = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  lua_setiuservalue(L, -2, 1);
+  return 1;
+}
+
+static int child_exit(lua_State *L) {
+  /* os.exit in a child: leave at once, with none of the parent's clean-up. */
+  int code = lua_isboolean(L, 1) ? !lua_toboolean(L, 1) : (int)luaL_optinteger(L, 1, 0);
+  fflush(NULL);
+  _exit(code & 255);
+}
+
+typedef struct child_ctx {
+  lua_State *L;
+  int self; /* stack index of the Process */
+} child_ctx;
+
+static int child_main(void *arg) {
+  child_ctx *c = arg;
+  lua_State *L = c->L;
+  /* Ctrl-C reaches the whole process group: a child just dies of it. */
+  signal(SIGINT, SIG_DFL);
+  signal(SIGTERM, SIG_DFL);
+  mpel_signal = 0;
+  lua_sethook(L, NULL, 0, 0);
+  lua_newtable(L); /* the parent's children are our siblings */
+  lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.children");
+  lua_getglobal(L, "os");
+  if (lua_istable(L, -1)) {
+    lua_pushcfunction(L, child_exit);
+    lua_setfield(L, -2, "exit");
+  }
+  lua_pop(L, 1);
+  lua_getiuservalue(L, c->self, 1);
+  int env = lua_gettop(L);
+  lua_getfield(L, env, "name");
+  mpel_process_name = lua_tostring(L, -1); /* kept alive by env */
+  lua_pop(L, 1);
+  /* The target runs in its own coroutine, so a traceback shows the child's
+   * frames only, not the parent's call to start() it was forked from. */
+  lua_State *co = lua_newthread(L);
+  lua_getfield(L, env, "target");
+  lua_getfield(L, env, "args");
+  int args = lua_gettop(L);
+  lua_Integer n = (lua_Integer)lua_rawlen(L, args);
+  luaL_checkstack(L, (int)n + 4, "too many arguments");
+  luaL_checkstack(co, (int)n + 4, "too many arguments");
+  for (lua_Integer i = 1; i <= n; i++) lua_rawgeti(L, args, i);
+  lua_remove(L, args);
+  lua_xmove(L, co, (int)n + 1);
+  int nres = 0;
+  int st = lua_resume(co, L, (int)n, &nres);
+  if (st == LUA_OK) return 0;
+  if (st == LUA_YIELD) lua_pushliteral(co, "attempt to yield from outside a coroutine");
+  const char *msg = lua_tostring(co, -1);
+  if (!msg) {
+    if (luaL_callmeta(co, -1, "__tostring") && lua_type(co, -1) == LUA_TSTRING) msg = lua_tostring(co, -1);
+    else msg = lua_pushfstring(co, "(error object is a %s value)", luaL_typename(co, -1));
+  }
+  luaL_traceback(L, co, msg, 0);
+  fflush(stdout);
+  fprintf(stderr, "Process %s (pid %ld) failed:\n%s\n", mpel_process_name, (long)getpid(),
+          lua_tostring(L, -1));
+  return 1;
+}
+
+static int p_start(lua_State *L) {
+  lproc *p = check_proc(L, 1);
+  lua_settop(L, 1);
+  if (p->state != NEW) return luaL_error(L, "Process: cannot start a process twice");
+  lua_getiuservalue(L, 1, 1);
+  mpel_wire *w = mpel_wire_get(L, 1);
+  lua_getfield(L, 2, "target");
+  mpel_encode(L, -1, "target", w);
+  lua_getfield(L, 2, "args");
+  mpel_encode(L, -1, "args", w);
+  lua_settop(L, 1);
+  mpe_spawn_options o = {p->daemon, 0, w->ends, w->nends};
+  child_ctx c = {L, 1};
+  int rc = mpe_process_spawn(&p->h, child_main, &c, &o);
+  mpel_wire_done(w);
+  if (rc < 0) return mpel_fail(L, "Process: cannot start", rc);
+  p->state = STARTED;
+  push_children(L);
+  lua_pushvalue(L, 1);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, -3);
+  return 0;
+}
+
+static int p_join(lua_State *L) {
+  lproc *p = check_proc(L, 1);
+  double timeout = mpel_opt_timeout(L, 2);
+  if (p->state == NEW) return luaL_error(L, "Process: cannot join a process that was not started");
+  if (p->state != STARTED) return luaL_error(L, "Process: cannot join a %s process",
+                                             p->state == CLOSED ? "closed" : "foreign");
+  double deadline = timeout < 0 ? -1 : mpe_time() + timeout;
+  int rc;
+  while ((rc = mpe_process_wait(p->h, mpel_left(deadline))) == MPE_EINTR) mpel_check_signal(L);
+  if (rc < 0 && rc != MPE_ETIMEDOUT) return mpel_fail(L, "join", rc);
+  lua_pushboolean(L, rc == 0);
+  return 1;
+}
+
+static int p_is_alive(lua_State *L) {
+  lproc *p = check_proc(L, 1);
+  int code;
+  if (p->state == FOREIGN) lua_pushboolean(L, kill((pid_t)p->pid, 0) == 0);
+  else lua_pushboolean(L, p->state == STARTED && !proc_exitcode(p, &code));
+  return 1;
+}
+
+static int send_signal(lua_State *L, int sig) {
+  lproc *p = check_proc(L, 1);
+  if (p->state == NEW) return luaL_error(L, "Process: not started");
+  if (p->state == STARTED) mpe_process_signal(p->h, sig);
+  else if (p->state == FOREIGN) return luaL_error(L, "Process: a handle received from another process cannot signal");
+  return 0;
+}
+
+static int p_terminate(lua_State *L) { return send_signal(L, SIGTERM); }
+static int p_kill(lua_State *L) { return send_signal(L, SIGKILL); }
+
+static int p_close(lua_State *L) {
+  lproc *p = check_proc(L, 1);
+  int code;
+  if (p->state == STARTED && !proc_exitcode(p, &code))
+    return luaL_error(L, "Process: cannot close a process that is still running");
+  if (p->h) mpe_process_free(p->h);
+  p->h = NULL;
+  p->state = CLOSED;
+  return 0;
+}
+
+static int p_gc(lua_State *L) {
+  lproc *p = check_proc(L, 1);
+  int code;
+  if (p->h) {
+    if (proc_exitcode(p, &code)) mpe_process_free(p->h);
+    else mpe_process_detach(p->h); /* still running: the engine reaps it */
+  }
+  p->h = NULL;
+  return 0;
+}
+
+static int p_index(lua_State *L) {
+  lproc *p = check_proc(L, 1);
+  const char *k = luaL_checkstring(L, 2);
+  int code;
+  if (strcmp(k, "pid") == 0) {
+    if (p->state == FOREIGN) lua_pushinteger(L, p->pid);
+    else if (p->h) lua_pushinteger(L, (lua_Integer)mpe_process_pid(p->h));
+    else lua_pushnil(L);
+  } else if (strcmp(k, "exitcode") == 0) {
+    if (proc_exitcode(p, &code)) lua_pushinteger(L, code);
+    else lua_pushnil(L);
+  } else if (strcmp(k, "name") == 0) {
+    lua_getiuservalue(L, 1, 1);
+    lua_getfield(L, -1, "name");
+  } else if (strcmp(k, "daemon") == 0) {
+    lua_pushboolean(L, p->daemon);
+  } else {
+    lua_getmetatable(L, 1);
+    lua_getfield(L, -1, "methods");
+    lua_getfield(L, -1, k);
+  }
+  return 1;
+}
+
+static int p_newindex(lua_State *L) {
+  lproc *p = check_proc(L, 1);
+  const char *k = luaL_checkstring(L, 2);
+  if (strcmp(k, "name") == 0) {
+    luaL_checktype(L, 3, LUA_TSTRING);
+    lua_getiuservalue(L, 1, 1);
+    lua_pushvalue(L, 3);
+    lua_setfield(L, -2, "name");
+  } else if (strcmp(k, "daemon") == 0) {
+    luaL_checktype(L, 3, LUA_TBOOLEAN);
+    if (p->state != NEW) return luaL_error(L, "Process: cannot set daemon after start");
+    p->daemon = lua_toboolean(L, 3);
+  } else {
+    return luaL_error(L, "Process: cannot set field '%s'", k);
+  }
+  return 0;
+}
+
+static int p_tostring(lua_State *L) {
+  lproc *p = check_proc(L, 1);
+  int code = 0;
+  lua_getiuservalue(L, 1, 1);
+  lua_getfield(L, -1, "name");
+  const char *st = p->state == NEW ? "initial" : p->state == CLOSED ? "closed"
+                 : p->state == FOREIGN ? "foreign" : proc_exitcode(p, &code) ? "stopped" : "started";
+  lua_pushfstring(L, "Process %s (%s)", lua_tostring(L, -1), st);
+  return 1;
+}
+
+static int l_active_children(lua_State *L) {
+  push_children(L);
+  int ch = lua_gettop(L);
+  lua_newtable(L);
+  lua_Integer n = 0;
+  lua_pushnil(L);
+  while (lua_next(L, ch)) {
+    lua_pop(L, 1);
+    lproc *p = lua_touserdata(L, -1);
+    int code;
+    if (p->state == STARTED && !proc_exitcode(p, &code)) {
+      lua_pushvalue(L, -1);
+      lua_rawseti(L, ch + 1, ++n);
+    } else {
+      lua_pushvalue(L, -1);
+      lua_pushnil(L);
+      lua_rawset(L, ch); /* assigning nil to an existing field is fine in next */
+    }
+  }
+  return 1;
+}
+
+void mpel_processes_atexit(lua_State *L) {
+  (void)L;
+  if (mpe_in_child()) return;
+  mpe_process_join_all(-1); /* daemons get SIGTERM, the rest are waited for */
+}
+
+static const char *proc_encode(lua_State *L, int idx, mpel_wire *w) {
+  lproc *p = lua_touserdata(L, idx);
+  lua_Integer pid = p->state == FOREIGN ? p->pid : p->h ? (lua_Integer)mpe_process_pid(p->h) : 0;
+  if (mpel_wire_reserve(w, 8) != 0) return "out of memory";
+  unsigned char *b = (unsigned char *)w->buf + w->len;
+  b[0] = 0xc7; /* ext8: length 5, EXT_OBJECT, kind, 32-bit pid */
+  b[1] = 5;
+  b[2] = 6;
+  b[3] = MPEL_PROCESS;
+  for (int i = 0; i < 4; i++) b[4 + i] = (unsigned char)(pid >> (24 - 8 * i));
+  w->len += 8;
+  return NULL;
+}
+
+static int proc_decode(lua_State *L, const unsigned char *ref, size_t len, mpe_pipe **ends, size_t nends) {
+  (void)ends;
+  (void)nends;
+  if (len != 4) return -1;
+  lproc *p = lua_newuserdatauv(L, sizeof *p, 1);
+  memset(p, 0, sizeof *p);
+  p->state = FOREIGN;
+  p->pid = ((lua_Integer)ref[0] << 24) | (ref[1] << 16) | (ref[2] << 8) | ref[3];
+  luaL_setmetatable(L, "Process");
+  lua_createtable(L, 0, 1);
+  lua_pushfstring(L, "pid-%I", p->pid);
+  lua_setfield(L, -2, "name");
+  lua_setiuservalue(L, -2, 1);
+  return 0;
+}
+
+static const mpel_class proc_class = {"Process", MPEL_PROCESS, proc_encode, proc_decode};
+
+static const luaL_Reg methods[] = {
+    {"start", p_start}, {"join", p_join}, {"is_alive", p_is_alive}, {"terminate", p_terminate},
+    {"kill", p_kill},   {"close", p_close}, {NULL, NULL},
+};
+
+void mpel_open_process(lua_State *L) {
+  if (luaL_newmetatable(L, "Process")) {
+    luaL_newlib(L, methods);
+    lua_setfield(L, -2, "methods");
+    lua_pushcfunction(L, p_index);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, p_newindex);
+    lua_setfield(L, -2, "__newindex");
+    lua_pushcfunction(L, p_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, p_tostring);
+    lua_setfield(L, -2, "__tostring");
+    mpel_register_class(L, &proc_class);
+  }
+  lua_pop(L, 1);
+  lua_pushcfunction(L, l_process);
+  lua_setfield(L, -2, "Process");
+  lua_pushcfunction(L, l_active_children);
+  lua_setfield(L, -2, "active_children");
+}

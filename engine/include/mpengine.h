@@ -1,0 +1,187 @@
+/*
+ * mpengine.h - the one public header of the mpengine C library.
+ *
+ * The engine runs work on many forked processes and gives them the means to
+ * talk: a shared-memory arena mapped before any fork (every cross-process
+ * object lives there and is handed around by reference), processes, and
+ * framed pipes. It has no Lua dependency; the Lua module is one client.
+ *
+ * Conventions (libuv style):
+ *   - every fallible call returns int: >= 0 success, < 0 an MPE_E* code, which
+ *     is -errno or one of the reserved codes below; mpe_strerror() names it;
+ *   - timeouts are seconds as double: a negative value waits forever, 0 polls;
+ *   - objects are opaque and paired _new/_free; nothing is allocated behind
+ *     the caller's back except where a prototype says so;
+ *   - the engine never prints and never exits; it aborts only on a broken
+ *     invariant (a failed unlock, a corrupt arena header);
+ *   - one thread per process uses the engine; processes are the unit of
+ *     parallelism.
+ */
+#ifndef MPENGINE_H
+#define MPENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(MPE_BUILDING) && defined(__GNUC__)
+#define MPE_API __attribute__((visibility("default")))
+#else
+#define MPE_API
+#endif
+
+#define MPE_VERSION_MAJOR 0
+#define MPE_VERSION_MINOR 1
+#define MPE_VERSION_PATCH 0
+
+/* ---------------------------------------------------------------- errors */
+
+/* Reserved codes for conditions errno has no name for (below -4000). */
+#define MPE_ERRORS(XX)                                                       \
+  XX(ECLOSED, -4001, "closed: the other side has gone or the object was closed") \
+  XX(EDIED, -4002, "a worker process died")                                  \
+  XX(EOWNERDEAD, -4003, "the previous holder died; state was recovered")     \
+  XX(ENOINIT, -4004, "the engine is not initialised (call mpe_init)")        \
+  XX(ECORRUPT, -4005, "malformed message")                                   \
+  XX(EFULL, -4006, "full")                                                   \
+  XX(EEMPTY, -4007, "empty")
+
+enum {
+#define MPE__ENUM(name, code, msg) MPE_##name = (code),
+  MPE_ERRORS(MPE__ENUM)
+#undef MPE__ENUM
+  MPE_ETIMEDOUT = -110, /* -ETIMEDOUT on Linux */
+  MPE_EINTR = -4        /* -EINTR: a signal arrived while waiting */
+};
+
+/* Message for any code this library returns (never NULL, static storage). */
+MPE_API const char *mpe_strerror(int err);
+/* Short name of a code ("ETIMEDOUT", "ECLOSED"), static storage. */
+MPE_API const char *mpe_err_name(int err);
+
+/* ---------------------------------------------------------------- engine */
+
+/* Version string "MAJOR.MINOR.PATCH", static storage. */
+MPE_API const char *mpe_version(void);
+
+/* Maps the shared arena of arena_size bytes (0: $MPENGINE_ARENA_SIZE, else
+ * 1 GiB of address space, backed only as it is touched). Call once before
+ * the first fork; later calls return 0 and do nothing. */
+MPE_API int mpe_init(size_t arena_size);
+/* 1 once mpe_init succeeded in this process or an ancestor. */
+MPE_API int mpe_initialized(void);
+/* Number of online CPUs usable by this process (at least 1). */
+MPE_API int mpe_cpu_count(void);
+/* Monotonic clock in seconds. */
+MPE_API double mpe_time(void);
+/* Sleeps for seconds; returns 0, or MPE_EINTR if a signal cut it short
+ * (*left, if given, then holds the seconds that remained). */
+MPE_API int mpe_sleep(double seconds, double *left);
+
+/* ----------------------------------------------------------------- arena */
+
+/* Allocates n bytes (16-byte aligned) in the shared arena; visible to every
+ * process of the run at the same address. NULL when the arena is full. */
+MPE_API void *mpe_alloc(size_t n);
+/* Returns a block from mpe_alloc to the arena (any process may free it). */
+MPE_API void mpe_free(void *p);
+/* Bytes of the arena in use and in all (for reports and leak checks). */
+MPE_API void mpe_arena_stats(size_t *used, size_t *size);
+/* Process-independent reference of an arena pointer, and back; 0 <-> NULL. */
+MPE_API uint64_t mpe_ref(const void *p);
+MPE_API void *mpe_deref(uint64_t ref);
+
+/* -------------------------------------------------------------- processes */
+
+typedef struct mpe_process mpe_process;
+typedef struct mpe_pipe mpe_pipe;
+
+/* Body of a child; its return value is the child's exit code (0..255). */
+typedef int (*mpe_entry_fn)(void *arg);
+
+typedef struct mpe_spawn_options {
+  int daemon;              /* informational: the host decides what it means */
+  int inherit_pipes;       /* 1: the child keeps every pipe end; 0: only keep[] */
+  mpe_pipe *const *keep;   /* pipe ends the child keeps open */
+  size_t nkeep;
+} mpe_spawn_options;
+
+/* Forks a child that runs fn(arg) and leaves with its return value via
+ * _exit(). The child dies with its parent (SIGKILL on parent death), starts
+ * with the parent's signal mask, keeps no descriptor of the engine it was
+ * not given, and flushes stdio before leaving. opts may be NULL (keep no
+ * pipe ends). On success *out owns the handle (free with mpe_process_free). */
+MPE_API int mpe_process_spawn(mpe_process **out, mpe_entry_fn fn, void *arg,
+                              const mpe_spawn_options *opts);
+/* Pid of the child. */
+MPE_API pid_t mpe_process_pid(const mpe_process *p);
+/* Waits up to timeout for the child to exit and reaps it: 0 once exited,
+ * MPE_ETIMEDOUT, or MPE_EINTR when a signal interrupted the wait. */
+MPE_API int mpe_process_wait(mpe_process *p, double timeout);
+/* Non-blocking: 1 and *code set (exit code, or -N for signal N) once the
+ * child has exited (reaping it if needed), 0 while it runs. */
+MPE_API int mpe_process_exitcode(mpe_process *p, int *code);
+/* Sends sig to a running child; 0 if it has already exited. */
+MPE_API int mpe_process_signal(mpe_process *p, int sig);
+/* Releases the handle; a child still running is killed and reaped first. */
+MPE_API void mpe_process_free(mpe_process *p);
+/* Gives the handle to the engine: it is freed once the child is reaped (by
+ * mpe_process_reap or mpe_process_join_all). The caller must not use it. */
+MPE_API void mpe_process_detach(mpe_process *p);
+/* Ends this process's part of the run: SIGTERM to daemon children, waits up
+ * to timeout (negative: forever) for the others, then SIGKILLs and reaps what
+ * is left. Returns how many children had to be killed. */
+MPE_API int mpe_process_join_all(double timeout);
+/* Sends sig to every running child of this process; returns their count. */
+MPE_API int mpe_process_signal_all(int sig);
+/* Reaps every child that has exited; returns how many still run. */
+MPE_API int mpe_process_reap(void);
+/* 1 in a process the engine forked, 0 in the original one. */
+MPE_API int mpe_in_child(void);
+
+/* ------------------------------------------------------------------ pipes */
+
+/* One received message: data is malloc'ed and owned by the caller along with
+ * the received pipe ends; release both with mpe_msg_clear(). */
+typedef struct mpe_msg {
+  char *data;
+  size_t len;
+  uint32_t tag;       /* the sender's tag, opaque to the engine */
+  mpe_pipe **ends;    /* pipe ends that travelled with the message */
+  size_t nends;
+} mpe_msg;
+
+/* Creates a pipe. duplex: both ends send and receive. Otherwise *a only
+ * receives and *b only sends (Python's order). Messages are framed: any size
+ * up to memory, delivered whole or not at all. */
+MPE_API int mpe_pipe_new(mpe_pipe **a, mpe_pipe **b, int duplex);
+/* Sends one framed message with an opaque tag and, optionally, pipe ends
+ * (duplicated into the receiver). Blocks until written; 0, MPE_ECLOSED when
+ * the peer is gone, -EBADF on a closed or receive-only end. */
+MPE_API int mpe_pipe_send(mpe_pipe *p, const void *buf, size_t len,
+                          uint32_t tag, mpe_pipe *const *ends, size_t nends);
+/* Receives one message into *m: 0, MPE_ETIMEDOUT, MPE_ECLOSED (every
+ * writing end closed and nothing left), MPE_EINTR (nothing consumed). */
+MPE_API int mpe_pipe_recv(mpe_pipe *p, double timeout, mpe_msg *m);
+/* Frees what a received message owns (data and unclaimed ends). */
+MPE_API void mpe_msg_clear(mpe_msg *m);
+/* 1 when a message (or EOF) is ready, 0 on timeout, or an error. */
+MPE_API int mpe_pipe_poll(mpe_pipe *p, double timeout);
+/* Closes the descriptor; the handle stays valid and reports -EBADF. */
+MPE_API int mpe_pipe_close(mpe_pipe *p);
+/* 1 while open. */
+MPE_API int mpe_pipe_is_open(const mpe_pipe *p);
+/* 1 if the end may send, 1 if it may receive. */
+MPE_API int mpe_pipe_can_send(const mpe_pipe *p);
+MPE_API int mpe_pipe_can_recv(const mpe_pipe *p);
+/* Closes (if open) and frees the handle. */
+MPE_API void mpe_pipe_free(mpe_pipe *p);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MPENGINE_H */

@@ -1,0 +1,148 @@
+/* arena.c - the shared-memory arena and its process-shared allocator.
+ *
+ * mpe_init() maps one anonymous MAP_SHARED region before any fork. Every
+ * process of the run inherits it at the same address, so any object made in
+ * it, by any process and at any time, can be handed to any other process by
+ * reference. Being anonymous, it has no name in /dev/shm and nothing can leak
+ * past the last process of the run; MAP_NORESERVE means only touched pages
+ * cost memory.
+ *
+ * Allocator: power-of-two size classes, one LIFO free list per class, and a
+ * bump pointer for fresh space, all under one robust mutex. Each block has a
+ * 16-byte header (magic, class). Every update commits with one store, so a
+ * process killed inside the allocator leaks at most one block and never
+ * corrupts a list. Large freed blocks give their pages back (MADV_REMOVE).
+ *
+ * Invariants: top <= size; a free block's header names its class; block
+ * offsets are 16-byte aligned. */
+#define _GNU_SOURCE
+#include "mutex.h"
+
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define ARENA_MAGIC 0x4d50454e47494e45ULL /* "MPENGINE" */
+#define BLOCK_MAGIC 0x6d706562u
+#define MIN_CLASS 5  /* 32 bytes */
+#define NCLASSES 48
+#define HDR 16
+#define RELEASE_BYTES (256u * 1024u)
+
+typedef struct block_hdr {
+  uint32_t magic;
+  uint32_t cls;
+  uint64_t next; /* offset of the next free block while free */
+} block_hdr;
+
+typedef struct arena_hdr {
+  uint64_t magic;
+  size_t size;
+  size_t top;
+  _Atomic size_t used;
+  pthread_mutex_t lock;
+  uint64_t bins[NCLASSES];
+} arena_hdr;
+
+static arena_hdr *arena;
+
+static size_t default_size(void) {
+  const char *e = getenv("MPENGINE_ARENA_SIZE");
+  if (e && *e) {
+    char *end;
+    unsigned long long v = strtoull(e, &end, 10);
+    if (*end == 'K' || *end == 'k') v <<= 10;
+    if (*end == 'M' || *end == 'm') v <<= 20;
+    if (*end == 'G' || *end == 'g') v <<= 30;
+    if (v >= (1u << 20)) return (size_t)v;
+  }
+  return (size_t)1 << 30;
+}
+
+int mpe_init(size_t arena_size) {
+  if (arena) return 0;
+  size_t size = arena_size ? arena_size : default_size();
+  long page = sysconf(_SC_PAGESIZE);
+  size = (size + (size_t)page - 1) & ~((size_t)page - 1);
+  void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
+                 MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) return -errno;
+  arena = p;
+  arena->magic = ARENA_MAGIC;
+  arena->size = size;
+  arena->top = (sizeof(arena_hdr) + 63) & ~(size_t)63;
+  atomic_init(&arena->used, 0);
+  mpe__mutex_init(&arena->lock);
+  return 0;
+}
+
+int mpe_initialized(void) { return arena != NULL; }
+
+static unsigned class_of(size_t total) {
+  unsigned c = MIN_CLASS;
+  while (((size_t)1 << c) < total) c++;
+  return c;
+}
+
+void *mpe_alloc(size_t n) {
+  if (!arena || n > arena->size) return NULL;
+  unsigned c = class_of(n + HDR);
+  if (c >= NCLASSES) return NULL;
+  size_t bsize = (size_t)1 << c;
+  char *base = (char *)arena;
+  block_hdr *b = NULL;
+  mpe__mutex_lock(&arena->lock, NULL); /* a dead holder leaked one block at most */
+  uint64_t off = arena->bins[c];
+  if (off) {
+    b = (block_hdr *)(base + off);
+    MPE__CHECK(b->magic == BLOCK_MAGIC && b->cls == c);
+    arena->bins[c] = b->next;
+  } else if (arena->top + bsize <= arena->size) {
+    b = (block_hdr *)(base + arena->top);
+    arena->top += bsize;
+  }
+  mpe__mutex_unlock(&arena->lock);
+  if (!b) return NULL;
+  b->magic = BLOCK_MAGIC;
+  b->cls = c;
+  b->next = 0;
+  atomic_fetch_add(&arena->used, bsize);
+  return (char *)b + HDR;
+}
+
+void mpe_free(void *p) {
+  if (!p) return;
+  block_hdr *b = (block_hdr *)((char *)p - HDR);
+  MPE__CHECK(arena && b->magic == BLOCK_MAGIC && b->cls < NCLASSES);
+  size_t bsize = (size_t)1 << b->cls;
+  if (bsize >= RELEASE_BYTES) {
+    /* Give the pages back to the system; the block keeps its address. */
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    uintptr_t from = ((uintptr_t)b + HDR + page - 1) & ~(uintptr_t)(page - 1);
+    uintptr_t to = ((uintptr_t)b + bsize) & ~(uintptr_t)(page - 1);
+    if (to > from) madvise((void *)from, to - from, MADV_REMOVE);
+  }
+  atomic_fetch_sub(&arena->used, bsize);
+  mpe__mutex_lock(&arena->lock, NULL);
+  b->next = arena->bins[b->cls];
+  arena->bins[b->cls] = (uint64_t)((char *)b - (char *)arena);
+  mpe__mutex_unlock(&arena->lock);
+}
+
+void mpe_arena_stats(size_t *used, size_t *size) {
+  if (used) *used = arena ? atomic_load(&arena->used) : 0;
+  if (size) *size = arena ? arena->size : 0;
+}
+
+uint64_t mpe_ref(const void *p) {
+  if (!p || !arena) return 0;
+  return (uint64_t)((const char *)p - (const char *)arena);
+}
+
+void *mpe_deref(uint64_t ref) {
+  if (!ref || !arena || ref >= arena->size) return NULL;
+  return (char *)arena + ref;
+}

@@ -1,0 +1,220 @@
+/* process.c - forking children, waiting with a timeout, exit statuses.
+ *
+ * Each child is a plain fork() that runs a callback and leaves with _exit().
+ * The parent keeps a pidfd per child so that a wait with a timeout is one
+ * poll() (no SIGCHLD handler, no busy loop), and a process-local list of its
+ * children so they can be signalled and reaped together.
+ *
+ * Invariants: a handle is in the list while its child is ours and unreaped;
+ * `exited` is set exactly once, when the child is reaped; a child forgets the
+ * list it inherited (those processes are its siblings, not its children). */
+#define _GNU_SOURCE
+#include "internal.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+struct mpe_process {
+  pid_t pid;
+  int pidfd;      /* -1 when reaped, foreign, or pidfds are unavailable */
+  int exited;     /* reaped; code is valid */
+  int foreign;    /* inherited across fork: the sibling of this process */
+  int code;       /* exit code, or -signal */
+  int daemon;
+  int detached;   /* owned by the engine: freed once reaped */
+  mpe_process *prev, *next;
+};
+
+static mpe_process *children;
+static int in_child;
+
+int mpe_in_child(void) { return in_child; }
+pid_t mpe_process_pid(const mpe_process *p) { return p->pid; }
+
+static void unlink_child(mpe_process *p) {
+  if (p->prev) p->prev->next = p->next;
+  else if (children == p) children = p->next;
+  if (p->next) p->next->prev = p->prev;
+  p->prev = p->next = NULL;
+}
+
+static void record_status(mpe_process *p, int status) {
+  p->code = WIFSIGNALED(status) ? -WTERMSIG(status) : WEXITSTATUS(status);
+  p->exited = 1;
+  if (p->pidfd >= 0) close(p->pidfd);
+  p->pidfd = -1;
+  unlink_child(p);
+  if (p->detached) free(p);
+}
+
+/* Non-blocking reap: 1 if the child has exited, 0 if it runs, < 0 error. */
+static int try_reap(mpe_process *p) {
+  if (p->exited) return 1;
+  if (p->foreign) return -ECHILD;
+  int status;
+  pid_t r = waitpid(p->pid, &status, WNOHANG);
+  if (r == p->pid) {
+    record_status(p, status);
+    return 1;
+  }
+  if (r < 0 && errno == ECHILD) { /* reaped behind our back (SIGCHLD ignored) */
+    record_status(p, 0);
+    return 1;
+  }
+  return 0;
+}
+
+void mpe__processes_after_fork(void) {
+  /* The inherited children are our siblings: drop their pidfds so that no
+   * descriptor leaks, and mark the handles so that they refuse to wait. */
+  for (mpe_process *p = children, *n; p; p = n) {
+    n = p->next;
+    if (p->pidfd >= 0) close(p->pidfd);
+    p->pidfd = -1;
+    p->foreign = 1;
+    p->prev = p->next = NULL;
+  }
+  children = NULL;
+}
+
+int mpe_process_spawn(mpe_process **out, mpe_entry_fn fn, void *arg,
+                      const mpe_spawn_options *opts) {
+  mpe_process *p = calloc(1, sizeof *p);
+  if (!p) return -ENOMEM;
+  p->pidfd = -1;
+  pid_t parent = getpid();
+  /* Flush stdio first: buffered output would otherwise be written twice. */
+  fflush(NULL);
+  /* Block signals across fork so no handler of the parent runs in the child
+   * before the child has set itself up; each side restores the old mask. */
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  pid_t pid = fork();
+  if (pid < 0) {
+    int e = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    free(p);
+    return -e;
+  }
+  if (pid == 0) {
+    /* Die with the parent; and if it already died before prctl, go now. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(128 + SIGKILL);
+    in_child = 1;
+    mpe__processes_after_fork();
+    mpe__pipes_after_fork(opts);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    int code = fn(arg);
+    fflush(NULL);
+    /* _exit: the parent's atexit handlers and stdio buffers are not ours. */
+    _exit(code & 255);
+  }
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  p->pid = pid;
+  p->daemon = opts ? opts->daemon : 0;
+  p->pidfd = (int)syscall(SYS_pidfd_open, pid, 0); /* close-on-exec by design */
+  if (p->pidfd < 0) p->pidfd = -1;                    /* old kernel: poll waitpid */
+  p->next = children;
+  if (children) children->prev = p;
+  children = p;
+  *out = p;
+  return 0;
+}
+
+int mpe_process_wait(mpe_process *p, double timeout) {
+  mpe__deadline d = mpe__deadline_in(timeout);
+  for (;;) {
+    int r = try_reap(p);
+    if (r != 0) return r > 0 ? 0 : r;
+    int ms = mpe__deadline_ms(&d);
+    if (ms == 0) return MPE_ETIMEDOUT;
+    if (p->pidfd >= 0) {
+      struct pollfd pf = {.fd = p->pidfd, .events = POLLIN};
+      int n = poll(&pf, 1, ms);
+      if (n < 0 && errno == EINTR) return MPE_EINTR;
+      if (n < 0) return -errno;
+    } else {
+      double left;
+      if (mpe_sleep(ms < 0 || ms > 2 ? 0.002 : ms * 1e-3, &left) == MPE_EINTR) return MPE_EINTR;
+    }
+  }
+}
+
+int mpe_process_exitcode(mpe_process *p, int *code) {
+  int r = try_reap(p);
+  if (r < 0) return r;
+  if (r > 0 && code) *code = p->code;
+  return r;
+}
+
+int mpe_process_signal(mpe_process *p, int sig) {
+  int r = try_reap(p);
+  if (r != 0) return r > 0 ? 0 : r;
+  if (kill(p->pid, sig) < 0) return errno == ESRCH ? 0 : -errno;
+  return 0;
+}
+
+void mpe_process_free(mpe_process *p) {
+  if (!p) return;
+  if (!p->exited && !p->foreign) {
+    kill(p->pid, SIGKILL);
+    while (mpe_process_wait(p, -1) == MPE_EINTR) {
+    }
+  }
+  if (p->pidfd >= 0) close(p->pidfd);
+  unlink_child(p);
+  free(p);
+}
+
+int mpe_process_signal_all(int sig) {
+  int n = 0;
+  for (mpe_process *p = children; p; p = p->next)
+    if (!p->exited && kill(p->pid, sig) == 0) n++;
+  return n;
+}
+
+int mpe_process_reap(void) {
+  int running = 0;
+  for (mpe_process *p = children, *n; p; p = n) {
+    n = p->next;
+    if (try_reap(p) == 0) running++;
+  }
+  return running;
+}
+
+void mpe_process_detach(mpe_process *p) {
+  if (!p) return;
+  if (p->exited || p->foreign) {
+    mpe_process_free(p);
+    return;
+  }
+  p->detached = 1;
+}
+
+int mpe_process_join_all(double timeout) {
+  for (mpe_process *p = children; p; p = p->next)
+    if (p->daemon && !p->exited) kill(p->pid, SIGTERM);
+  mpe__deadline d = mpe__deadline_in(timeout);
+  while (children) {
+    mpe_process *p = children;
+    int ms = mpe__deadline_ms(&d);
+    int r = ms == 0 ? MPE_ETIMEDOUT : mpe_process_wait(p, ms < 0 ? -1 : ms * 1e-3);
+    if (r != 0) break;
+  }
+  int killed = 0;
+  while (children) {
+    mpe_process *p = children;
+    kill(p->pid, SIGKILL);
+    killed++;
+    while (mpe_process_wait(p, -1) == MPE_EINTR) {
+    }
+  }
+  return killed;
+}

@@ -1,0 +1,207 @@
+/* test_process.c - spawn, wait with timeouts, signals, exit statuses,
+ * parent death, descriptors. */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "check.h"
+
+static int exit_with(void *arg) { return (int)(intptr_t)arg; }
+
+static int sleep_forever(void *arg) {
+  (void)arg;
+  for (;;) pause();
+  return 0;
+}
+
+static int sleep_a_bit(void *arg) {
+  mpe_sleep(*(double *)arg, NULL);
+  return 7;
+}
+
+static int raise_segv(void *arg) {
+  (void)arg;
+  raise(SIGSEGV);
+  return 0;
+}
+
+TEST(test_exit_codes) {
+  for (int want = 0; want < 256; want += 51) {
+    mpe_process *p;
+    CHECK_RC(mpe_process_spawn(&p, exit_with, (void *)(intptr_t)want, NULL), 0);
+    CHECK(mpe_process_pid(p) > 0);
+    CHECK_RC(mpe_process_wait(p, -1), 0);
+    int code = -1;
+    CHECK_RC(mpe_process_exitcode(p, &code), 1);
+    CHECK(code == want);
+    mpe_process_free(p);
+  }
+}
+
+TEST(test_signal_statuses) {
+  mpe_process *p;
+  CHECK_RC(mpe_process_spawn(&p, sleep_forever, NULL, NULL), 0);
+  int code = 0;
+  CHECK_RC(mpe_process_exitcode(p, &code), 0); /* running */
+  CHECK_RC(mpe_process_wait(p, 0.05), MPE_ETIMEDOUT);
+  CHECK_RC(mpe_process_signal(p, SIGTERM), 0);
+  CHECK_RC(mpe_process_wait(p, 10), 0);
+  CHECK_RC(mpe_process_exitcode(p, &code), 1);
+  CHECK(code == -SIGTERM);
+  CHECK_RC(mpe_process_signal(p, SIGKILL), 0); /* already gone: harmless */
+  mpe_process_free(p);
+
+  CHECK_RC(mpe_process_spawn(&p, sleep_forever, NULL, NULL), 0);
+  CHECK_RC(mpe_process_signal(p, SIGKILL), 0);
+  CHECK_RC(mpe_process_wait(p, 10), 0);
+  CHECK_RC(mpe_process_exitcode(p, &code), 1);
+  CHECK(code == -SIGKILL);
+  mpe_process_free(p);
+
+  CHECK_RC(mpe_process_spawn(&p, raise_segv, NULL, NULL), 0);
+  CHECK_RC(mpe_process_wait(p, 10), 0);
+  CHECK_RC(mpe_process_exitcode(p, &code), 1);
+  CHECK(code == -SIGSEGV);
+  mpe_process_free(p);
+}
+
+TEST(test_wait_timeout_is_honoured) {
+  double nap = 0.2;
+  mpe_process *p;
+  CHECK_RC(mpe_process_spawn(&p, sleep_a_bit, &nap, NULL), 0);
+  double t0 = mpe_time();
+  CHECK_RC(mpe_process_wait(p, 0.05), MPE_ETIMEDOUT);
+  CHECK(mpe_time() - t0 >= 0.049); /* not early */
+  CHECK_RC(mpe_process_wait(p, 30), 0);
+  int code;
+  CHECK_RC(mpe_process_exitcode(p, &code), 1);
+  CHECK(code == 7);
+  mpe_process_free(p);
+}
+
+TEST(test_free_kills_and_reaps) {
+  mpe_process *p;
+  CHECK_RC(mpe_process_spawn(&p, sleep_forever, NULL, NULL), 0);
+  pid_t pid = mpe_process_pid(p);
+  mpe_process_free(p);
+  CHECK(kill(pid, 0) < 0 && errno == ESRCH); /* no zombie: reaped */
+}
+
+TEST(test_join_all_terminates_daemons) {
+  mpe_process *d, *w;
+  mpe_spawn_options daemon = {1, 0, NULL, 0};
+  double nap = 0.05;
+  CHECK_RC(mpe_process_spawn(&d, sleep_forever, NULL, &daemon), 0);
+  CHECK_RC(mpe_process_spawn(&w, sleep_a_bit, &nap, NULL), 0);
+  pid_t dp = mpe_process_pid(d), wp = mpe_process_pid(w);
+  mpe_process_detach(d);
+  mpe_process_detach(w);
+  CHECK(mpe_process_join_all(30) == 0);
+  CHECK(kill(dp, 0) < 0 && kill(wp, 0) < 0);
+  CHECK(mpe_process_reap() == 0);
+}
+
+/* The grandchild reports its pid, then its parent is SIGKILLed: the
+ * grandchild must die too (PR_SET_PDEATHSIG). */
+static int fds[2];
+static int spawn_grandchild(void *arg) {
+  (void)arg;
+  mpe_process *g;
+  if (mpe_process_spawn(&g, sleep_forever, NULL, NULL) != 0) return 1;
+  pid_t pid = mpe_process_pid(g);
+  if (write(fds[1], &pid, sizeof pid) != sizeof pid) return 1;
+  for (;;) pause();
+}
+
+TEST(test_children_die_with_parent) {
+  CHECK(pipe(fds) == 0);
+  mpe_process *c;
+  CHECK_RC(mpe_process_spawn(&c, spawn_grandchild, NULL, NULL), 0);
+  pid_t g = 0;
+  CHECK(read(fds[0], &g, sizeof g) == sizeof g);
+  CHECK_RC(mpe_process_signal(c, SIGKILL), 0);
+  CHECK_RC(mpe_process_wait(c, 10), 0);
+  /* The grandchild was reparented to init, which reaps it once it dies. */
+  int gone = 0;
+  for (int i = 0; i < 500 && !gone; i++) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)g);
+    FILE *f = fopen(path, "r");
+    if (!f) gone = 1;
+    else {
+      char st = 0;
+      if (fscanf(f, "%*d %*s %c", &st) == 1 && st == 'Z') gone = 1;
+      fclose(f);
+    }
+    if (!gone) mpe_sleep(0.01, NULL);
+  }
+  CHECK(gone);
+  mpe_process_free(c);
+  close(fds[0]);
+  close(fds[1]);
+}
+
+static int count_fds(void) {
+  DIR *d = opendir("/proc/self/fd");
+  int n = 0;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL)
+    if (e->d_name[0] != '.') n++;
+  closedir(d);
+  return n - 1; /* the DIR's own */
+}
+
+static int report_fds(void *arg) { return count_fds() == (int)(intptr_t)arg ? 0 : 100 + count_fds(); }
+
+TEST(test_no_descriptor_leaks_into_child) {
+  int base = count_fds(); /* stdio and whatever ctest gave us */
+  mpe_pipe *a, *b;
+  CHECK_RC(mpe_pipe_new(&a, &b, 1), 0);
+  mpe_process *other;
+  CHECK_RC(mpe_process_spawn(&other, sleep_forever, NULL, NULL), 0); /* holds a pidfd */
+  mpe_process *p;
+  CHECK_RC(mpe_process_spawn(&p, report_fds, (void *)(intptr_t)base, NULL), 0);
+  CHECK_RC(mpe_process_wait(p, 10), 0);
+  int code;
+  CHECK_RC(mpe_process_exitcode(p, &code), 1);
+  CHECK(code == 0); /* neither the pipe nor the sibling's pidfd came along */
+  mpe_process_free(p);
+  mpe_pipe *keep[1] = {b};
+  mpe_spawn_options o = {0, 0, keep, 1};
+  CHECK_RC(mpe_process_spawn(&p, report_fds, (void *)(intptr_t)(base + 1), &o), 0);
+  CHECK_RC(mpe_process_wait(p, 10), 0);
+  CHECK_RC(mpe_process_exitcode(p, &code), 1);
+  CHECK(code == 0); /* exactly the end it was given */
+  mpe_process_free(p);
+  mpe_process_free(other);
+  mpe_pipe_free(a);
+  mpe_pipe_free(b);
+}
+
+TEST(test_errors_have_names) {
+  CHECK(strcmp(mpe_err_name(MPE_ECLOSED), "ECLOSED") == 0);
+  CHECK(strcmp(mpe_err_name(MPE_ETIMEDOUT), "ETIMEDOUT") == 0);
+  CHECK(strstr(mpe_strerror(MPE_ECLOSED), "closed") != NULL);
+  CHECK(strstr(mpe_strerror(-ENOMEM), "memory") != NULL);
+  CHECK(mpe_strerror(12345) != NULL);
+  CHECK(mpe_cpu_count() >= 1);
+  CHECK(strlen(mpe_version()) >= 5);
+}
+
+int main(void) {
+  CHECK_RC(mpe_init(16u << 20), 0);
+  RUN(test_exit_codes);
+  RUN(test_signal_statuses);
+  RUN(test_wait_timeout_is_honoured);
+  RUN(test_free_kills_and_reaps);
+  RUN(test_join_all_terminates_daemons);
+  RUN(test_children_die_with_parent);
+  RUN(test_no_descriptor_leaks_into_child);
+  RUN(test_errors_have_names);
+  CHECK(mpe_process_reap() == 0);
+  return 0;
+}
