@@ -11,7 +11,8 @@
  *   3 MODFIELD "mod\0key": a C function (or a module's function or
  *              userdata) by name, e.g. string.format, io.stdout
  *   4 FUNC     bin bytecode, array of upvalues: a Lua function (debug info
- *              kept, so tracebacks show file:line)
+ *              kept, so tracebacks show file:line); an upvalue named _ENV
+ *              always travels as MODULE "_G": the receiver's globals
  *   5 MTTABLE  table, metatable
  *   6 OBJECT   kind byte, reference: an engine object (see mpe_lua.h)
  *
@@ -212,7 +213,7 @@ static void seg_key(enc *e, int key) {
     snprintf(s, SEG_LEN, "[%lld]", (long long)lua_tointeger(L, key));
   } else if (lua_type(L, key) == LUA_TSTRING) {
     const char *k = lua_tostring(L, key);
-    int ident = (*k == '_' || (*k | 32) >= 'a') && (*k | 32) <= 'z';
+    int ident = *k == '_' || ((*k | 32) >= 'a' && (*k | 32) <= 'z');
     for (const char *c = k; *c && ident; c++)
       ident = *c == '_' || ((*c | 32) >= 'a' && (*c | 32) <= 'z') || (*c >= '0' && *c <= '9');
     if (ident) snprintf(s, SEG_LEN, ".%s", k);
@@ -357,6 +358,12 @@ static int enc_function(enc *e, int idx) {
   put_count(e, 0, (size_t)n);
   for (int i = 1; i <= n; i++) {
     const char *name = lua_getupvalue(L, idx, i);
+    if (name && strcmp(name, "_ENV") == 0) {
+      /* The contract: a function's _ENV is the receiving process's globals. */
+      put_ext(e, EXT_MODULE, "_G", 2);
+      lua_pop(L, 1);
+      continue;
+    }
     if (enc_value(e, lua_gettop(L)) != 0) {
       seg_text(e, "[upvalue ", name && *name ? name : "?", "]");
       return -1;

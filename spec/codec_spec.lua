@@ -1,0 +1,118 @@
+-- codec_spec.lua - every value the codec carries, and the error for each
+-- value it refuses, with its path.
+local mp = require "mpengine"
+
+local function rt(v) return mp.decode(mp.encode(v)) end
+
+describe("codec", function()
+  it("keeps booleans, integers and floats with their subtype", function()
+    assert.is_true(rt(true))
+    assert.is_false(rt(false))
+    for _, i in ipairs{0, 1, -1, 127, 128, -32, -33, 255, 256, 65535, 65536, -32768, -32769,
+                       1 << 31, -(1 << 31) - 1, 1 << 32, math.maxinteger, math.mininteger} do
+      local r = rt(i)
+      assert.are.equal(i, r)
+      assert.are.equal("integer", math.type(r))
+    end
+    for _, f in ipairs{0.0, 1.0, -2.5, 1e300, -1e-300, math.pi, math.huge, -math.huge} do
+      local r = rt(f)
+      assert.are.equal(f, r)
+      assert.are.equal("float", math.type(r))
+    end
+    local nan = rt(0 / 0)
+    assert.is_true(nan ~= nan)
+    assert.are.equal("-0.0", tostring(rt(-0.0)))
+  end)
+
+  it("keeps strings binary-safe at every length", function()
+    local bin = {}
+    for i = 0, 255 do bin[#bin + 1] = string.char(i) end
+    bin = table.concat(bin)
+    for _, s in ipairs{"", "a", "\0", bin, ("x"):rep(31), ("x"):rep(32), ("y"):rep(70000)} do
+      assert.are.equal(s, rt(s))
+    end
+  end)
+
+  it("keeps nested tables, sequences, maps and mixed keys", function()
+    local t = {1, 2, 3, {a = {b = {c = "deep"}}}, [true] = "t", [2.5] = "f", x = {}}
+    local r = rt(t)
+    assert.are.same(t, r)
+    assert.are.equal("deep", r[4].a.b.c)
+    local holes = {1, nil, 3}
+    assert.are.same(holes, rt(holes))
+  end)
+
+  it("keeps shared references and cycles", function()
+    local shared = {"s"}
+    local t = {a = shared, b = shared}
+    t.self = t
+    local r = rt(t)
+    assert.are.equal(r.a, r.b)
+    assert.are.equal(r, r.self)
+    assert.are_not.equal(shared, r.a)
+  end)
+
+  it("keeps metatables", function()
+    local Point = {}
+    Point.__index = Point
+    function Point.norm1(p) return math.abs(p.x) + math.abs(p.y) end
+    local r = rt(setmetatable({x = 3, y = -4}, Point))
+    assert.are.equal(7, r:norm1())
+  end)
+
+  it("carries closures with their upvalues, recursion included", function()
+    local base = 10
+    local function fib(n) if n < 2 then return n end return fib(n - 1) + fib(n - 2) end
+    local f = rt(function(x) return fib(x) + base end)
+    assert.are.equal(65, f(10))
+    local counter = rt((function() local n = 0; return function() n = n + 1; return n end end)())
+    assert.are.equal(1, counter())
+    assert.are.equal(2, counter())
+  end)
+
+  it("sends modules and their C functions by name", function()
+    local cjson = require "cjson"
+    local r = rt{string = string, fmt = string.format, out = io.stdout, json = cjson, enc = cjson.encode, mp = mp}
+    assert.are.equal(string, r.string)
+    assert.are.equal(string.format, r.fmt)
+    assert.are.equal(io.stdout, r.out)
+    assert.are.equal(cjson, r.json)
+    assert.are.equal(cjson.encode, r.enc)
+    assert.are.equal(mp, r.mp)
+    local f = rt(function(t) return cjson.encode(t) .. string.format("%d", 5) end)
+    assert.are.equal('[1]5', f{1})
+  end)
+
+  it("gives a function the receiver's globals", function()
+    local env = setmetatable({}, {__index = _G})
+    local f = rt(load("return type(print), _G == _ENV", "=chunk", "t", env))
+    local a, b = f()
+    assert.are.equal("function", a)
+    assert.is_true(b)
+  end)
+
+  it("names the type and the path of a value it cannot send", function()
+    local co = coroutine.create(print)
+    local ok, err = pcall(mp.encode, {1, {cb = co}})
+    assert.is_false(ok)
+    assert.matches("cannot send value at value%[2%]%.cb: thread", err)
+    local fh = io.tmpfile()
+    ok, err = pcall(mp.encode, {file = fh})
+    assert.matches("cannot send value at value%.file: userdata %(FILE%*%)", err)
+    fh:close()
+    ok, err = pcall(mp.encode, {["odd key"] = coroutine.wrap(print)})
+    assert.matches('cannot send value at value%["odd key"%]: C closure with upvalues', err)
+    ok, err = pcall(mp.encode, function() return co end)
+    assert.matches("cannot send value at value%[upvalue co%]: thread", err)
+    ok, err = pcall(mp.encode, setmetatable({}, {__index = {co}}))
+    assert.matches("cannot send value at value%[metatable%]%.__index%[1%]: thread", err)
+  end)
+
+  it("refuses a malformed message with a clear error", function()
+    for _, bad in ipairs{"", "\xc1", "\x92\x01", "\xd6\x01\0\0\0\9", "\xdb\xff\xff\xff\xff"} do
+      local ok, err = pcall(mp.decode, bad)
+      assert.is_false(ok)
+      assert.matches("malformed message", err)
+    end
+  end)
+end)

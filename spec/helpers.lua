@@ -1,0 +1,55 @@
+-- helpers.lua - what the specs share: running the CLI, reading /proc.
+local H = {}
+
+H.CLI = "./build/mpengine"
+
+-- Runs a shell command; returns its output (stdout and stderr) and exit code.
+function H.sh(cmd)
+  local f = assert(io.popen(cmd .. " 2>&1; echo \"__rc=$?\""))
+  local out = f:read("a")
+  f:close()
+  local body, rc = out:match("^(.*)__rc=(%d+)%s*$")
+  return body, tonumber(rc)
+end
+
+-- Runs `mpengine run` on a script with arguments.
+function H.run(script, ...)
+  local args = {}
+  for i = 1, select("#", ...) do args[#args + 1] = "'" .. tostring(select(i, ...)) .. "'" end
+  return H.sh(H.CLI .. " run " .. script .. " " .. table.concat(args, " "))
+end
+
+-- true while pid names a live process (a zombie counts as gone).
+function H.alive(pid)
+  local f = io.open("/proc/" .. pid .. "/stat")
+  if not f then return false end
+  local st = f:read("a"):match("^%d+ %b() (%a)")
+  f:close()
+  return st ~= nil and st ~= "Z"
+end
+
+function H.tmpname()
+  local n = os.tmpname()
+  os.remove(n)
+  return n
+end
+
+function H.read(path)
+  local f = io.open(path)
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+-- Waits (by handshake, not by guessing) until pred() holds; fails after limit s.
+function H.wait_until(pred, limit)
+  local mp = require "mpengine"
+  local t0 = mp.time()
+  while not pred() do
+    if mp.time() - t0 > (limit or 10) then error("condition not reached in time", 2) end
+    mp.sleep(0.005)
+  end
+end
+
+return H

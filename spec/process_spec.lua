@@ -1,0 +1,152 @@
+-- process_spec.lua - mp.Process across real processes.
+local mp = require "mpengine"
+local H = require "helpers"
+
+describe("Process", function()
+  it("runs a closure with args in a child and reports exit code 0", function()
+    local r, w = mp.Pipe(false)
+    local offset = 100
+    local p = mp.Process{target = function(conn, a, b) conn:send(a + b + offset) end, args = {w, 1, 2},
+                         name = "adder"}
+    assert.is_nil(p.pid)
+    assert.is_nil(p.exitcode)
+    assert.are.equal("adder", p.name)
+    p:start()
+    w:close()
+    assert.is_number(p.pid)
+    assert.are.equal(103, r:recv(10))
+    assert.is_true(p:join(10))
+    assert.are.equal(0, p.exitcode)
+    assert.is_false(p:is_alive())
+  end)
+
+  it("gives default names and daemon flags", function()
+    local p = mp.Process{target = function() end}
+    assert.matches("^Process%-%d+$", p.name)
+    assert.is_false(p.daemon)
+    p.daemon = true
+    p.name = "renamed"
+    assert.is_true(p.daemon)
+    assert.are.equal("renamed", p.name)
+    p:start()
+    assert.is_true(p:join(10))
+    assert.has_error(function() p.daemon = false end, "Process: cannot set daemon after start")
+  end)
+
+  it("sets exitcode 1 on a Lua error and os.exit(n) to n", function()
+    local p = mp.Process{target = function() error("boom") end}
+    -- keep the expected traceback out of the test output
+    local q = mp.Process{target = function() os.exit(7) end}
+    local t = mp.Process{target = function() os.exit(true) end}
+    io.stderr:flush()
+    p:start(); q:start(); t:start()
+    p:join(); q:join(); t:join()
+    assert.are.equal(1, p.exitcode)
+    assert.are.equal(7, q.exitcode)
+    assert.are.equal(0, t.exitcode)
+  end)
+
+  it("reports -N when killed by signal N, with terminate and kill", function()
+    local a = mp.Process{target = function() mp.sleep(60) end}
+    local b = mp.Process{target = function() mp.sleep(60) end}
+    a:start(); b:start()
+    assert.is_true(a:is_alive())
+    assert.is_false(a:join(0.05))
+    assert.is_nil(a.exitcode)
+    a:terminate(); b:kill()
+    assert.is_true(a:join(10)); assert.is_true(b:join(10))
+    assert.are.equal(-15, a.exitcode)
+    assert.are.equal(-9, b.exitcode)
+    assert.is_false(H.alive(a.pid))
+  end)
+
+  it("honours join timeouts: not early, not hung", function()
+    local p = mp.Process{target = function() mp.sleep(0.3) end}
+    p:start()
+    local t0 = mp.time()
+    assert.is_false(p:join(0.1))
+    local waited = mp.time() - t0
+    assert.is_true(waited >= 0.099, "returned early: " .. waited)
+    assert.is_true(p:join(30))
+    assert.are.equal(0, p.exitcode)
+  end)
+
+  it("knows its children and its own name inside a child", function()
+    local r, w = mp.Pipe(false)
+    local p = mp.Process{target = function(c) c:send(mp.current_process()) c:send(#mp.active_children()) end,
+                         args = {w}, name = "worker-7"}
+    p:start()
+    local me = r:recv(10)
+    assert.are.equal("worker-7", me.name)
+    assert.are.equal(p.pid, me.pid)
+    assert.are.equal(0, r:recv(10))
+    p:join()
+    assert.are.equal("MainProcess", mp.current_process().name)
+    local s = mp.Process{target = function() mp.sleep(60) end}
+    s:start()
+    local kids = mp.active_children()
+    assert.are.equal(1, #kids)
+    assert.are.equal(s, kids[1])
+    s:kill(); s:join()
+    assert.are.equal(0, #mp.active_children())
+  end)
+
+  it("raises on misuse", function()
+    assert.has_error(function() mp.Process{target = 1} end, "Process: target must be a function")
+    assert.has_error(function() mp.Process{target = print, bogus = 1} end,
+      "Process: unknown option 'bogus' (expected target, args, name, daemon)")
+    local p = mp.Process{target = function() end}
+    assert.has_error(function() p:join() end, "Process: cannot join a process that was not started")
+    assert.has_error(function() p:terminate() end, "Process: not started")
+    assert.has_error(function() p:join(-1) end)
+    p:start()
+    assert.has_error(function() p:start() end, "Process: cannot start a process twice")
+    p:join()
+    p:close()
+    assert.has_error(function() p:join() end, "Process: cannot join a closed process")
+  end)
+
+  it("refuses a target or args that cannot travel, naming the path", function()
+    local co = coroutine.create(print)
+    local p = mp.Process{target = function() end, args = {1, {cb = co}}}
+    assert.has_error(function() p:start() end, "cannot send value at args[2].cb: thread")
+    assert.is_nil(p.pid)
+  end)
+
+  it("leaves the child only the pipe ends it was given, so EOF works", function()
+    local r, w = mp.Pipe(false)
+    local other_r, other_w = mp.Pipe(false)
+    local p = mp.Process{target = function(conn) conn:send("one") end, args = {w}}
+    p:start()
+    w:close() -- the child's copy is the only writer now
+    assert.are.equal("one", r:recv(10))
+    local v, why = r:recv(10)
+    assert.is_nil(v)
+    assert.are.equal("closed", why)
+    p:join()
+    other_w:close()
+    assert.are.same({nil, "closed"}, {other_r:recv(1)})
+  end)
+
+  it("prints the process name and a traceback with file:line on error", function()
+    local out, rc = H.run("spec/fixtures/child_error.lua")
+    assert.are.equal(0, rc)
+    assert.matches("Process failing%-worker %(pid %d+%) failed:", out)
+    assert.matches("spec/fixtures/child_error.lua:%d+: something broke", out)
+    assert.matches("stack traceback:", out)
+    assert.matches("exitcode=1", out)
+  end)
+
+  it("runs a closure made after the child started, sent through a pipe", function()
+    local a, b = mp.Pipe()
+    local p = mp.Process{target = function(c)
+      local f = c:recv(10)
+      c:send(f(20))
+    end, args = {b}}
+    p:start()
+    local k = 22
+    a:send(function(x) return x + k end)
+    assert.are.equal(42, a:recv(10))
+    p:join()
+  end)
+end)
