@@ -102,9 +102,8 @@ typedef struct child_ctx {
 static int child_main(void *arg) {
   child_ctx *c = arg;
   lua_State *L = c->L;
-  /* Ctrl-C reaches the whole process group: a child just dies of it. */
-  signal(SIGINT, SIG_DFL);
-  signal(SIGTERM, SIG_DFL);
+  /* The engine gave the child default signal handlers: Ctrl-C, which
+   * reaches the whole process group, just ends it. */
   mpel_signal = 0;
   lua_sethook(L, NULL, 0, 0);
   lua_newtable(L); /* the parent's children are our siblings */

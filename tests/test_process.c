@@ -69,6 +69,27 @@ TEST(test_signal_statuses) {
   mpe_process_free(p);
 }
 
+static void swallow(int sig) { (void)sig; }
+
+TEST(test_child_starts_with_default_handlers) {
+  /* A parent's handler must not swallow a SIGTERM sent right after fork. */
+  struct sigaction sa, old;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = swallow;
+  sigaction(SIGTERM, &sa, &old);
+  for (int i = 0; i < 20; i++) {
+    mpe_process *p;
+    CHECK_RC(mpe_process_spawn(&p, sleep_forever, NULL, NULL), 0);
+    CHECK_RC(mpe_process_signal(p, SIGTERM), 0);
+    CHECK_RC(mpe_process_wait(p, 10), 0);
+    int code;
+    CHECK_RC(mpe_process_exitcode(p, &code), 1);
+    CHECK(code == -SIGTERM);
+    mpe_process_free(p);
+  }
+  sigaction(SIGTERM, &old, NULL);
+}
+
 TEST(test_wait_timeout_is_honoured) {
   double nap = 0.2;
   mpe_process *p;
@@ -196,6 +217,7 @@ int main(void) {
   CHECK_RC(mpe_init(16u << 20), 0);
   RUN(test_exit_codes);
   RUN(test_signal_statuses);
+  RUN(test_child_starts_with_default_handlers);
   RUN(test_wait_timeout_is_honoured);
   RUN(test_free_kills_and_reaps);
   RUN(test_join_all_terminates_daemons);

@@ -112,7 +112,8 @@ typedef struct mpe_spawn_options {
 
 /* Forks a child that runs fn(arg) and leaves with its return value via
  * _exit(). The child dies with its parent (SIGKILL on parent death), starts
- * with the parent's signal mask, keeps no descriptor of the engine it was
+ * with the parent's signal mask and default signal handlers (ignored signals
+ * stay ignored), keeps no descriptor of the engine it was
  * not given, and flushes stdio before leaving. opts may be NULL (keep no
  * pipe ends). On success *out owns the handle (free with mpe_process_free). */
 MPE_API int mpe_process_spawn(mpe_process **out, mpe_entry_fn fn, void *arg,

@@ -108,6 +108,15 @@ int mpe_process_spawn(mpe_process **out, mpe_entry_fn fn, void *arg,
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent) _exit(128 + SIGKILL);
     in_child = 1;
+    /* The parent's handlers belong to the parent's state: a signal caught by
+     * one of them here (a SIGTERM sent right after fork) would be swallowed.
+     * Start from default dispositions, while signals are still blocked;
+     * ignored signals stay ignored, as across exec. */
+    for (int sig = 1; sig < NSIG; sig++) {
+      struct sigaction sa;
+      if (sig == SIGKILL || sig == SIGSTOP || sigaction(sig, NULL, &sa) != 0) continue;
+      if (sa.sa_handler != SIG_DFL && sa.sa_handler != SIG_IGN) signal(sig, SIG_DFL);
+    }
     mpe__processes_after_fork();
     mpe__pipes_after_fork(opts);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
