@@ -103,6 +103,17 @@ static int pmain(lua_State *L) {
   }
   lua_setglobal(L, "arg");
   const char *script = argv[first];
+  /* As Python puts a script's folder on sys.path: modules beside the script
+   * are found with require, wherever the run was started from. */
+  const char *slash = strrchr(script, '/');
+  lua_getglobal(L, "package");
+  if (slash) lua_pushlstring(L, script, (size_t)(slash - script));
+  else lua_pushliteral(L, ".");
+  const char *dir = lua_tostring(L, -1);
+  lua_getfield(L, -2, "path");
+  lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s", dir, dir, lua_tostring(L, -1));
+  lua_setfield(L, -4, "path");
+  lua_pop(L, 3);
   if (luaL_loadfile(L, script) != LUA_OK) {
     lua_pushinteger(L, 1);
     lua_insert(L, -2);

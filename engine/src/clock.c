@@ -89,3 +89,15 @@ int mpe_cpu_count(void) {
   long n = sysconf(_SC_NPROCESSORS_ONLN);
   return n > 0 ? (int)n : 1;
 }
+
+long mpe__spin_ns(void) {
+  static long spin = -1;
+  if (spin < 0) {
+    /* MPENGINE_SPIN_US: how long a waiter spins before sleeping (default 20;
+     * 0 on a single CPU, where spinning only delays the peer). */
+    const char *e = getenv("MPENGINE_SPIN_US");
+    long us = e && *e ? strtol(e, NULL, 10) : (mpe_cpu_count() > 1 ? 20 : 0);
+    spin = us > 0 ? us * 1000 : 0;
+  }
+  return spin;
+}

@@ -27,6 +27,9 @@ mpe__deadline mpe__deadline_in(double timeout);
 /* Milliseconds left for poll(): -1 forever, 0 when passed. */
 int mpe__deadline_ms(const mpe__deadline *d);
 
+/* Nanoseconds a waiter spins before it sleeps in the kernel. */
+long mpe__spin_ns(void);
+
 /* Child-side hooks run right after fork: close what the child must not keep. */
 void mpe__pipes_after_fork(const mpe_spawn_options *opts);
 void mpe__processes_after_fork(void);
