@@ -64,6 +64,7 @@ mpel_wire *mpel_wire_get(lua_State *L, int allow_ends) {
   w->len = 0;
   w->nends = 0;
   w->allow_ends = allow_ends;
+  w->transfer = 1;
   return w;
 }
 

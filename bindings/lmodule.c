@@ -62,6 +62,57 @@ void mpel_register_class(lua_State *L, const mpel_class *cls) {
   lua_pop(L, 1);
 }
 
+void mpel_track(lua_State *L, int idx) {
+  idx = lua_absindex(L, idx);
+  if (lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.handles") != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.handles");
+  }
+  lua_pushvalue(L, idx);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+}
+
+void mpel_handles_fork(lua_State *L, int take) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.handles") != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.kinds");
+  lua_pushnil(L);
+  while (lua_next(L, -3)) {
+    lua_pop(L, 1);
+    if (lua_getmetatable(L, -1)) {
+      const mpel_class *cls = lua_rawget(L, -3) == LUA_TLIGHTUSERDATA ? lua_touserdata(L, -1) : NULL;
+      lua_pop(L, 1);
+      void *ud = lua_touserdata(L, -1);
+      if (cls && take && cls->retain) cls->retain(ud);
+      if (cls && !take && cls->release) cls->release(ud);
+    }
+  }
+  lua_pop(L, 2);
+}
+
+const char *mpel_put_object(mpel_wire *w, int kind, const void *payload, size_t n) {
+  if (n + 1 > 255) return "object reference too long";
+  if (mpel_wire_reserve(w, n + 4) != 0) return "out of memory";
+  unsigned char *b = (unsigned char *)w->buf + w->len;
+  b[0] = 0xc7; /* ext8 */
+  b[1] = (unsigned char)(n + 1);
+  b[2] = 6; /* EXT_OBJECT */
+  b[3] = (unsigned char)kind;
+  memcpy(b + 4, payload, n);
+  w->len += n + 4;
+  return NULL;
+}
+
 static int l_sleep(lua_State *L) {
   lua_Number s = luaL_checknumber(L, 1);
   luaL_argcheck(L, !isnan(s) && s >= 0, 1, "seconds must be >= 0");
@@ -158,5 +209,6 @@ __attribute__((visibility("default"))) int luaopen_mpengine(lua_State *L) {
   lua_setfield(L, -2, "_VERSION");
   mpel_open_process(L);
   mpel_open_pipe(L);
+  mpel_open_queue(L);
   return 1;
 }

@@ -178,7 +178,7 @@ static int conn_decode(lua_State *L, const unsigned char *ref, size_t len, mpe_p
   return 0;
 }
 
-static const mpel_class conn_class = {"Connection", MPEL_CONNECTION, conn_encode, conn_decode};
+static const mpel_class conn_class = {"Connection", MPEL_CONNECTION, conn_encode, conn_decode, NULL, NULL};
 
 static const luaL_Reg methods[] = {
     {"send", c_send},   {"recv", c_recv},   {"send_bytes", c_send_bytes}, {"recv_bytes", c_recv_bytes},

@@ -90,6 +90,7 @@ static int l_process(lua_State *L) {
 static int child_exit(lua_State *L) {
   /* os.exit in a child: leave at once, with none of the parent's clean-up. */
   int code = lua_isboolean(L, 1) ? !lua_toboolean(L, 1) : (int)luaL_optinteger(L, 1, 0);
+  mpel_handles_fork(L, 0);
   fflush(NULL);
   _exit(code & 255);
 }
@@ -106,6 +107,7 @@ static int child_main(void *arg) {
    * reaches the whole process group, just ends it. */
   mpel_signal = 0;
   lua_sethook(L, NULL, 0, 0);
+  mpel_handles_fork(L, 1); /* our own references to inherited shared objects */
   lua_newtable(L); /* the parent's children are our siblings */
   lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.children");
   lua_getglobal(L, "os");
@@ -133,7 +135,10 @@ static int child_main(void *arg) {
   lua_xmove(L, co, (int)n + 1);
   int nres = 0;
   int st = lua_resume(co, L, (int)n, &nres);
-  if (st == LUA_OK) return 0;
+  if (st == LUA_OK) {
+    mpel_handles_fork(L, 0);
+    return 0;
+  }
   if (st == LUA_YIELD) lua_pushliteral(co, "attempt to yield from outside a coroutine");
   const char *msg = lua_tostring(co, -1);
   if (!msg) {
@@ -153,6 +158,7 @@ static int p_start(lua_State *L) {
   if (p->state != NEW) return luaL_error(L, "Process: cannot start a process twice");
   lua_getiuservalue(L, 1, 1);
   mpel_wire *w = mpel_wire_get(L, 1);
+  w->transfer = 0; /* a check only: nothing is sent, no reference taken */
   lua_getfield(L, 2, "target");
   mpel_encode(L, -1, "target", w);
   lua_getfield(L, 2, "args");
@@ -337,7 +343,7 @@ static int proc_decode(lua_State *L, const unsigned char *ref, size_t len, mpe_p
   return 0;
 }
 
-static const mpel_class proc_class = {"Process", MPEL_PROCESS, proc_encode, proc_decode};
+static const mpel_class proc_class = {"Process", MPEL_PROCESS, proc_encode, proc_decode, NULL, NULL};
 
 static const luaL_Reg methods[] = {
     {"start", p_start}, {"join", p_join}, {"is_alive", p_is_alive}, {"terminate", p_terminate},

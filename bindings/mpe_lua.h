@@ -17,7 +17,7 @@
 #define MPEL_MAX_ENDS 64
 
 /* Engine object kinds (wire byte; never renumber). */
-enum { MPEL_CONNECTION = 1, MPEL_PROCESS = 2 };
+enum { MPEL_CONNECTION = 1, MPEL_PROCESS = 2, MPEL_QUEUE = 3 };
 
 /* Bytes being built for the wire, plus the pipe ends that ride along. */
 typedef struct mpel_wire {
@@ -26,7 +26,7 @@ typedef struct mpel_wire {
   mpe_pipe *ends[MPEL_MAX_ENDS];
   size_t nends;
   int allow_ends; /* the channel can carry pipe ends (a Pipe, a Process) */
-  int busy;
+  int transfer;   /* a real send: shared objects get a reference in flight */
 } mpel_wire;
 
 /* One kind of engine object (see the seam above). */
@@ -38,13 +38,26 @@ typedef struct mpel_class {
   const char *(*encode)(lua_State *L, int idx, mpel_wire *w);
   /* Pushes the object for a reference; returns 0, or -1 if malformed. */
   int (*decode)(lua_State *L, const unsigned char *ref, size_t len, mpe_pipe **ends, size_t nends);
+  /* Shared objects: a forked child takes its own reference to every handle
+   * it inherits, and gives them back when it ends normally. NULL otherwise. */
+  void (*retain)(void *ud);
+  void (*release)(void *ud);
 } mpel_class;
 
 /* Registers cls with its metatable at the top of the stack. */
 void mpel_register_class(lua_State *L, const mpel_class *cls);
 
+/* Tracks the shared-object handle at idx (a weak registry), so a forked
+ * child can take its own references (mpel_handles_fork). */
+void mpel_track(lua_State *L, int idx);
+/* In a child: retain (take=1) or release (take=0) every tracked handle. */
+void mpel_handles_fork(lua_State *L, int take);
+/* Appends an OBJECT extension {kind, payload} to w; NULL or a reason. */
+const char *mpel_put_object(mpel_wire *w, int kind, const void *payload, size_t n);
+
 /* ---- codec (codec.c) */
-/* A reusable wire buffer for this state; release it with mpel_wire_done. */
+/* A reusable wire buffer for this state; release it with mpel_wire_done.
+ * transfer: 1 for a real send (see mpel_wire.transfer). */
 mpel_wire *mpel_wire_get(lua_State *L, int allow_ends);
 void mpel_wire_done(mpel_wire *w);
 int mpel_wire_reserve(mpel_wire *w, size_t more);
@@ -72,6 +85,7 @@ extern const char *mpel_process_name;
 /* ---- object families */
 void mpel_open_process(lua_State *L);
 void mpel_open_pipe(lua_State *L);
+void mpel_open_queue(lua_State *L);
 /* Pushes a new Connection owning p. */
 void mpel_push_connection(lua_State *L, mpe_pipe *p);
 /* Ends the run for this state's processes (see lprocess.c). */

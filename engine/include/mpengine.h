@@ -182,6 +182,62 @@ MPE_API int mpe_pipe_can_recv(const mpe_pipe *p);
 /* Closes (if open) and frees the handle. */
 MPE_API void mpe_pipe_free(mpe_pipe *p);
 
+/* ----------------------------------------------------------------- queues */
+
+/* A multi-producer, multi-consumer FIFO of byte messages in the arena, usable
+ * from every process of the run. Timeouts: negative waits forever, 0 tries
+ * once. A process killed inside any call leaves the queue usable; only the
+ * message it was putting or had just taken is lost. */
+typedef struct mpe_queue mpe_queue;
+
+/* One message taken from a queue. buf is a reusable buffer owned by the
+ * caller (start with {0}); data/len point at the message until the next get
+ * or mpe_qmsg_done. */
+typedef struct mpe_qmsg {
+  char *buf;
+  size_t cap;
+  const char *data;
+  size_t len;
+  uint32_t tag;
+  void *block; /* a large message read in place, released by mpe_qmsg_done */
+} mpe_qmsg;
+
+/* Creates a queue holding at most maxsize messages (0: only memory limits
+ * it). The caller owns one reference. */
+MPE_API int mpe_queue_new(mpe_queue **out, size_t maxsize);
+/* Adds a reference (for another handle, or a message in flight). */
+MPE_API void mpe_queue_retain(mpe_queue *q);
+/* Drops a reference; the last one frees the queue and what it holds. */
+MPE_API void mpe_queue_free(mpe_queue *q);
+/* Process-independent reference, and back (NULL unless a live queue; the
+ * caller adopts no reference). */
+MPE_API uint64_t mpe_queue_ref(const mpe_queue *q);
+MPE_API mpe_queue *mpe_queue_from_ref(uint64_t ref);
+/* Appends a copy of buf. Blocks while the queue is full: 0, MPE_ETIMEDOUT,
+ * MPE_ECLOSED (closed for puts), MPE_EINTR, -ENOMEM (arena full). Messages
+ * of any size fit, larger than the ring included. */
+MPE_API int mpe_queue_put(mpe_queue *q, const void *buf, size_t len, uint32_t tag, double timeout);
+/* Takes the oldest message into *m: 0, MPE_ETIMEDOUT, MPE_ECLOSED (closed
+ * and drained), MPE_EINTR, -ENOMEM. Spins briefly, then sleeps in the kernel;
+ * no system call when a message is ready and nobody waits. */
+MPE_API int mpe_queue_get(mpe_queue *q, double timeout, mpe_qmsg *m);
+/* Releases what the last get holds; m->buf stays for reuse. */
+MPE_API void mpe_qmsg_done(mpe_qmsg *m);
+/* Frees m->buf as well. */
+MPE_API void mpe_qmsg_free(mpe_qmsg *m);
+/* Messages in the queue now; the bound given to mpe_queue_new. */
+MPE_API size_t mpe_queue_size(const mpe_queue *q);
+MPE_API size_t mpe_queue_maxsize(const mpe_queue *q);
+/* Closes the queue for puts; getters drain it, then get MPE_ECLOSED. */
+MPE_API void mpe_queue_close(mpe_queue *q);
+MPE_API int mpe_queue_is_closed(const mpe_queue *q);
+/* Marks one message as processed: 0, or -EINVAL when called more often than
+ * messages were put. */
+MPE_API int mpe_queue_task_done(mpe_queue *q);
+/* Waits until every message put has been marked done: 0, MPE_ETIMEDOUT,
+ * MPE_EINTR. */
+MPE_API int mpe_queue_join(mpe_queue *q, double timeout);
+
 #ifdef __cplusplus
 }
 #endif

@@ -146,3 +146,37 @@ void *mpe_deref(uint64_t ref) {
   if (!ref || !arena || ref >= arena->size) return NULL;
   return (char *)arena + ref;
 }
+
+/* ------------------------------------------------ shared objects' header */
+
+void *mpe__obj_new(size_t size, uint32_t kind) {
+  mpe__obj *o = mpe_alloc(size);
+  if (!o) return NULL;
+  memset(o, 0, size);
+  o->magic = MPE__OBJ_MAGIC;
+  o->kind = kind;
+  atomic_init(&o->refs, 1);
+  return o;
+}
+
+void *mpe__obj_from_ref(uint64_t ref, uint32_t kind) {
+  /* A reference from a message is checked before it is trusted: inside the
+   * arena, on a live block, with the right kind and references left. */
+  if (!arena || ref < sizeof(arena_hdr) + HDR || ref >= arena->top || (ref & 15) != 0) return NULL;
+  block_hdr *b = (block_hdr *)((char *)arena + ref - HDR);
+  if (b->magic != BLOCK_MAGIC || b->cls >= NCLASSES) return NULL;
+  mpe__obj *o = (mpe__obj *)((char *)arena + ref);
+  if (o->magic != MPE__OBJ_MAGIC || o->kind != kind || atomic_load(&o->refs) == 0) return NULL;
+  return o;
+}
+
+void mpe__obj_retain(void *p) { atomic_fetch_add(&((mpe__obj *)p)->refs, 1); }
+
+int mpe__obj_release(void *p) {
+  mpe__obj *o = p;
+  uint32_t before = atomic_fetch_sub(&o->refs, 1);
+  MPE__CHECK(before > 0);
+  if (before != 1) return 0;
+  o->magic = 0;
+  return 1;
+}

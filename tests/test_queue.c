@@ -1,0 +1,228 @@
+/* test_queue.c - the engine's queue through the public header: FIFO order,
+ * bounds and timeouts, close, messages larger than the ring, many producers
+ * and consumers across processes, join, and holders killed mid-operation. */
+#include <signal.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "check.h"
+
+static int put_u64(mpe_queue *q, uint64_t v, double timeout) {
+  return mpe_queue_put(q, &v, sizeof v, 0, timeout);
+}
+
+static uint64_t get_u64(mpe_queue *q, double timeout, int *rc) {
+  mpe_qmsg m = {0};
+  uint64_t v = 0;
+  *rc = mpe_queue_get(q, timeout, &m);
+  if (*rc == 0) {
+    CHECK(m.len == sizeof v);
+    memcpy(&v, m.data, sizeof v);
+  }
+  mpe_qmsg_free(&m);
+  return v;
+}
+
+TEST(test_fifo_bounds_timeouts) {
+  mpe_queue *q;
+  CHECK_RC(mpe_queue_new(&q, 3), 0);
+  CHECK(mpe_queue_maxsize(q) == 3);
+  int rc;
+  double t0 = mpe_time();
+  get_u64(q, 0.05, &rc);
+  CHECK(rc == MPE_ETIMEDOUT && mpe_time() - t0 >= 0.049);
+  get_u64(q, 0, &rc);
+  CHECK(rc == MPE_ETIMEDOUT);
+  for (uint64_t i = 1; i <= 3; i++) CHECK_RC(put_u64(q, i, -1), 0);
+  CHECK(mpe_queue_size(q) == 3);
+  CHECK_RC(put_u64(q, 4, 0), MPE_ETIMEDOUT);
+  t0 = mpe_time();
+  CHECK_RC(put_u64(q, 4, 0.05), MPE_ETIMEDOUT);
+  CHECK(mpe_time() - t0 >= 0.049);
+  for (uint64_t i = 1; i <= 3; i++) CHECK(get_u64(q, 0, &rc) == i && rc == 0);
+  CHECK(mpe_queue_size(q) == 0);
+  mpe_queue_free(q);
+}
+
+TEST(test_close_drains_then_reports_closed) {
+  mpe_queue *q;
+  CHECK_RC(mpe_queue_new(&q, 0), 0);
+  CHECK_RC(put_u64(q, 7, -1), 0);
+  mpe_queue_close(q);
+  CHECK(mpe_queue_is_closed(q));
+  CHECK_RC(put_u64(q, 8, -1), MPE_ECLOSED);
+  int rc;
+  CHECK(get_u64(q, -1, &rc) == 7 && rc == 0);
+  get_u64(q, -1, &rc); /* closed and drained: no wait */
+  CHECK(rc == MPE_ECLOSED);
+  mpe_queue_free(q);
+}
+
+TEST(test_messages_of_every_size_through_a_small_bound) {
+  mpe_queue *q;
+  CHECK_RC(mpe_queue_new(&q, 2), 0);
+  static const size_t sizes[] = {0, 1, 15, 16, 17, 4096, 16384, 16385, 70000, 8u << 20};
+  mpe_qmsg m = {0};
+  for (int round = 0; round < 3; round++) {
+    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
+      size_t n = sizes[i];
+      unsigned char *b = malloc(n + 1);
+      for (size_t k = 0; k < n; k++) b[k] = (unsigned char)(k * 7 + i);
+      CHECK_RC(mpe_queue_put(q, b, n, (uint32_t)i, 1), 0);
+      CHECK_RC(mpe_queue_get(q, 1, &m), 0);
+      CHECK(m.len == n && m.tag == i && (n == 0 || memcmp(m.data, b, n) == 0));
+      free(b);
+    }
+  }
+  /* many small ones: the ring grows past its first size, order is kept */
+  mpe_queue *u;
+  CHECK_RC(mpe_queue_new(&u, 0), 0);
+  char buf[1000];
+  memset(buf, 'x', sizeof buf);
+  for (uint32_t i = 0; i < 5000; i++) CHECK_RC(mpe_queue_put(u, buf, 1 + i % 999, i, 0), 0);
+  CHECK(mpe_queue_size(u) == 5000);
+  for (uint32_t i = 0; i < 5000; i++) {
+    CHECK_RC(mpe_queue_get(u, 0, &m), 0);
+    CHECK(m.tag == i && m.len == 1 + i % 999);
+  }
+  mpe_qmsg_free(&m);
+  mpe_queue_free(u);
+  mpe_queue_free(q);
+}
+
+enum { PRODUCERS = 2, CONSUMERS = 3, PER_PRODUCER = 15000 };
+static mpe_queue *work, *results;
+
+static int producer(void *arg) {
+  uint64_t id = (uint64_t)(uintptr_t)arg;
+  for (uint64_t i = 0; i < PER_PRODUCER; i++)
+    if (put_u64(work, id << 32 | i, -1) != 0) return 1;
+  return 0;
+}
+
+static int consumer(void *arg) {
+  (void)arg;
+  uint64_t sum = 0, n = 0, last[PRODUCERS] = {0};
+  int first[PRODUCERS] = {1, 1};
+  for (;;) {
+    int rc;
+    uint64_t v = get_u64(work, -1, &rc);
+    if (rc == MPE_ECLOSED) break;
+    if (rc != 0) return 1;
+    uint64_t id = v >> 32, i = v & 0xffffffffu;
+    if (id >= PRODUCERS) return 2;
+    if (!first[id] && i <= last[id]) return 3; /* FIFO per producer */
+    first[id] = 0;
+    last[id] = i;
+    sum += v;
+    n++;
+    if (mpe_queue_task_done(work) != 0) return 4;
+  }
+  uint64_t out[2] = {sum, n};
+  return mpe_queue_put(results, out, sizeof out, 0, -1) == 0 ? 0 : 5;
+}
+
+TEST(test_producers_consumers_every_item_once) {
+  CHECK_RC(mpe_queue_new(&work, 100), 0);
+  CHECK_RC(mpe_queue_new(&results, 0), 0);
+  mpe_process *p[PRODUCERS + CONSUMERS];
+  for (int i = 0; i < CONSUMERS; i++) CHECK_RC(mpe_process_spawn(&p[i], consumer, NULL, NULL), 0);
+  for (int i = 0; i < PRODUCERS; i++)
+    CHECK_RC(mpe_process_spawn(&p[CONSUMERS + i], producer, (void *)(uintptr_t)i, NULL), 0);
+  for (int i = CONSUMERS; i < CONSUMERS + PRODUCERS; i++) CHECK_RC(mpe_process_wait(p[i], 60), 0);
+  CHECK_RC(mpe_queue_join(work, 60), 0); /* every item was marked done */
+  mpe_queue_close(work);
+  uint64_t sum = 0, n = 0, want = 0;
+  for (int i = 0; i < CONSUMERS; i++) {
+    mpe_qmsg m = {0};
+    CHECK_RC(mpe_queue_get(results, 60, &m), 0);
+    uint64_t out[2];
+    memcpy(out, m.data, sizeof out);
+    sum += out[0];
+    n += out[1];
+    mpe_qmsg_free(&m);
+  }
+  for (uint64_t id = 0; id < PRODUCERS; id++)
+    for (uint64_t i = 0; i < PER_PRODUCER; i++) want += id << 32 | i;
+  CHECK(n == (uint64_t)PRODUCERS * PER_PRODUCER);
+  CHECK(sum == want);
+  for (int i = 0; i < PRODUCERS + CONSUMERS; i++) {
+    int code = -1;
+    CHECK_RC(mpe_process_wait(p[i], 60), 0);
+    CHECK(mpe_process_exitcode(p[i], &code) == 1 && code == 0);
+    mpe_process_free(p[i]);
+  }
+  CHECK_RC(mpe_queue_task_done(work), -22); /* more done than put: -EINVAL */
+  mpe_queue_free(work);
+  mpe_queue_free(results);
+}
+
+static mpe_queue *shared;
+
+/* Puts and gets as fast as it can, so a SIGKILL lands inside a call. */
+static int churn(void *arg) {
+  (void)arg;
+  mpe_qmsg m = {0};
+  char buf[64] = "churn";
+  for (;;) {
+    if (mpe_queue_put(shared, buf, sizeof buf, 1, -1) != 0) return 1;
+    if (mpe_queue_get(shared, -1, &m) != 0) return 2;
+  }
+}
+
+TEST(test_killed_holders_leave_the_queue_usable) {
+  CHECK_RC(mpe_queue_new(&shared, 0), 0);
+  mpe_qmsg m = {0};
+  for (int round = 0; round < 150; round++) {
+    mpe_process *c;
+    CHECK_RC(mpe_process_spawn(&c, churn, NULL, NULL), 0);
+    mpe_sleep(0.001 + (round % 7) * 0.0007, NULL);
+    CHECK_RC(mpe_process_signal(c, SIGKILL), 0);
+    CHECK_RC(mpe_process_wait(c, 10), 0);
+    mpe_process_free(c);
+    /* Whatever the dead one left is whole: drain it, then a put/get works. */
+    size_t left = mpe_queue_size(shared);
+    CHECK(left <= 1);
+    for (size_t i = 0; i < left; i++) {
+      CHECK_RC(mpe_queue_get(shared, 5, &m), 0);
+      CHECK(m.len == 64 && strcmp(m.data, "churn") == 0);
+    }
+    CHECK_RC(mpe_queue_put(shared, "alive", 6, 2, 5), 0);
+    CHECK_RC(mpe_queue_get(shared, 5, &m), 0);
+    CHECK(m.tag == 2 && strcmp(m.data, "alive") == 0);
+    CHECK(mpe_queue_size(shared) == 0);
+  }
+  mpe_qmsg_free(&m);
+  mpe_queue_free(shared);
+}
+
+TEST(test_refs) {
+  mpe_queue *q;
+  CHECK_RC(mpe_queue_new(&q, 0), 0);
+  uint64_t ref = mpe_queue_ref(q);
+  CHECK(mpe_queue_from_ref(ref) == q);
+  CHECK(mpe_queue_from_ref(ref + 16) == NULL);
+  CHECK(mpe_queue_from_ref(12345) == NULL);
+  mpe_queue_retain(q);
+  mpe_queue_free(q);
+  CHECK(mpe_queue_from_ref(ref) == q); /* one reference left */
+  mpe_queue_free(q);
+  CHECK(mpe_queue_from_ref(ref) == NULL);
+}
+
+int main(void) {
+  CHECK_RC(mpe_init(256u << 20), 0);
+  size_t used0;
+  mpe_arena_stats(&used0, NULL);
+  RUN(test_fifo_bounds_timeouts);
+  RUN(test_close_drains_then_reports_closed);
+  RUN(test_messages_of_every_size_through_a_small_bound);
+  RUN(test_producers_consumers_every_item_once);
+  RUN(test_killed_holders_leave_the_queue_usable);
+  RUN(test_refs);
+  size_t used1;
+  mpe_arena_stats(&used1, NULL);
+  printf("arena in use: %zu bytes before, %zu after\n", used0, used1);
+  CHECK(used1 <= used0 + 4096); /* at most what killed holders were holding */
+  return 0;
+}
