@@ -19,20 +19,17 @@ typedef struct lqueue {
   mpe_qmsg m;
 } lqueue;
 
+static const char QUEUE_KEY = 'q'; /* marks the three queue metatables */
+
 static lqueue *check_q(lua_State *L, int idx) {
   lqueue *h = lua_touserdata(L, idx);
   if (h && lua_getmetatable(L, idx)) {
-    for (int v = 0; v < 3; v++) {
-      luaL_getmetatable(L, class_names[v]);
-      int same = lua_rawequal(L, -1, -2);
-      lua_pop(L, 1);
-      if (same) {
-        lua_pop(L, 1);
-        if (!h->q) luaL_error(L, "%s is released", class_names[v]);
-        return h;
-      }
+    int ok = lua_rawgetp(L, -1, &QUEUE_KEY) == LUA_TBOOLEAN;
+    lua_pop(L, 2);
+    if (ok) {
+      if (!h->q) luaL_error(L, "%s is released", class_names[h->variant]);
+      return h;
     }
-    lua_pop(L, 1);
   }
   luaL_typeerror(L, idx, "Queue");
   return NULL;
@@ -123,6 +120,11 @@ static int q_full(lua_State *L) {
   return 1;
 }
 
+static int q_maxsize(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)mpe_queue_maxsize(check_q(L, 1)->q));
+  return 1;
+}
+
 static int q_close(lua_State *L) {
   mpe_queue_close(check_q(L, 1)->q);
   return 0;
@@ -165,18 +167,8 @@ static int q_gc(lua_State *L) {
   return 0;
 }
 
-static int q_index(lua_State *L) {
-  lqueue *h = check_q(L, 1);
-  const char *k = luaL_checkstring(L, 2);
-  if (strcmp(k, "closed") == 0) {
-    lua_pushboolean(L, mpe_queue_is_closed(h->q));
-  } else if (strcmp(k, "maxsize") == 0) {
-    lua_pushinteger(L, (lua_Integer)mpe_queue_maxsize(h->q));
-  } else {
-    lua_getmetatable(L, 1);
-    lua_getfield(L, -1, "methods");
-    lua_getfield(L, -1, k);
-  }
+static int q_is_closed(lua_State *L) {
+  lua_pushboolean(L, mpe_queue_is_closed(check_q(L, 1)->q));
   return 1;
 }
 
@@ -226,12 +218,13 @@ static const mpel_class queue_class = {"Queue", MPEL_QUEUE, queue_encode, queue_
                                        queue_retain, queue_release};
 
 static const luaL_Reg simple_methods[] = {
-    {"put", q_put}, {"get", q_get}, {"empty", q_empty}, {"close", q_close}, {"iter", q_iter}, {NULL, NULL},
+    {"put", q_put},     {"get", q_get},   {"empty", q_empty},
+    {"close", q_close}, {"iter", q_iter}, {"is_closed", q_is_closed}, {NULL, NULL},
 };
 
 static const luaL_Reg queue_methods[] = {
     {"put_nowait", q_put_nowait}, {"get_nowait", q_get_nowait}, {"qsize", q_qsize}, {"full", q_full},
-    {NULL, NULL},
+    {"maxsize", q_maxsize}, {NULL, NULL},
 };
 
 static const luaL_Reg joinable_methods[] = {{"task_done", q_task_done}, {"join", q_join}, {NULL, NULL}};
@@ -242,9 +235,9 @@ void mpel_open_queue(lua_State *L) {
       luaL_newlib(L, simple_methods);
       if (v != SIMPLE) luaL_setfuncs(L, queue_methods, 0);
       if (v == JOINABLE) luaL_setfuncs(L, joinable_methods, 0);
-      lua_setfield(L, -2, "methods");
-      lua_pushcfunction(L, q_index);
       lua_setfield(L, -2, "__index");
+      lua_pushboolean(L, 1);
+      lua_rawsetp(L, -2, &QUEUE_KEY);
       lua_pushcfunction(L, q_gc);
       lua_setfield(L, -2, "__gc");
       lua_pushcfunction(L, q_tostring);

@@ -30,7 +30,7 @@
 #define MIN_CLASS 5  /* 32 bytes */
 #define NCLASSES 48
 #define HDR 16
-#define RELEASE_BYTES (256u * 1024u)
+#define RELEASE_BYTES ((size_t)32 << 20) /* below this, keep pages: re-faulting costs more */
 
 typedef struct block_hdr {
   uint32_t magic;

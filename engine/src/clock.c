@@ -56,8 +56,10 @@ int mpe_sleep(double seconds, double *left) {
 mpe__deadline mpe__deadline_in(double timeout) {
   mpe__deadline d;
   d.forever = timeout < 0 || isnan(timeout);
-  clock_gettime(CLOCK_MONOTONIC, &d.at);
+  d.at.tv_sec = 0;
+  d.at.tv_nsec = 0;
   if (!d.forever) {
+    clock_gettime(CLOCK_MONOTONIC, &d.at);
     struct timespec t = ts_from(timeout);
     d.at.tv_sec += t.tv_sec;
     d.at.tv_nsec += t.tv_nsec;

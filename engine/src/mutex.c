@@ -21,30 +21,41 @@ void mpe__mutex_init(pthread_mutex_t *m) {
   pthread_mutexattr_destroy(&a);
 }
 
-int mpe__mutex_lock(pthread_mutex_t *m, const mpe__deadline *d) {
-  int rc;
-  if (!d || d->forever)
-    rc = pthread_mutex_lock(m);
-  else
-    rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &d->at);
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
+/* Maps a pthread result: 0, MPE_EOWNERDEAD (locked, made consistent),
+ * MPE_ETIMEDOUT (also EBUSY), or -errno. */
+static int result(pthread_mutex_t *m, int rc) {
   if (rc == 0) return 0;
   if (rc == EOWNERDEAD) {
     MPE__CHECK(pthread_mutex_consistent(m) == 0);
     return MPE_EOWNERDEAD;
   }
-  if (rc == ETIMEDOUT) return MPE_ETIMEDOUT;
+  if (rc == ETIMEDOUT || rc == EBUSY) return MPE_ETIMEDOUT;
   return -rc;
 }
 
-int mpe__mutex_trylock(pthread_mutex_t *m) {
-  int rc = pthread_mutex_trylock(m);
-  if (rc == 0) return 0;
-  if (rc == EOWNERDEAD) {
-    MPE__CHECK(pthread_mutex_consistent(m) == 0);
-    return MPE_EOWNERDEAD;
+int mpe__mutex_lock(pthread_mutex_t *m, const mpe__deadline *d) {
+  /* Critical sections in the arena are a few dozen instructions: on more
+   * than one CPU, retrying briefly beats sleeping in the kernel (a robust
+   * mutex has no adaptive mode of its own). */
+  if (mpe__spin_ns() > 0) {
+    for (int i = 0; i < 200; i++) {
+      int rc = pthread_mutex_trylock(m);
+      if (rc != EBUSY) return result(m, rc);
+      cpu_relax();
+    }
   }
-  if (rc == EBUSY) return MPE_ETIMEDOUT;
-  return -rc;
+  if (!d || d->forever) return result(m, pthread_mutex_lock(m));
+  return result(m, pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &d->at));
 }
+
+int mpe__mutex_trylock(pthread_mutex_t *m) { return result(m, pthread_mutex_trylock(m)); }
 
 void mpe__mutex_unlock(pthread_mutex_t *m) { MPE__CHECK(pthread_mutex_unlock(m) == 0); }
