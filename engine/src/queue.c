@@ -142,7 +142,15 @@ void mpe_queue_free(mpe_queue *q) {
 
 uint64_t mpe_queue_ref(const mpe_queue *q) { return mpe_ref(q); }
 mpe_queue *mpe_queue_from_ref(uint64_t ref) { return mpe__obj_from_ref(ref, MPE__KIND_QUEUE); }
-size_t mpe_queue_size(const mpe_queue *q) { return (size_t)atomic_load(&q->count); }
+size_t mpe_queue_size(const mpe_queue *q) {
+  /* A dead holder may have left the count one off: if the lock is free (or
+   * was left by the dead), take it so that repair() runs first. */
+  mpe_queue *mq = (mpe_queue *)q;
+  int rc = mpe__mutex_trylock(&mq->lock);
+  if (rc == MPE_EOWNERDEAD) repair(mq);
+  if (rc == 0 || rc == MPE_EOWNERDEAD) mpe__mutex_unlock(&mq->lock);
+  return (size_t)atomic_load(&q->count);
+}
 size_t mpe_queue_maxsize(const mpe_queue *q) { return (size_t)q->maxsize; }
 int mpe_queue_is_closed(const mpe_queue *q) { return atomic_load(&q->closed) != 0; }
 
