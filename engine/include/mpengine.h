@@ -238,6 +238,142 @@ MPE_API int mpe_queue_task_done(mpe_queue *q);
  * MPE_EINTR. */
 MPE_API int mpe_queue_join(mpe_queue *q, double timeout);
 
+/* ------------------------------------------------------------------ locks */
+
+/* Locks, semaphores, events, conditions, barriers and shared values live in
+ * the arena like queues: any process of the run may use them, they are
+ * reference counted (_retain adds a reference, _free drops one and the last
+ * frees), and _ref/_from_ref give a process-independent reference. Owners
+ * are processes. Waits take a timeout in seconds (negative: forever). */
+typedef struct mpe_lock mpe_lock;
+
+/* A lock; recursive: the owning process may acquire it again (an RLock). */
+MPE_API int mpe_lock_new(mpe_lock **out, int recursive);
+MPE_API void mpe_lock_retain(mpe_lock *l);
+MPE_API void mpe_lock_free(mpe_lock *l);
+MPE_API uint64_t mpe_lock_ref(const mpe_lock *l);
+MPE_API mpe_lock *mpe_lock_from_ref(uint64_t ref);
+MPE_API int mpe_lock_is_recursive(const mpe_lock *l);
+/* Acquires: 0; MPE_EOWNERDEAD (acquired; the previous owner died holding
+ * it); MPE_ETIMEDOUT; -EDEADLK (a plain lock this process already holds:
+ * waiting would never end). A wait is not cut short by signals: wait in
+ * slices to stay responsive. */
+MPE_API int mpe_lock_acquire(mpe_lock *l, double timeout);
+/* Releases one level: 0, or -EPERM when this process does not hold it. */
+MPE_API int mpe_lock_release(mpe_lock *l);
+/* 1 if any process holds it. */
+MPE_API int mpe_lock_locked(const mpe_lock *l);
+/* Levels this process holds (0 if none). */
+MPE_API int mpe_lock_held(const mpe_lock *l);
+/* For a condition wait: drops every level this process holds (returning how
+ * many, or -EPERM), and takes them back. */
+MPE_API int mpe_lock_release_all(mpe_lock *l);
+MPE_API int mpe_lock_reacquire(mpe_lock *l, int levels, double timeout);
+
+/* ------------------------------------------------------------- semaphores */
+
+typedef struct mpe_sem mpe_sem;
+
+/* A counting semaphore holding value permits; bound > 0 makes releases
+ * above bound fail (a BoundedSemaphore). Permits taken by a process that is
+ * killed before giving them back return to the semaphore; a process that
+ * ends normally keeps what it took (producer/consumer hand permits over). */
+MPE_API int mpe_sem_new(mpe_sem **out, unsigned value, unsigned bound);
+MPE_API void mpe_sem_retain(mpe_sem *s);
+MPE_API void mpe_sem_free(mpe_sem *s);
+MPE_API uint64_t mpe_sem_ref(const mpe_sem *s);
+MPE_API mpe_sem *mpe_sem_from_ref(uint64_t ref);
+/* 0, MPE_ETIMEDOUT, MPE_EINTR. */
+MPE_API int mpe_sem_acquire(mpe_sem *s, double timeout);
+/* 0, or -EOVERFLOW above the bound. */
+MPE_API int mpe_sem_release(mpe_sem *s);
+MPE_API unsigned mpe_sem_value(mpe_sem *s);
+MPE_API unsigned mpe_sem_bound(const mpe_sem *s);
+/* This process ends normally: what it took stays taken. */
+MPE_API void mpe_sem_forget_process(mpe_sem *s);
+
+/* ----------------------------------------------------------------- events */
+
+typedef struct mpe_event mpe_event;
+
+MPE_API int mpe_event_new(mpe_event **out);
+MPE_API void mpe_event_retain(mpe_event *e);
+MPE_API void mpe_event_free(mpe_event *e);
+MPE_API uint64_t mpe_event_ref(const mpe_event *e);
+MPE_API mpe_event *mpe_event_from_ref(uint64_t ref);
+MPE_API void mpe_event_set(mpe_event *e);
+MPE_API void mpe_event_clear(mpe_event *e);
+MPE_API int mpe_event_is_set(const mpe_event *e);
+/* 0 once set, MPE_ETIMEDOUT, MPE_EINTR. */
+MPE_API int mpe_event_wait(mpe_event *e, double timeout);
+
+/* ------------------------------------------------------------- conditions */
+
+typedef struct mpe_cond mpe_cond;
+
+/* A condition variable over lock (retained; NULL: a new RLock). */
+MPE_API int mpe_cond_new(mpe_cond **out, mpe_lock *lock);
+MPE_API void mpe_cond_retain(mpe_cond *c);
+MPE_API void mpe_cond_free(mpe_cond *c);
+MPE_API uint64_t mpe_cond_ref(const mpe_cond *c);
+MPE_API mpe_cond *mpe_cond_from_ref(uint64_t ref);
+/* The condition's lock (no new reference). */
+MPE_API mpe_lock *mpe_cond_lock(mpe_cond *c);
+/* With the lock held: releases it, waits for a notify, takes it back.
+ * 0 notified, MPE_ETIMEDOUT, MPE_EINTR (lock held again in every case),
+ * -EPERM when the lock is not held. */
+MPE_API int mpe_cond_wait(mpe_cond *c, double timeout);
+MPE_API void mpe_cond_notify(mpe_cond *c, int n);
+
+/* --------------------------------------------------------------- barriers */
+
+typedef struct mpe_barrier mpe_barrier;
+
+MPE_API int mpe_barrier_new(mpe_barrier **out, unsigned parties);
+MPE_API void mpe_barrier_retain(mpe_barrier *b);
+MPE_API void mpe_barrier_free(mpe_barrier *b);
+MPE_API uint64_t mpe_barrier_ref(const mpe_barrier *b);
+MPE_API mpe_barrier *mpe_barrier_from_ref(uint64_t ref);
+MPE_API unsigned mpe_barrier_parties(const mpe_barrier *b);
+/* Arrives: the arrival index (0..parties-1) once everyone is there, with
+ * *last set for the one that completed the round (it runs the action, then
+ * calls mpe_barrier_pass); MPE_ETIMEDOUT (the barrier is now broken),
+ * MPE_ECLOSED (broken by someone else), MPE_EINTR. */
+MPE_API int mpe_barrier_wait(mpe_barrier *b, double timeout, int *last);
+/* The last arrival lets the round go (ok = 0: its action failed: break). */
+MPE_API void mpe_barrier_pass(mpe_barrier *b, int ok);
+MPE_API void mpe_barrier_abort(mpe_barrier *b);
+MPE_API void mpe_barrier_reset(mpe_barrier *b);
+MPE_API int mpe_barrier_broken(const mpe_barrier *b);
+/* Processes waiting now. */
+MPE_API unsigned mpe_barrier_waiting(const mpe_barrier *b);
+
+/* ---------------------------------------------------------- shared values */
+
+typedef struct mpe_value mpe_value;
+
+/* count elements of a Python typecode: b B h H i I l L q Q f d; -EINVAL for
+ * another. lock: the lock that guards compound updates (retained), or NULL. */
+MPE_API int mpe_value_new(mpe_value **out, char typecode, size_t count, mpe_lock *lock);
+MPE_API void mpe_value_retain(mpe_value *v);
+MPE_API void mpe_value_free(mpe_value *v);
+MPE_API uint64_t mpe_value_ref(const mpe_value *v);
+MPE_API mpe_value *mpe_value_from_ref(uint64_t ref);
+MPE_API char mpe_value_typecode(const mpe_value *v);
+MPE_API size_t mpe_value_count(const mpe_value *v);
+MPE_API mpe_lock *mpe_value_lock(mpe_value *v);
+/* Element i (0-based) as int64 or double (each read and write is atomic). */
+MPE_API int64_t mpe_value_get_int(mpe_value *v, size_t i);
+MPE_API double mpe_value_get_float(mpe_value *v, size_t i);
+/* 0, or -ERANGE when x does not fit the typecode. */
+MPE_API int mpe_value_set_int(mpe_value *v, size_t i, int64_t x);
+MPE_API int mpe_value_set_float(mpe_value *v, size_t i, double x);
+/* Atomically adds delta; *out gets the new value. -ERANGE leaves it as was. */
+MPE_API int mpe_value_add_int(mpe_value *v, size_t i, int64_t delta, int64_t *out);
+MPE_API int mpe_value_add_float(mpe_value *v, size_t i, double delta, double *out);
+/* 1 for 'f' and 'd'. */
+MPE_API int mpe_typecode_is_float(char typecode);
+
 #ifdef __cplusplus
 }
 #endif

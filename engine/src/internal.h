@@ -49,6 +49,28 @@ void mpe__obj_retain(void *o);
 /* Drops one reference; 1 if it was the last (the caller frees). */
 int mpe__obj_release(void *o);
 
+/* The boilerplate every shared object type shares. */
+#define MPE__DEFINE_REFS(name, type, KIND)                                       \
+  void mpe_##name##_retain(type *o) { mpe__obj_retain(o); }                     \
+  uint64_t mpe_##name##_ref(const type *o) { return mpe_ref(o); }               \
+  type *mpe_##name##_from_ref(uint64_t r) { return mpe__obj_from_ref(r, KIND); }
+
+/* This process's pid, cached (getpid is a system call), reset after fork. */
+pid_t mpe__self_pid(void);
+/* Start time of a process (clock ticks since boot), 0 if it is gone or a
+ * zombie: with the pid it names one process even if pids are reused. */
+unsigned long long mpe__start_time(pid_t pid);
+/* Sleeps on a futex for at most slice seconds within deadline d. */
+double mpe__slice_end(const mpe__deadline *d, double slice, mpe__deadline *out);
+
+static inline void mpe__cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
 /* Nanoseconds a waiter spins before it sleeps in the kernel. */
 long mpe__spin_ns(void);
 

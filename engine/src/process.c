@@ -18,7 +18,11 @@
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <pthread.h>
+#include <string.h>
 #include <unistd.h>
+
+static void register_atfork(void);
 
 struct mpe_process {
   pid_t pid;
@@ -33,6 +37,39 @@ struct mpe_process {
 
 static mpe_process *children;
 static int in_child;
+static pid_t self_pid;
+
+static void forget_pid(void) { self_pid = 0; }
+
+pid_t mpe__self_pid(void) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  if (!self_pid) {
+    pthread_once(&once, register_atfork);
+    self_pid = getpid();
+  }
+  return self_pid;
+}
+
+unsigned long long mpe__start_time(pid_t pid) {
+  char path[64], buf[1024];
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+  FILE *f = fopen(path, "re");
+  if (!f) return 0;
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = 0;
+  char *p = strrchr(buf, ')'); /* the name may hold spaces and parentheses */
+  if (!p || p[1] != ' ') return 0;
+  char state = p[2];
+  if (state == 'Z' || state == 'X') return 0;
+  /* fields after the name: state is field 3, starttime field 22 */
+  p += 2;
+  for (int field = 3; field < 22 && p; field++) {
+    p = strchr(p, ' ');
+    if (p) p++;
+  }
+  return p ? strtoull(p, NULL, 10) : 0;
+}
 
 int mpe_in_child(void) { return in_child; }
 pid_t mpe_process_pid(const mpe_process *p) { return p->pid; }
@@ -227,3 +264,5 @@ int mpe_process_join_all(double timeout) {
   }
   return killed;
 }
+
+static void register_atfork(void) { pthread_atfork(NULL, NULL, forget_pid); }
