@@ -735,7 +735,7 @@ static void dec_ext(dec *d, int type, uint64_t len) {
     lua_pop(L, 2);
     if (!cls) bad(d, "unknown object kind");
     d->p += len;
-    if (cls->decode(L, start + 1, (size_t)len - 1, d->ends, d->nends) != 0) bad(d, "object reference");
+    if (cls->decode(L, cls, start + 1, (size_t)len - 1, d->ends, d->nends) != 0) bad(d, "object reference");
     reg(d);
     return;
   }

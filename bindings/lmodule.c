@@ -210,5 +210,7 @@ __attribute__((visibility("default"))) int luaopen_mpengine(lua_State *L) {
   mpel_open_process(L);
   mpel_open_pipe(L);
   mpel_open_queue(L);
+  mpel_open_sync(L);
+  mpel_open_value(L);
   return 1;
 }

@@ -171,7 +171,9 @@ static const char *conn_encode(lua_State *L, int idx, mpel_wire *w) {
   return NULL;
 }
 
-static int conn_decode(lua_State *L, const unsigned char *ref, size_t len, mpe_pipe **ends, size_t nends) {
+static int conn_decode(lua_State *L, const mpel_class *cls, const unsigned char *ref, size_t len,
+                       mpe_pipe **ends, size_t nends) {
+  (void)cls;
   if (len != 1 || ref[0] >= nends || !ends || !ends[ref[0]]) return -1;
   mpel_push_connection(L, ends[ref[0]]);
   ends[ref[0]] = NULL; /* claimed: the Connection owns it now */

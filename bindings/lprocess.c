@@ -327,7 +327,9 @@ static const char *proc_encode(lua_State *L, int idx, mpel_wire *w) {
   return NULL;
 }
 
-static int proc_decode(lua_State *L, const unsigned char *ref, size_t len, mpe_pipe **ends, size_t nends) {
+static int proc_decode(lua_State *L, const mpel_class *cls, const unsigned char *ref, size_t len,
+                       mpe_pipe **ends, size_t nends) {
+  (void)cls;
   (void)ends;
   (void)nends;
   if (len != 4) return -1;

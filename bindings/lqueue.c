@@ -191,7 +191,9 @@ static const char *queue_encode(lua_State *L, int idx, mpel_wire *w) {
   return why;
 }
 
-static int queue_decode(lua_State *L, const unsigned char *p, size_t len, mpe_pipe **ends, size_t nends) {
+static int queue_decode(lua_State *L, const mpel_class *cls, const unsigned char *p, size_t len,
+                        mpe_pipe **ends, size_t nends) {
+  (void)cls;
   (void)ends;
   (void)nends;
   uint64_t ref;

@@ -17,7 +17,10 @@
 #define MPEL_MAX_ENDS 64
 
 /* Engine object kinds (wire byte; never renumber). */
-enum { MPEL_CONNECTION = 1, MPEL_PROCESS = 2, MPEL_QUEUE = 3 };
+enum {
+  MPEL_CONNECTION = 1, MPEL_PROCESS, MPEL_QUEUE, MPEL_LOCK, MPEL_RLOCK, MPEL_SEM, MPEL_BSEM,
+  MPEL_EVENT, MPEL_COND, MPEL_BARRIER, MPEL_VALUE, MPEL_ARRAY
+};
 
 /* Bytes being built for the wire, plus the pipe ends that ride along. */
 typedef struct mpel_wire {
@@ -30,6 +33,7 @@ typedef struct mpel_wire {
 } mpel_wire;
 
 /* One kind of engine object (see the seam above). */
+struct mpel_class;
 typedef struct mpel_class {
   const char *name; /* metatable name, e.g. "Connection" */
   int kind;
@@ -37,12 +41,59 @@ typedef struct mpel_class {
    * it cannot travel. */
   const char *(*encode)(lua_State *L, int idx, mpel_wire *w);
   /* Pushes the object for a reference; returns 0, or -1 if malformed. */
-  int (*decode)(lua_State *L, const unsigned char *ref, size_t len, mpe_pipe **ends, size_t nends);
+  int (*decode)(lua_State *L, const struct mpel_class *cls, const unsigned char *ref, size_t len,
+                mpe_pipe **ends, size_t nends);
   /* Shared objects: a forked child takes its own reference to every handle
    * it inherits, and gives them back when it ends normally. NULL otherwise. */
   void (*retain)(void *ud);
   void (*release)(void *ud);
 } mpel_class;
+
+/* Engine objects that live in the arena (locks, values, ...) share one
+ * handle layout and one way onto the wire: a reference the receiver checks
+ * with from_ref. Each type wraps its engine functions in these four. */
+typedef struct mpel_shared_type {
+  mpel_class cls; /* first: the codec sees the class */
+  void (*obj_retain)(void *o);
+  void (*obj_free)(void *o);
+  uint64_t (*obj_ref)(const void *o);
+  void *(*obj_from_ref)(uint64_t ref);
+  int nuv; /* user values a handle carries (the first holds its guard) */
+  void (*on_exit)(void *o); /* a child ends normally (may be NULL) */
+} mpel_shared_type;
+
+typedef struct mpel_obj {
+  void *o;
+  const mpel_shared_type *t;
+} mpel_obj;
+
+const char *mpel_shared_encode(lua_State *L, int idx, mpel_wire *w);
+int mpel_shared_decode(lua_State *L, const mpel_class *cls, const unsigned char *p, size_t len,
+                       mpe_pipe **ends, size_t nends);
+void mpel_shared_retain(void *ud);
+void mpel_shared_release(void *ud);
+#define MPEL_SHARED_CLASS(name, kind) \
+  {name, kind, mpel_shared_encode, mpel_shared_decode, mpel_shared_retain, mpel_shared_release}
+/* Wraps an engine type's retain/free/ref/from_ref for mpel_shared_type. */
+#define MPEL_SHARED_WRAPPERS(name, type)                                          \
+  static void name##_w_retain(void *o) { mpe_##name##_retain((type *)o); }       \
+  static void name##_w_free(void *o) { mpe_##name##_free((type *)o); }           \
+  static uint64_t name##_w_ref(const void *o) { return mpe_##name##_ref((const type *)o); } \
+  static void *name##_w_from_ref(uint64_t r) { return mpe_##name##_from_ref(r); }
+#define MPEL_SHARED_FUNCS(name) name##_w_retain, name##_w_free, name##_w_ref, name##_w_from_ref
+
+/* Pushes a handle owning one reference to o (tracked for fork). */
+mpel_obj *mpel_push_shared(lua_State *L, const mpel_shared_type *t, void *o);
+/* The handle at idx if its type is t (or t2, if given); raises otherwise. */
+mpel_obj *mpel_check_shared(lua_State *L, int idx, const mpel_shared_type *t);
+mpel_obj *mpel_test_shared(lua_State *L, int idx, const mpel_shared_type *t);
+/* Makes t's metatable (with methods, and __index = index or the methods),
+ * registers its class, and sets mp[name] = ctor; the module at -1. */
+void mpel_shared_open(lua_State *L, const mpel_shared_type *t, const luaL_Reg *methods,
+                      lua_CFunction index, lua_CFunction ctor);
+/* Pushes the to-be-closed guard of the object at idx (cached): closing it
+ * calls the object's release method. */
+void mpel_push_guard(lua_State *L, int idx);
 
 /* Registers cls with its metatable at the top of the stack. */
 void mpel_register_class(lua_State *L, const mpel_class *cls);
@@ -86,6 +137,13 @@ extern const char *mpel_process_name;
 void mpel_open_process(lua_State *L);
 void mpel_open_pipe(lua_State *L);
 void mpel_open_queue(lua_State *L);
+void mpel_open_sync(lua_State *L);
+void mpel_open_value(lua_State *L);
+extern const mpel_shared_type mpel_lock_type, mpel_rlock_type;
+/* Pushes the Lua handle for an engine lock (a new reference is taken). */
+void mpel_push_lock(lua_State *L, mpe_lock *l);
+/* The engine lock of a Lock or RLock at idx, NULL if it is neither. */
+mpe_lock *mpel_test_lock(lua_State *L, int idx);
 /* Pushes a new Connection owning p. */
 void mpel_push_connection(lua_State *L, mpe_pipe *p);
 /* Ends the run for this state's processes (see lprocess.c). */

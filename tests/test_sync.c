@@ -230,7 +230,9 @@ static int party(void *arg) {
 }
 
 TEST(test_barrier) {
-  CHECK_RC(mpe_barrier_new(&bar, 3), 0);
+  CHECK_RC(mpe_barrier_new(&bar, 3, "data", 4), 0);
+  size_t dlen;
+  CHECK(memcmp(mpe_barrier_data(bar, &dlen), "data", 4) == 0 && dlen == 4);
   CHECK_RC(mpe_value_new(&phase_sum, 'q', 1, NULL), 0);
   mpe_process *p[3];
   for (int i = 0; i < 3; i++) CHECK_RC(mpe_process_spawn(&p[i], party, NULL, NULL), 0);

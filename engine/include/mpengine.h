@@ -329,7 +329,12 @@ MPE_API void mpe_cond_notify(mpe_cond *c, int n);
 
 typedef struct mpe_barrier mpe_barrier;
 
-MPE_API int mpe_barrier_new(mpe_barrier **out, unsigned parties);
+/* A barrier for parties processes; data (len bytes, may be NULL) is copied
+ * into the arena with it, for the host (the Lua binding keeps the encoded
+ * action there). */
+MPE_API int mpe_barrier_new(mpe_barrier **out, unsigned parties, const void *data, size_t len);
+/* The bytes given to mpe_barrier_new (NULL if none); *len gets their size. */
+MPE_API const void *mpe_barrier_data(const mpe_barrier *b, size_t *len);
 MPE_API void mpe_barrier_retain(mpe_barrier *b);
 MPE_API void mpe_barrier_free(mpe_barrier *b);
 MPE_API uint64_t mpe_barrier_ref(const mpe_barrier *b);

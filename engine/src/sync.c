@@ -12,6 +12,7 @@
  * that ended by reset(), so its waiters leave with MPE_ECLOSED. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <string.h>
 
 #include "futex.h"
 #include "mutex.h"
@@ -114,14 +115,25 @@ struct mpe_barrier {
   pthread_mutex_t m;
   uint32_t parties, count, generation, broken_gen, broken;
   _Atomic uint32_t seq, waiters;
+  uint64_t data, len; /* the host's bytes, an arena block */
 };
 
 MPE__DEFINE_REFS(barrier, mpe_barrier, MPE__KIND_BARRIER)
 
-int mpe_barrier_new(mpe_barrier **out, unsigned parties) {
+int mpe_barrier_new(mpe_barrier **out, unsigned parties, const void *data, size_t len) {
   if (parties == 0) return -EINVAL;
   mpe_barrier *b = mpe__obj_new(sizeof *b, MPE__KIND_BARRIER);
   if (!b) return mpe_initialized() ? -ENOMEM : MPE_ENOINIT;
+  if (data) {
+    void *copy = mpe_alloc(len ? len : 1);
+    if (!copy) {
+      mpe_free(b);
+      return -ENOMEM;
+    }
+    memcpy(copy, data, len);
+    b->data = mpe_ref(copy);
+    b->len = len;
+  }
   mpe__mutex_init(&b->m);
   b->parties = parties;
   b->broken_gen = UINT32_MAX;
@@ -132,7 +144,13 @@ int mpe_barrier_new(mpe_barrier **out, unsigned parties) {
 void mpe_barrier_free(mpe_barrier *b) {
   if (!b || !mpe__obj_release(b)) return;
   pthread_mutex_destroy(&b->m);
+  if (b->data) mpe_free(mpe_deref(b->data));
   mpe_free(b);
+}
+
+const void *mpe_barrier_data(const mpe_barrier *b, size_t *len) {
+  if (len) *len = (size_t)b->len;
+  return b->data ? mpe_deref(b->data) : NULL;
 }
 
 unsigned mpe_barrier_parties(const mpe_barrier *b) { return b->parties; }
