@@ -29,6 +29,8 @@
 
 #include "mpe_lua.h"
 
+int mpel_decoding_copy;
+
 enum { EXT_REF = 1, EXT_MODULE, EXT_MODFIELD, EXT_FUNC, EXT_MTTABLE, EXT_OBJECT };
 
 #define MAX_DEPTH 120
@@ -51,6 +53,7 @@ mpel_wire *mpel_wire_get(lua_State *L, int allow_ends) {
   if (lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.wire") == LUA_TUSERDATA) {
     w = lua_touserdata(L, -1);
   } else {
+    lua_pop(L, 1); /* the nil */
     w = lua_newuserdatauv(L, sizeof *w, 0);
     memset(w, 0, sizeof *w);
     lua_createtable(L, 0, 1);
@@ -802,7 +805,14 @@ static void dec_value(dec *d) {
   }
 }
 
+static void decode(lua_State *L, const char *buf, size_t len, mpe_pipe **ends, size_t nends);
+
 void mpel_decode(lua_State *L, const char *buf, size_t len, mpe_pipe **ends, size_t nends) {
+  mpel_decoding_copy = 0;
+  decode(L, buf, len, ends, nends);
+}
+
+static void decode(lua_State *L, const char *buf, size_t len, mpe_pipe **ends, size_t nends) {
   dec d;
   memset(&d, 0, sizeof d);
   d.L = L;
@@ -815,4 +825,10 @@ void mpel_decode(lua_State *L, const char *buf, size_t len, mpe_pipe **ends, siz
   dec_value(&d);
   if (d.p != d.end) bad(&d, "trailing bytes");
   lua_remove(L, d.refs);
+}
+
+void mpel_decode_copy(lua_State *L, const char *buf, size_t len) {
+  mpel_decoding_copy = 1; /* reset by the next mpel_decode, even after a raise */
+  decode(L, buf, len, NULL, 0);
+  mpel_decoding_copy = 0;
 }

@@ -201,6 +201,7 @@ static int queue_decode(lua_State *L, const mpel_class *cls, const unsigned char
   memcpy(&ref, p + 1, 8);
   mpe_queue *q = mpe_queue_from_ref(ref);
   if (!q) return -1;
+  if (mpel_decoding_copy) mpe_queue_retain(q);
   push_queue(L, q, p[0]); /* adopts the reference in flight */
   return 0;
 }

@@ -69,6 +69,7 @@ int mpel_shared_decode(lua_State *L, const mpel_class *cls, const unsigned char 
   memcpy(&ref, p, sizeof ref);
   void *o = t->obj_from_ref(ref);
   if (!o) return -1;
+  if (mpel_decoding_copy) t->obj_retain(o);
   mpel_push_shared(L, t, o); /* adopts the reference in flight */
   return 0;
 }

@@ -350,8 +350,7 @@ static int l_barrier(lua_State *L) {
   lua_setfield(L, -2, "action");
   lua_pushnumber(L, timeout);
   lua_setfield(L, -2, "timeout");
-  mpel_wire *w = mpel_wire_get(L, 0);
-  w->transfer = 0;
+  mpel_wire *w = mpel_wire_get(L, 0); /* the store keeps its objects alive */
   mpel_encode(L, -1, "action", w);
   mpe_barrier *b;
   int rc = mpe_barrier_new(&b, (unsigned)parties, w->buf, w->len);
@@ -367,7 +366,7 @@ static void push_settings(lua_State *L, int idx, mpe_barrier *b) {
   lua_pop(L, 1);
   size_t len;
   const char *data = mpe_barrier_data(b, &len);
-  mpel_decode(L, data, len, NULL, 0);
+  mpel_decode_copy(L, data, len);
   lua_pushvalue(L, -1);
   lua_setiuservalue(L, idx, 2);
 }

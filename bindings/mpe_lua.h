@@ -115,8 +115,12 @@ int mpel_wire_reserve(mpel_wire *w, size_t more);
 /* Appends the value at idx to w; raises "cannot send value at ROOT...: TYPE". */
 void mpel_encode(lua_State *L, int idx, const char *root, mpel_wire *w);
 /* Pushes the value encoded in buf; ends[] may be claimed (set to NULL). Raises
- * on malformed input. */
+ * on malformed input. A message adopts the references it carries; a stored
+ * encoding decoded many times (mpel_decode_copy) takes new ones instead. */
 void mpel_decode(lua_State *L, const char *buf, size_t len, mpe_pipe **ends, size_t nends);
+void mpel_decode_copy(lua_State *L, const char *buf, size_t len);
+/* 1 while mpel_decode_copy runs: object decoders take a new reference. */
+extern int mpel_decoding_copy;
 
 /* ---- module helpers (lmodule.c) */
 /* Optional timeout at idx: nil -> -1 (forever); raises when negative. */
