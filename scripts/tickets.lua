@@ -17,7 +17,7 @@ local function read_db(path)
 end
 
 local function write_db(path, db)
-  local tmp = path .. ".tmp"
+  local tmp = ("%s.%d.tmp"):format(path, mp.getpid())
   local f = assert(io.open(tmp, "w"))
   f:write(cjson.encode(db))
   f:close()

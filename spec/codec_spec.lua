@@ -108,6 +108,16 @@ describe("codec", function()
     assert.matches("cannot send value at value%[metatable%]%.__index%[1%]: thread", err)
   end)
 
+  it("encodes right from the first call of a fresh process (regression)", function()
+    local H = require "helpers"
+    local out, rc = H.sh([[lua5.4 -e 'package.cpath = "./build/?.so;" .. package.cpath
+      local mp = require "mpengine"
+      local t = mp.decode(mp.encode({1, "two"}))
+      io.write(t[1], t[2])']])
+    assert.are.equal(0, rc)
+    assert.are.equal("1two", out)
+  end)
+
   it("refuses a malformed message with a clear error", function()
     for _, bad in ipairs{"", "\xc1", "\x92\x01", "\xd6\x01\0\0\0\9", "\xdb\xff\xff\xff\xff"} do
       local ok, err = pcall(mp.decode, bad)
