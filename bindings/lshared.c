@@ -30,6 +30,14 @@ mpel_obj *mpel_test_shared(lua_State *L, int idx, const mpel_shared_type *t) {
   return mt_type == t ? h : NULL;
 }
 
+mpel_obj *mpel_fast_shared(lua_State *L, int idx) {
+  mpel_obj *h = lua_touserdata(L, idx);
+  if (!h || !lua_getmetatable(L, idx)) return NULL;
+  int same = lua_rawequal(L, -1, lua_upvalueindex(1));
+  lua_pop(L, 1);
+  return same && h->o ? h : NULL;
+}
+
 mpel_obj *mpel_check_shared(lua_State *L, int idx, const mpel_shared_type *t) {
   mpel_obj *h = mpel_test_shared(L, idx, t);
   if (!h) luaL_typeerror(L, idx, t->cls.name);
@@ -91,7 +99,8 @@ void mpel_shared_open(lua_State *L, const mpel_shared_type *t, const luaL_Reg *m
                       lua_CFunction index, lua_CFunction ctor) {
   if (luaL_newmetatable(L, t->cls.name)) {
     lua_newtable(L);
-    luaL_setfuncs(L, methods, 0);
+    lua_pushvalue(L, -2);
+    luaL_setfuncs(L, methods, 1); /* upvalue 1: the metatable, for mpel_fast_shared */
     if (index) {
       lua_setfield(L, -2, "methods");
       lua_pushcfunction(L, index);

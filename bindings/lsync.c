@@ -47,6 +47,8 @@ void mpel_push_lock(lua_State *L, mpe_lock *l) {
 }
 
 static mpe_lock *check_lock(lua_State *L, int idx) {
+  mpel_obj *h = mpel_fast_shared(L, idx);
+  if (h) return h->o;
   mpe_lock *l = mpel_test_lock(L, idx);
   if (!l) luaL_typeerror(L, idx, "Lock");
   return l;

@@ -87,6 +87,9 @@ mpel_obj *mpel_push_shared(lua_State *L, const mpel_shared_type *t, void *o);
 /* The handle at idx if its type is t (or t2, if given); raises otherwise. */
 mpel_obj *mpel_check_shared(lua_State *L, int idx, const mpel_shared_type *t);
 mpel_obj *mpel_test_shared(lua_State *L, int idx, const mpel_shared_type *t);
+/* In a method: the handle at idx if its metatable is the method's own (its
+ * upvalue 1), NULL otherwise (then check the slow way). */
+mpel_obj *mpel_fast_shared(lua_State *L, int idx);
 /* Makes t's metatable (with methods, and __index = index or the methods),
  * registers its class, and sets mp[name] = ctor; the module at -1. */
 void mpel_shared_open(lua_State *L, const mpel_shared_type *t, const luaL_Reg *methods,

@@ -43,7 +43,7 @@ typedef struct arena_hdr {
   size_t size;
   size_t top;
   _Atomic size_t used;
-  pthread_mutex_t lock;
+  mpe__mutex lock;
   uint64_t bins[NCLASSES];
 } arena_hdr;
 
@@ -94,7 +94,7 @@ void *mpe_alloc(size_t n) {
   size_t bsize = (size_t)1 << c;
   char *base = (char *)arena;
   block_hdr *b = NULL;
-  mpe__mutex_lock(&arena->lock, NULL); /* a dead holder leaked one block at most */
+  mpe__mutex_lock(&arena->lock, NULL, 0); /* a dead holder leaked one block at most */
   uint64_t off = arena->bins[c];
   if (off) {
     b = (block_hdr *)(base + off);
@@ -126,7 +126,7 @@ void mpe_free(void *p) {
     if (to > from) madvise((void *)from, to - from, MADV_REMOVE);
   }
   atomic_fetch_sub(&arena->used, bsize);
-  mpe__mutex_lock(&arena->lock, NULL);
+  mpe__mutex_lock(&arena->lock, NULL, 0);
   b->next = arena->bins[b->cls];
   arena->bins[b->cls] = (uint64_t)((char *)b - (char *)arena);
   mpe__mutex_unlock(&arena->lock);

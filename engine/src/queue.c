@@ -44,7 +44,7 @@ typedef struct rec {
 
 struct mpe_queue {
   mpe__obj hdr;
-  pthread_mutex_t lock;
+  mpe__mutex lock;
   _Atomic uint64_t ringdesc; /* arena offset << 8 | log2(capacity) */
   uint64_t head, tail;
   _Atomic uint64_t count;
@@ -55,13 +55,6 @@ struct mpe_queue {
   _Atomic uint32_t get_waiters, put_waiters, join_waiters;
 };
 
-static inline void cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  __asm__ __volatile__("yield");
-#endif
-}
 
 static size_t pad16(size_t n) { return (n + 15) & ~(size_t)15; }
 
@@ -98,7 +91,7 @@ static void repair(mpe_queue *q) {
 }
 
 static int qlock(mpe_queue *q) {
-  int rc = mpe__mutex_lock(&q->lock, NULL);
+  int rc = mpe__mutex_lock(&q->lock, NULL, 0);
   if (rc == MPE_EOWNERDEAD) {
     repair(q);
     rc = 0;
@@ -136,7 +129,6 @@ void mpe_queue_free(mpe_queue *q) {
     p += r->kind == REC_SKIP ? r->len : rec_size(r->kind, r->len);
   }
   mpe_free(base);
-  pthread_mutex_destroy(&q->lock);
   mpe_free(q);
 }
 
@@ -146,7 +138,7 @@ size_t mpe_queue_size(const mpe_queue *q) {
   /* A dead holder may have left the count one off: if the lock is free (or
    * was left by the dead), take it so that repair() runs first. */
   mpe_queue *mq = (mpe_queue *)q;
-  int rc = mpe__mutex_trylock(&mq->lock);
+  int rc = mpe__mutex_trylock(&mq->lock, 1);
   if (rc == MPE_EOWNERDEAD) repair(mq);
   if (rc == 0 || rc == MPE_EOWNERDEAD) mpe__mutex_unlock(&mq->lock);
   return (size_t)atomic_load(&q->count);
@@ -170,7 +162,7 @@ static int wait_on(mpe_queue *q, _Atomic uint32_t *seq, _Atomic uint32_t *waiter
   if (spin > 0) {
     double until = mpe_time() + (double)spin * 1e-9;
     int i = 0;
-    while (!ready(q) && ((++i & 63) || mpe_time() < until)) cpu_relax();
+    while (!ready(q) && ((++i & 63) || mpe_time() < until)) mpe__cpu_relax();
   }
   if (!ready(q)) {
     atomic_fetch_add(waiters, 1);

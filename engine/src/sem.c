@@ -26,7 +26,7 @@ typedef struct holder {
 
 struct mpe_sem {
   mpe__obj hdr;
-  pthread_mutex_t m;
+  mpe__mutex m;
   _Atomic uint32_t value;
   uint32_t bound;
   _Atomic uint32_t seq, waiters;
@@ -58,12 +58,11 @@ int mpe_sem_new(mpe_sem **out, unsigned value, unsigned bound) {
 
 void mpe_sem_free(mpe_sem *s) {
   if (!s || !mpe__obj_release(s)) return;
-  pthread_mutex_destroy(&s->m);
   mpe_free(s);
 }
 
 static void slock(mpe_sem *s) {
-  int rc = mpe__mutex_lock(&s->m, NULL); /* holders' table is whole at every store */
+  int rc = mpe__mutex_lock(&s->m, NULL, 0); /* holders' table is whole at every store */
   MPE__CHECK(rc == 0 || rc == MPE_EOWNERDEAD);
 }
 

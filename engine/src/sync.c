@@ -112,7 +112,7 @@ void mpe_cond_notify(mpe_cond *c, int n) {
 
 struct mpe_barrier {
   mpe__obj hdr;
-  pthread_mutex_t m;
+  mpe__mutex m;
   uint32_t parties, count, generation, broken_gen, broken;
   _Atomic uint32_t seq, waiters;
   uint64_t data, len; /* the host's bytes, an arena block */
@@ -143,7 +143,6 @@ int mpe_barrier_new(mpe_barrier **out, unsigned parties, const void *data, size_
 
 void mpe_barrier_free(mpe_barrier *b) {
   if (!b || !mpe__obj_release(b)) return;
-  pthread_mutex_destroy(&b->m);
   if (b->data) mpe_free(mpe_deref(b->data));
   mpe_free(b);
 }
@@ -156,7 +155,7 @@ const void *mpe_barrier_data(const mpe_barrier *b, size_t *len) {
 unsigned mpe_barrier_parties(const mpe_barrier *b) { return b->parties; }
 
 static void block(mpe_barrier *b) {
-  int rc = mpe__mutex_lock(&b->m, NULL);
+  int rc = mpe__mutex_lock(&b->m, NULL, 0);
   MPE__CHECK(rc == 0 || rc == MPE_EOWNERDEAD);
 }
 
