@@ -60,6 +60,14 @@ describe("Lock", function()
     end
   end)
 
+  it("a Condition's lock recovers too", function()
+    local c = mp.Condition()
+    local h = holder(function() c:acquire() end)
+    h:kill(); h:join()
+    assert.are.same({true, "owner died"}, {c:acquire(10)})
+    c:release()
+  end)
+
   it("raises on misuse", function()
     local l = mp.Lock()
     assert.has_error(function() l:release() end, "Lock: cannot release a lock this process does not hold")
@@ -357,6 +365,14 @@ describe("every primitive is an engine object", function()
     assert.are.equal(0, p.exitcode)
     assert.are.equal(42, v.value)
     assert.are.equal(7, a[2])
+    local r, w = mp.Pipe(false)
+    local p2 = mp.Process{target = function() local t = r:recv(30) t.v:add(8) t.l:acquire() end}
+    p2:start()
+    w:send({v = v, l = l})
+    p2:join()
+    assert.are.equal(50, v.value)
+    assert.are.same({true, "owner died"}, {l:acquire(10)}) -- it ended holding the lock
+    l:release()
   end)
 end)
 
