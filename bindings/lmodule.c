@@ -170,6 +170,27 @@ static int l_decode(lua_State *L) {
   return 1;
 }
 
+static int l_isatty(lua_State *L) {
+  lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
+  return 1;
+}
+
+static int l_in_child(lua_State *L) {
+  lua_pushboolean(L, mpe_in_child());
+  return 1;
+}
+
+extern const unsigned char mpel_pool_lua[];
+extern const size_t mpel_pool_lua_len;
+
+/* Runs bindings/pool.lua (built in) with the module at the top. */
+static void open_pool(lua_State *L) {
+  if (luaL_loadbufferx(L, (const char *)mpel_pool_lua, mpel_pool_lua_len, "=pool.lua", "t") != LUA_OK)
+    lua_error(L);
+  lua_pushvalue(L, -2);
+  lua_call(L, 1, 0);
+}
+
 static int sentinel_gc(lua_State *L) {
   mpel_processes_atexit(L);
   return 0;
@@ -184,6 +205,8 @@ static const luaL_Reg funcs[] = {
     {"arena_stats", l_arena_stats},
     {"encode", l_encode},
     {"decode", l_decode},
+    {"_isatty", l_isatty},
+    {"_in_child", l_in_child},
     {NULL, NULL},
 };
 
@@ -212,5 +235,6 @@ __attribute__((visibility("default"))) int luaopen_mpengine(lua_State *L) {
   mpel_open_queue(L);
   mpel_open_sync(L);
   mpel_open_value(L);
+  open_pool(L);
   return 1;
 }

@@ -146,6 +146,7 @@ static int child_main(void *arg) {
     else msg = lua_pushfstring(co, "(error object is a %s value)", luaL_typename(co, -1));
   }
   luaL_traceback(L, co, msg, 0);
+  mpel_handles_fork(L, 0); /* a controlled end: give our references back */
   fflush(stdout);
   fprintf(stderr, "Process %s (pid %ld) failed:\n%s\n", mpel_process_name, (long)getpid(),
           lua_tostring(L, -1));

@@ -1,0 +1,779 @@
+-- pool.lua - mp.Pool: map over inputs on a set of worker processes.
+--
+-- Built into the mpengine module (loaded by lmodule.c) on top of the
+-- engine's processes and queues. The design answers Python's known traps:
+--
+-- * Each worker has its own inbox queue and the parent decides which worker
+--   gets which chunk, so the parent always knows who holds what. A worker
+--   stamps (chunk, task, start time) in a shared Array before each task. When
+--   a worker dies (any signal, os.exit, out of memory) the parent first takes
+--   every result already queued, then fails only the task the stamp names
+--   with an error that says how the worker died, sends the chunk's other
+--   tasks to other workers, and starts a replacement. Nothing waits forever.
+-- * A task that runs longer than `timeout` is killed the same way and fails
+--   with a timeout error.
+-- * Functions travel through the codec: closures, lambdas, upvalues. Each
+--   distinct encoding is sent to a worker once and then named by an id.
+-- * Errors carry the worker's message and traceback, and are raised where
+--   the result is read. The pool goes on serving.
+-- * The parent is single-threaded: results, callbacks (in completion order)
+--   and replacements are handled whenever the script waits on the pool (get,
+--   wait, map, imap, join, ...).
+local mp = ...
+
+local DEPTH = 4          -- chunks in flight per worker (1 running, 3 queued)
+local SLICE = 0.01       -- the parent looks at its workers at least this often
+local STAMP = 3          -- stamp fields per worker slot: chunk id, task index, start time
+
+local Pool = {}
+Pool.__index = Pool
+Pool.__name = "Pool"
+
+local AsyncResult = {}
+AsyncResult.__index = AsyncResult
+AsyncResult.__name = "AsyncResult"
+
+local unpack = table.unpack
+local signal_names = {[1] = "SIGHUP", [2] = "SIGINT", [3] = "SIGQUIT", [4] = "SIGILL", [6] = "SIGABRT",
+                      [7] = "SIGBUS", [8] = "SIGFPE", [9] = "SIGKILL", [11] = "SIGSEGV", [13] = "SIGPIPE",
+                      [14] = "SIGALRM", [15] = "SIGTERM", [10] = "SIGUSR1", [12] = "SIGUSR2"}
+
+local function how_died(code)
+  if code and code < 0 then
+    local name = signal_names[-code]
+    return ("was killed by signal %d%s"):format(-code, name and (" (" .. name .. ")") or "")
+  end
+  return ("exited with code %s"):format(tostring(code))
+end
+
+-------------------------------------------------------------------- worker
+
+local function traceback(e)
+  if type(e) ~= "string" then
+    local mt = getmetatable(e)
+    e = mt and mt.__tostring and tostring(e) or ("(error object is a %s value)"):format(type(e))
+  end
+  -- the worker's own frames only: cut where the pool called the task
+  local tb = debug.traceback(e, 2)
+  return (tb:gsub("\n\t%[C%]: in function 'xpcall'.*$", ""))
+end
+
+-- The body of every worker process.
+local function worker_main(slot, inbox, results, stamps, init, initargs, maxtasks)
+  if init then
+    local ok, err = xpcall(init, traceback, unpack(initargs or {}))
+    if not ok then
+      results:put({init_error = err, slot = slot})
+      return
+    end
+  end
+  local fns, done = {}, 0
+  local base = (slot - 1) * STAMP
+  for msg in inbox:iter() do
+    local kind = msg[1]
+    if kind == "f" then
+      fns[msg[2]] = msg[3]
+    elseif kind == "t" then
+      local cid, fn, star, items = msg[2], fns[msg[3]], msg[4], msg[5]
+      local values, errors = {}, nil
+      for i = 1, #items do
+        stamps[base + 3] = mp.time()
+        stamps[base + 2] = i
+        stamps[base + 1] = cid
+        local ok, v
+        if star then ok, v = xpcall(fn, traceback, unpack(items[i]))
+        else ok, v = xpcall(fn, traceback, items[i]) end
+        if ok then values[i] = v
+        else
+          errors = errors or {}
+          errors[i] = v
+        end
+      end
+      stamps[base + 1] = 0
+      local reply = {cid = cid, slot = slot, n = #items, values = values, errors = errors}
+      local ok, err = pcall(results.put, results, reply)
+      if not ok then -- a result that cannot travel fails its own task only
+        errors = errors or {}
+        for i = 1, #items do
+          local fine, why = pcall(mp.encode, values[i])
+          if not fine then
+            values[i] = nil
+            errors[i] = (why:gsub("at value", ("at result of task %d"):format(i), 1))
+          end
+        end
+        reply.errors = errors
+        if not pcall(results.put, results, reply) then error(err) end
+      end
+      done = done + 1
+      if maxtasks and done >= maxtasks then return end
+    elseif kind == "F" then
+      fns = {}
+    elseif kind == "q" then
+      return
+    end
+  end
+end
+
+-------------------------------------------------------------------- progress
+
+local function isatty_stderr()
+  return mp._isatty(2)
+end
+
+local function progress_new(total)
+  return {total = total, done = 0, t0 = mp.time(), last = 0, tty = isatty_stderr()}
+end
+
+local function fmt_time(s)
+  if s ~= s or s == math.huge then return "--:--" end
+  s = math.floor(s + 0.5)
+  if s >= 3600 then return ("%d:%02d:%02d"):format(s // 3600, s // 60 % 60, s % 60) end
+  return ("%02d:%02d"):format(s // 60, s % 60)
+end
+
+local function progress_draw(p, final)
+  if not p.tty then return end
+  local now = mp.time()
+  if not final and now - p.last < 0.1 then return end
+  p.last = now
+  local elapsed = now - p.t0
+  local rate = elapsed > 0 and p.done / elapsed or 0
+  local line
+  if p.total then
+    local frac = p.total > 0 and p.done / p.total or 1
+    local width = 30
+    local fill = math.floor(frac * width + 0.5)
+    local eta = rate > 0 and (p.total - p.done) / rate or math.huge
+    line = ("\r[%s%s] %d/%d %3d%% %.0f/s ETA %s"):format(("#"):rep(fill), ("."):rep(width - fill),
+      p.done, p.total, math.floor(frac * 100), rate, final and fmt_time(elapsed) or fmt_time(eta))
+  else
+    line = ("\r%d done %.0f/s %s"):format(p.done, rate, fmt_time(elapsed))
+  end
+  io.stderr:write(line, final and "\n" or "")
+  io.stderr:flush()
+end
+
+-------------------------------------------------------------------- the pool
+
+local function check_pool(self, what)
+  if getmetatable(self) ~= Pool then error(("Pool expected, got %s"):format(type(self)), 3) end
+  if self.state ~= "run" then
+    error(("Pool: cannot %s: the pool is %s"):format(what, self.state), 3)
+  end
+  if self.broken then error(self.broken, 3) end
+end
+
+local function start_worker(self, slot)
+  local inbox = mp.Queue()
+  for k = 1, STAMP do self.stamps[(slot - 1) * STAMP + k] = 0 end
+  local p = mp.Process{target = worker_main, name = ("PoolWorker-%d"):format(slot), daemon = true,
+                       args = {slot, inbox, self.results, self.stamps, self.initializer, self.initargs,
+                               self.maxtasks}}
+  p:start()
+  self.workers[slot] = {proc = p, inbox = inbox, outstanding = {}, fids = {}, dispatched = 0, finished = 0}
+end
+
+local known_options = {processes = true, initializer = true, initargs = true, maxtasksperchild = true,
+                       timeout = true}
+
+function mp.Pool(opts)
+  local o = {}
+  if type(opts) == "table" then
+    for k in pairs(opts) do
+      if not known_options[k] then
+        error(("Pool: unknown option '%s' (expected processes, initializer, initargs, maxtasksperchild, timeout)")
+          :format(tostring(k)), 2)
+      end
+    end
+    o = opts
+  elseif opts ~= nil then
+    o = {processes = opts}
+  end
+  local n = o.processes
+  if n == nil then n = tonumber(os.getenv("MPENGINE_WORKERS") or "") or mp.cpu_count() end
+  if math.type(n) ~= "integer" or n < 1 then error("Pool: processes must be an integer >= 1", 2) end
+  if o.initializer ~= nil and type(o.initializer) ~= "function" then error("Pool: initializer must be a function", 2) end
+  if o.initargs ~= nil and type(o.initargs) ~= "table" then error("Pool: initargs must be a table", 2) end
+  local maxtasks = o.maxtasksperchild
+  if maxtasks ~= nil and (math.type(maxtasks) ~= "integer" or maxtasks < 1) then
+    error("Pool: maxtasksperchild must be an integer >= 1", 2)
+  end
+  if o.timeout ~= nil and (type(o.timeout) ~= "number" or not (o.timeout > 0)) then
+    error("Pool: timeout must be a number of seconds > 0", 2)
+  end
+  local self = setmetatable({
+    n = n, initializer = o.initializer, initargs = o.initargs, maxtasks = maxtasks, timeout = o.timeout,
+    results = mp.Queue(), stamps = mp.Array('d', n * STAMP, {lock = false}),
+    workers = {}, chunks = {}, pending = {}, phead = 1, ptail = 0, next_cid = 0,
+    fids = {}, nfids = 0, next_fid = 0, jobs = {}, crashes = 0, njobs = 0, state = "run", last_check = 0,
+    progress_all = os.getenv("MPENGINE_PROGRESS") == "1",
+  }, Pool)
+  for slot = 1, n do start_worker(self, slot) end
+  return self
+end
+
+-- Registers fn's encoding: an id every worker learns once.
+local function fid_of(self, fn)
+  if type(fn) ~= "function" then error(("Pool: function expected, got %s"):format(type(fn)), 3) end
+  local bytes = mp.encode(fn) -- raises with the path of what cannot travel
+  local entry = self.fids[bytes]
+  if not entry and self.nfids >= 512 then
+    -- many distinct closures: start the registry over, in the workers too
+    self.fids, self.nfids = {}, 0
+    for slot = 1, self.n do
+      local w = self.workers[slot]
+      if w then
+        w.inbox:put({"F"})
+        w.fids = {}
+      end
+    end
+  end
+  if not entry then
+    self.nfids = self.nfids + 1
+    self.next_fid = self.next_fid + 1
+    entry = {id = self.next_fid, fn = fn}
+    self.fids[bytes] = entry
+  end
+  return entry
+end
+
+local function push_pending(self, cid)
+  self.ptail = self.ptail + 1
+  self.pending[self.ptail] = cid
+end
+
+local function push_front(self, cid)
+  self.phead = self.phead - 1
+  self.pending[self.phead] = cid
+end
+
+-- A new job: kind "apply" | "map" | "imap" | "imap_unordered".
+local function new_job(self, kind, fentry, star, opts)
+  local job = {kind = kind, fentry = fentry, star = star, n = 0, done = 0, values = {}, errors = {},
+               callback = opts and opts.callback, error_callback = opts and opts.error_callback,
+               chunks_open = 0, ready = false}
+  if (opts and opts.progress) or self.progress_all then job.progress = progress_new(nil) end
+  self.njobs = self.njobs + 1
+  self.jobs[job] = true
+  return job
+end
+
+-- Adds one chunk of items (first is the index of items[1] in the job).
+local function add_chunk(self, job, first, items)
+  self.next_cid = self.next_cid + 1
+  local cid = self.next_cid
+  self.chunks[cid] = {job = job, first = first, items = items}
+  job.chunks_open = job.chunks_open + 1
+  push_pending(self, cid)
+  return cid
+end
+
+local function finish_job(self, job)
+  if job.ready then return end
+  job.ready = true
+  self.jobs[job] = nil
+  self.njobs = self.njobs - 1
+  if job.progress then progress_draw(job.progress, true) end
+  local first_error = job.first_error
+  if first_error then
+    if job.error_callback then job.error_callback(first_error) end
+  elseif job.callback then
+    if job.kind == "apply" then job.callback(job.values[1]) else job.callback(job.values) end
+  end
+end
+
+-- Records the outcome of task i of a job.
+local function task_done(self, job, i, ok, v)
+  if job.cancelled then return end
+  if ok then job.values[i] = v
+  else
+    job.errors[i] = v
+    if not job.first_error or i < job.first_index then job.first_error, job.first_index = v, i end
+  end
+  job.done = job.done + 1
+  if job.stream then
+    job.stream_n = job.stream_n + 1
+    job.stream[job.stream_n] = i
+  end
+  if job.progress then
+    job.progress.done = job.done
+    progress_draw(job.progress)
+  end
+end
+
+local function check_job_complete(self, job)
+  if job.chunks_open == 0 and job.exhausted then finish_job(self, job) end
+end
+
+local function chunk_finished(self, cid)
+  local c = self.chunks[cid]
+  self.chunks[cid] = nil
+  c.job.chunks_open = c.job.chunks_open - 1
+  check_job_complete(self, c.job)
+end
+
+local function remove_outstanding(w, cid)
+  for k, v in ipairs(w.outstanding) do
+    if v == cid then table.remove(w.outstanding, k) return end
+  end
+end
+
+local function handle_result(self, r)
+  if r.init_error then
+    self.broken = ("Pool: the initializer failed in a worker:\n%s"):format(r.init_error)
+    return
+  end
+  local c = self.chunks[r.cid]
+  local w = self.workers[r.slot]
+  if w then
+    remove_outstanding(w, r.cid)
+    w.finished = w.finished + 1
+  end
+  self.crashes = 0
+  if not c then return end -- a cancelled job's chunk
+  local job = c.job
+  for i = 1, r.n do
+    local err = r.errors and r.errors[i]
+    if err then task_done(self, job, c.first + i - 1, false, err)
+    else task_done(self, job, c.first + i - 1, true, r.values[i]) end
+  end
+  chunk_finished(self, r.cid)
+end
+
+-- Sends chunks to workers with room in their inbox.
+local function dispatch(self)
+  if self.phead > self.ptail then return end
+  for slot = 1, self.n do
+    local w = self.workers[slot]
+    while w and not w.retiring and #w.outstanding < DEPTH and self.phead <= self.ptail do
+      local cid = self.pending[self.phead]
+      self.pending[self.phead] = nil
+      self.phead = self.phead + 1
+      local c = self.chunks[cid]
+      if c and not c.job.cancelled then
+        local fe = c.job.fentry
+        if not w.fids[fe.id] then
+          w.inbox:put({"f", fe.id, fe.fn})
+          w.fids[fe.id] = true
+        end
+        w.inbox:put({"t", cid, fe.id, c.job.star, c.items})
+        w.outstanding[#w.outstanding + 1] = cid
+        w.dispatched = w.dispatched + 1
+        if self.maxtasks and w.dispatched >= self.maxtasks then w.retiring = true end
+      elseif c then
+        chunk_finished(self, cid)
+      end
+    end
+  end
+end
+
+-- A worker has gone (died, retired, or was killed for a timeout).
+local function worker_gone(self, slot, reason)
+  local w = self.workers[slot]
+  local was_running = self.stamps[(slot - 1) * STAMP + 1] ~= 0
+  -- Everything it finished is already in the results queue: take it first.
+  while true do
+    local r = self.results:get_nowait()
+    if r == nil then break end
+    handle_result(self, r)
+  end
+  local base = (slot - 1) * STAMP
+  local running_cid, running_i = self.stamps[base + 1], self.stamps[base + 2]
+  -- Its chunks, newest first, go back to the front of the line; the task it
+  -- was running fails (unless it retired normally with nothing running).
+  for k = #w.outstanding, 1, -1 do
+    local cid = w.outstanding[k]
+    local c = self.chunks[cid]
+    if c then
+      if cid == running_cid and reason then
+        local before, after = {}, {}
+        for i = 1, #c.items do
+          if i < running_i then before[#before + 1] = i elseif i > running_i then after[#after + 1] = i end
+        end
+        task_done(self, c.job, c.first + running_i - 1, false, reason)
+        -- the rest of the chunk runs again elsewhere, one task per chunk
+        self.chunks[cid] = nil
+        c.job.chunks_open = c.job.chunks_open - 1
+        for j = #after, 1, -1 do
+          local i = after[j]
+          self.next_cid = self.next_cid + 1
+          self.chunks[self.next_cid] = {job = c.job, first = c.first + i - 1, items = {c.items[i]}}
+          c.job.chunks_open = c.job.chunks_open + 1
+          push_front(self, self.next_cid)
+        end
+        for j = #before, 1, -1 do
+          local i = before[j]
+          self.next_cid = self.next_cid + 1
+          self.chunks[self.next_cid] = {job = c.job, first = c.first + i - 1, items = {c.items[i]}}
+          c.job.chunks_open = c.job.chunks_open + 1
+          push_front(self, self.next_cid)
+        end
+        check_job_complete(self, c.job)
+      else
+        push_front(self, cid)
+      end
+    end
+  end
+  w.outstanding = {}
+  w.proc:join(1)
+  self.workers[slot] = nil
+  -- Workers that die before finishing anything, over and over, would be
+  -- replaced forever: after a few in a row, the pool gives up and says why.
+  if w.finished == 0 and not was_running and not w.retiring and not w.timed_out then
+    self.crashes = self.crashes + 1
+    if self.crashes >= 3 * self.n + 3 then
+      self.broken = ("Pool: %d workers in a row died before finishing a task; the last %s"):format(
+        self.crashes, how_died(w.proc.exitcode))
+    end
+  end
+  if self.state == "run" or self.phead <= self.ptail or self.njobs > 0 then
+    if not self.broken then start_worker(self, slot) end
+  end
+end
+
+-- Looks for dead workers and tasks over their time.
+local function check_workers(self)
+  local now = mp.time()
+  self.last_check = now
+  for slot = 1, self.n do
+    local w = self.workers[slot]
+    if w then
+      local code = w.proc.exitcode
+      if code ~= nil then
+        local reason
+        local base = (slot - 1) * STAMP
+        if self.stamps[base + 1] ~= 0 or (code ~= 0 and #w.outstanding > 0) then
+          reason = ("Pool: the worker running this task (pid %d) %s"):format(w.proc.pid, how_died(code))
+          if w.timed_out then
+            reason = ("Pool: task timed out after %g s; its worker (pid %d) was killed and replaced")
+              :format(self.timeout, w.proc.pid)
+          end
+        end
+        worker_gone(self, slot, reason)
+      elseif self.timeout and not w.timed_out then
+        local base = (slot - 1) * STAMP
+        local cid, started = self.stamps[base + 1], self.stamps[base + 3]
+        if cid ~= 0 and now - started > self.timeout and self.stamps[base + 1] == cid then
+          w.timed_out = true
+          w.proc:kill()
+        end
+      end
+    end
+  end
+end
+
+-- Runs the pool until done() is true or the deadline passes. Returns done().
+local function pump(self, done, deadline)
+  while true do
+    if done() then return true end
+    if self.broken then error(self.broken, 0) end
+    dispatch(self)
+    local now = mp.time()
+    if deadline and now >= deadline then return done() end
+    if now - self.last_check >= SLICE then check_workers(self) end
+    local wait = SLICE
+    if deadline then wait = math.min(wait, math.max(0, deadline - now)) end
+    local r = self.results:get(wait)
+    if r ~= nil then
+      handle_result(self, r)
+      -- take what else is ready without waiting
+      for _ = 1, 64 do
+        r = self.results:get_nowait()
+        if r == nil then break end
+        handle_result(self, r)
+      end
+    else
+      check_workers(self)
+    end
+  end
+end
+
+-------------------------------------------------------------------- results
+
+local function new_async(self, job)
+  return setmetatable({pool = self, job = job}, AsyncResult)
+end
+
+local function raise_task_error(err)
+  error(err, 0)
+end
+
+function AsyncResult:ready()
+  if not self.job.ready then pump(self.pool, function() return self.job.ready end, mp.time()) end
+  return self.job.ready
+end
+
+function AsyncResult:wait(timeout)
+  if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then error("wait: bad timeout", 2) end
+  return pump(self.pool, function() return self.job.ready end, timeout and mp.time() + timeout)
+end
+
+function AsyncResult:successful()
+  if not self.job.ready then error("AsyncResult: not ready yet", 2) end
+  return self.job.first_error == nil
+end
+
+function AsyncResult:get(timeout)
+  if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then error("get: bad timeout", 2) end
+  if not pump(self.pool, function() return self.job.ready end, timeout and mp.time() + timeout) then
+    error(("AsyncResult: timeout after %g s waiting for the result"):format(timeout), 2)
+  end
+  local job = self.job
+  if job.first_error then raise_task_error(job.first_error) end
+  if job.kind == "apply" then return job.values[1] end
+  return job.values
+end
+
+-------------------------------------------------------------------- submitting
+
+local function parse_rest(a, b, what)
+  -- [chunksize] [, opts] in any of the accepted shapes
+  local chunksize, opts
+  if type(a) == "number" then chunksize, opts = a, b
+  elseif type(a) == "table" then opts = a
+  elseif a ~= nil then error(("Pool:%s: chunksize must be a number"):format(what), 3) end
+  if opts ~= nil and type(opts) ~= "table" then error(("Pool:%s: options must be a table"):format(what), 3) end
+  if chunksize ~= nil and (math.type(chunksize) ~= "integer" or chunksize < 1) then
+    error(("Pool:%s: chunksize must be an integer >= 1"):format(what), 3)
+  end
+  if opts then
+    for k in pairs(opts) do
+      if k ~= "callback" and k ~= "error_callback" and k ~= "progress" then
+        error(("Pool:%s: unknown option '%s' (expected callback, error_callback, progress)"):format(what, tostring(k)), 3)
+      end
+    end
+  end
+  return chunksize, opts
+end
+
+local function auto_chunksize(self, n)
+  if self.timeout then return 1 end
+  local c = math.ceil(n / (self.n * 4))
+  return c < 1 and 1 or c
+end
+
+function Pool:apply_async(fn, args, opts)
+  check_pool(self, "apply_async")
+  if args ~= nil and type(args) ~= "table" then error("Pool:apply_async: args must be a table", 2) end
+  local _, o = parse_rest(opts, nil, "apply_async")
+  local job = new_job(self, "apply", fid_of(self, fn), true, o)
+  job.progress = nil
+  job.n = 1
+  add_chunk(self, job, 1, {args or {}})
+  job.exhausted = true
+  dispatch(self)
+  return new_async(self, job)
+end
+
+function Pool:apply(fn, args)
+  return self:apply_async(fn, args):get()
+end
+
+-- A map-like job over a list (star: items are argument lists).
+local function map_job(self, kind, fn, list, star, chunksize, opts)
+  if type(list) ~= "table" then error(("Pool:%s: a list expected, got %s"):format(kind, type(list)), 3) end
+  local job = new_job(self, kind, fid_of(self, fn), star, opts)
+  local n = #list
+  job.n = n
+  if job.progress then job.progress.total = n end
+  local cs = chunksize or auto_chunksize(self, n)
+  for first = 1, n, cs do
+    local items = table.move(list, first, math.min(first + cs - 1, n), 1, {})
+    add_chunk(self, job, first, items)
+  end
+  job.exhausted = true
+  if n == 0 then finish_job(self, job) end
+  dispatch(self)
+  return job
+end
+
+function Pool:map_async(fn, list, chunksize, opts)
+  check_pool(self, "map_async")
+  local cs, o = parse_rest(chunksize, opts, "map_async")
+  return new_async(self, map_job(self, "map", fn, list, false, cs, o))
+end
+
+function Pool:map(fn, list, chunksize, opts)
+  check_pool(self, "map")
+  local cs, o = parse_rest(chunksize, opts, "map")
+  return new_async(self, map_job(self, "map", fn, list, false, cs, o)):get()
+end
+
+function Pool:starmap_async(fn, list, chunksize, opts)
+  check_pool(self, "starmap_async")
+  local cs, o = parse_rest(chunksize, opts, "starmap_async")
+  return new_async(self, map_job(self, "starmap", fn, list, true, cs, o))
+end
+
+function Pool:starmap(fn, list, chunksize, opts)
+  check_pool(self, "starmap")
+  local cs, o = parse_rest(chunksize, opts, "starmap")
+  return new_async(self, map_job(self, "starmap", fn, list, true, cs, o)):get()
+end
+
+-- imap and imap_unordered: streaming over a list or an iterator function,
+-- reading it lazily with at most a bounded number of chunks in flight.
+local function stream(self, kind, fn, src, chunksize, opts, ordered)
+  check_pool(self, kind)
+  local cs, o = parse_rest(chunksize, opts, kind)
+  local job = new_job(self, kind, fid_of(self, fn), false, o)
+  job.stream, job.stream_n = {}, 0
+  local next_item
+  if type(src) == "table" then
+    local i, n = 0, #src
+    if job.progress then job.progress.total = n end
+    cs = cs or math.min(auto_chunksize(self, n), 256)
+    next_item = function()
+      i = i + 1
+      if i <= n then return true, src[i] end
+      return false
+    end
+  elseif type(src) == "function" then
+    cs = cs or 1
+    next_item = function()
+      local v = src()
+      if v == nil then return false end
+      return true, v
+    end
+  else
+    error(("Pool:%s: a list or an iterator function expected, got %s"):format(kind, type(src)), 3)
+  end
+  local limit = self.n * DEPTH * 2 -- chunks read ahead of the consumer
+  local read = 0
+  local function refill()
+    while not job.exhausted and job.chunks_open < limit do
+      local items = {}
+      for _ = 1, cs do
+        local more, v = next_item()
+        if not more then
+          job.exhausted = true
+          break
+        end
+        items[#items + 1] = v
+      end
+      if #items > 0 then
+        add_chunk(self, job, read + 1, items)
+        read = read + #items
+        job.n = read
+      end
+    end
+    if job.exhausted then check_job_complete(self, job) end
+  end
+  local emitted, spos = 0, 1
+  local function has_output()
+    if ordered then return job.values[emitted + 1] ~= nil or job.errors[emitted + 1] ~= nil
+    else return spos <= job.stream_n end
+  end
+  local function finished()
+    return job.exhausted and job.chunks_open == 0 and emitted >= read
+  end
+  local closed = false
+  local function iterate()
+    if closed then return nil end
+    while true do
+      refill()
+      if has_output() then break end
+      if finished() then
+        closed = true
+        finish_job(self, job)
+        return nil
+      end
+      pump(self, function() return has_output() or (job.exhausted and job.chunks_open == 0) end)
+    end
+    local i
+    if ordered then i = emitted + 1
+    else
+      i = job.stream[spos]
+      job.stream[spos] = nil
+      spos = spos + 1
+    end
+    emitted = emitted + 1
+    local v, err = job.values[i], job.errors[i]
+    job.values[i], job.errors[i] = nil, nil -- bounded memory
+    if err then error(err, 0) end
+    if ordered then return i, v end
+    return v
+  end
+  -- Leaving the loop early (break, error) must not leave the job behind.
+  local closer = setmetatable({}, {__close = function()
+    if not finished() then job.cancelled = true finish_job(self, job) end
+  end})
+  return iterate, nil, nil, closer
+end
+
+function Pool:imap(fn, src, chunksize, opts)
+  return stream(self, "imap", fn, src, chunksize, opts, true)
+end
+
+function Pool:imap_unordered(fn, src, chunksize, opts)
+  return stream(self, "imap_unordered", fn, src, chunksize, opts, false)
+end
+
+-------------------------------------------------------------------- ending
+
+function Pool:close()
+  if self.state == "run" then self.state = "closed" end
+end
+
+-- Kills the workers at once; unfinished jobs fail.
+function Pool:terminate()
+  if self.state == "terminated" then return end
+  self.state = "terminated"
+  for slot = 1, self.n do
+    local w = self.workers[slot]
+    if w then w.proc:kill() end
+  end
+  for slot = 1, self.n do
+    local w = self.workers[slot]
+    if w then
+      w.proc:join()
+      self.workers[slot] = nil
+    end
+  end
+  for job in pairs(self.jobs) do
+    if not job.first_error then job.first_error = "Pool: terminated before the task finished" end
+    job.callback, job.error_callback = nil, nil
+    finish_job(self, job)
+  end
+end
+
+function Pool:join()
+  if self.state == "run" then error("Pool: call close() or terminate() before join()", 2) end
+  if self.state == "closed" then
+    pump(self, function() return self.njobs == 0 end)
+    for slot = 1, self.n do
+      local w = self.workers[slot]
+      if w then w.inbox:put({"q"}) end
+    end
+    for slot = 1, self.n do
+      local w = self.workers[slot]
+      if w then
+        w.proc:join()
+        self.workers[slot] = nil
+      end
+    end
+    self.state = "joined"
+  end
+end
+
+-- `local pool <close> = mp.Pool(4)`: on a normal exit, the work submitted
+-- is finished (close + join); on an error, the workers are killed.
+Pool.__close = function(self, err)
+  if err ~= nil then self:terminate()
+  else
+    self:close()
+    self:join()
+  end
+end
+
+Pool.__gc = function(self)
+  if self.state ~= "joined" and self.state ~= "terminated" and not mp._in_child() then
+    pcall(Pool.terminate, self)
+  end
+end
+
+function Pool:__tostring()
+  return ("Pool (%d workers, %s)"):format(self.n, self.state)
+end
+
+return Pool
