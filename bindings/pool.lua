@@ -21,7 +21,8 @@
 --   wait, map, imap, join, ...).
 local mp = ...
 
-local DEPTH = 4          -- chunks in flight per worker (1 running, 3 queued)
+local DEPTH = 4          -- chunks in flight per worker when chunks are short (1 running, 3 queued)
+local SHORT = 0.002      -- a chunk under this many seconds is short: queue more behind it
 local SLICE = 0.01       -- the parent looks at its workers at least this often
 local STAMP = 3          -- stamp fields per worker slot: chunk id, task index, start time
 
@@ -76,6 +77,7 @@ local function worker_main(slot, inbox, results, stamps, init, initargs, maxtask
     elseif kind == "t" then
       local cid, fn, star, items = msg[2], fns[msg[3]], msg[4], msg[5]
       local values, errors = {}, nil
+      local t_chunk = mp.time()
       for i = 1, #items do
         stamps[base + 3] = mp.time()
         stamps[base + 2] = i
@@ -90,7 +92,8 @@ local function worker_main(slot, inbox, results, stamps, init, initargs, maxtask
         end
       end
       stamps[base + 1] = 0
-      local reply = {cid = cid, slot = slot, n = #items, values = values, errors = errors}
+      local reply = {cid = cid, slot = slot, n = #items, values = values, errors = errors,
+                     dt = mp.time() - t_chunk}
       local ok, err = pcall(results.put, results, reply)
       if not ok then -- a result that cannot travel fails its own task only
         errors = errors or {}
@@ -205,7 +208,7 @@ function mp.Pool(opts)
     n = n, initializer = o.initializer, initargs = o.initargs, maxtasks = maxtasks, timeout = o.timeout,
     results = mp.Queue(), stamps = mp.Array('d', n * STAMP, {lock = false}),
     workers = {}, chunks = {}, pending = {}, phead = 1, ptail = 0, next_cid = 0,
-    fids = {}, nfids = 0, next_fid = 0, jobs = {}, crashes = 0, njobs = 0, state = "run", last_check = 0,
+    fids = {}, nfids = 0, next_fid = 0, jobs = {}, crashes = 0, chunk_time = 1, njobs = 0, state = "run", last_check = 0,
     progress_all = os.getenv("MPENGINE_PROGRESS") == "1",
   }, Pool)
   for slot = 1, n do start_worker(self, slot) end
@@ -330,6 +333,7 @@ local function handle_result(self, r)
     w.finished = w.finished + 1
   end
   self.crashes = 0
+  if r.dt then self.chunk_time = 0.8 * self.chunk_time + 0.2 * r.dt end
   if not c then return end -- a cancelled job's chunk
   local job = c.job
   for i = 1, r.n do
@@ -340,29 +344,34 @@ local function handle_result(self, r)
   chunk_finished(self, r.cid)
 end
 
--- Sends chunks to workers with room in their inbox.
+-- Sends chunks to workers with room in their inbox: always to the one with
+-- the fewest in flight, and more than one each only while chunks are short
+-- (a long task must not hold others back while another worker is idle).
 local function dispatch(self)
-  if self.phead > self.ptail then return end
-  for slot = 1, self.n do
-    local w = self.workers[slot]
-    while w and not w.retiring and #w.outstanding < DEPTH and self.phead <= self.ptail do
-      local cid = self.pending[self.phead]
-      self.pending[self.phead] = nil
-      self.phead = self.phead + 1
-      local c = self.chunks[cid]
-      if c and not c.job.cancelled then
-        local fe = c.job.fentry
-        if not w.fids[fe.id] then
-          w.inbox:put({"f", fe.id, fe.fn})
-          w.fids[fe.id] = true
-        end
-        w.inbox:put({"t", cid, fe.id, c.job.star, c.items})
-        w.outstanding[#w.outstanding + 1] = cid
-        w.dispatched = w.dispatched + 1
-        if self.maxtasks and w.dispatched >= self.maxtasks then w.retiring = true end
-      elseif c then
-        chunk_finished(self, cid)
+  local depth = self.chunk_time < SHORT and DEPTH or 1
+  while self.phead <= self.ptail do
+    local w, best = nil, depth
+    for slot = 1, self.n do
+      local x = self.workers[slot]
+      if x and not x.retiring and #x.outstanding < best then w, best = x, #x.outstanding end
+    end
+    if not w then return end
+    local cid = self.pending[self.phead]
+    self.pending[self.phead] = nil
+    self.phead = self.phead + 1
+    local c = self.chunks[cid]
+    if c and not c.job.cancelled then
+      local fe = c.job.fentry
+      if not w.fids[fe.id] then
+        w.inbox:put({"f", fe.id, fe.fn})
+        w.fids[fe.id] = true
       end
+      w.inbox:put({"t", cid, fe.id, c.job.star, c.items})
+      w.outstanding[#w.outstanding + 1] = cid
+      w.dispatched = w.dispatched + 1
+      if self.maxtasks and w.dispatched >= self.maxtasks then w.retiring = true end
+    elseif c then
+      chunk_finished(self, cid)
     end
   end
 end
