@@ -175,6 +175,14 @@ static int l_isatty(lua_State *L) {
   return 1;
 }
 
+static int l_spin(lua_State *L) {
+  /* mp._spin([microseconds]) -> previous microseconds */
+  long old = lua_isnoneornil(L, 1) ? mpe_spin_set(-2) : mpe_spin_set((long)(luaL_checknumber(L, 1) * 1000));
+  if (lua_isnoneornil(L, 1)) mpe_spin_set(old);
+  lua_pushnumber(L, (lua_Number)old / 1000);
+  return 1;
+}
+
 static int l_in_child(lua_State *L) {
   lua_pushboolean(L, mpe_in_child());
   return 1;
@@ -185,7 +193,7 @@ extern const size_t mpel_pool_lua_len;
 
 /* Runs bindings/pool.lua (built in) with the module at the top. */
 static void open_pool(lua_State *L) {
-  if (luaL_loadbufferx(L, (const char *)mpel_pool_lua, mpel_pool_lua_len, "=pool.lua", "t") != LUA_OK)
+  if (luaL_loadbufferx(L, (const char *)mpel_pool_lua, mpel_pool_lua_len, "=mpengine.pool", "t") != LUA_OK)
     lua_error(L);
   lua_pushvalue(L, -2);
   lua_call(L, 1, 0);
@@ -207,6 +215,7 @@ static const luaL_Reg funcs[] = {
     {"decode", l_decode},
     {"_isatty", l_isatty},
     {"_in_child", l_in_child},
+    {"_spin", l_spin},
     {NULL, NULL},
 };
 

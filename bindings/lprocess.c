@@ -230,6 +230,8 @@ static int p_gc(lua_State *L) {
     else mpe_process_detach(p->h); /* still running: the engine reaps it */
   }
   p->h = NULL;
+  /* Other finalizers may still see this handle while the state closes. */
+  if (p->state == STARTED) p->state = CLOSED;
   return 0;
 }
 

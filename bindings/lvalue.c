@@ -244,6 +244,28 @@ static int array_add(lua_State *L) {
   return 1;
 }
 
+/* stamp(cid|nil, index [, timed]): the pool's per-task stamp, three doubles
+ * at a fixed place of an Array (chunk id, task index, start time), written
+ * without a metamethod lookup: it runs once per task. */
+static int stamp(lua_State *L) {
+  mpe_value *v = ((mpel_obj *)lua_touserdata(L, lua_upvalueindex(1)))->o;
+  size_t base = (size_t)lua_tointeger(L, lua_upvalueindex(2));
+  if (lua_toboolean(L, 3)) mpe_value_set_float(v, base + 2, mpe_time());
+  mpe_value_set_float(v, base + 1, (double)lua_tointeger(L, 2));
+  if (!lua_isnil(L, 1)) mpe_value_set_float(v, base, (double)lua_tointeger(L, 1));
+  return 0;
+}
+
+static int l_stamper(lua_State *L) {
+  mpe_value *v = check_any(L, 1);
+  lua_Integer base = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, mpe_value_typecode(v) == 'd' && base >= 0 && (size_t)base + 3 <= mpe_value_count(v), 2,
+                "a 'd' Array with room for three stamps expected");
+  lua_settop(L, 2);
+  lua_pushcclosure(L, stamp, 2);
+  return 1;
+}
+
 static const luaL_Reg value_methods[] = {{"get_lock", get_lock}, {"add", value_add}, {NULL, NULL}};
 static const luaL_Reg array_methods[] = {
     {"get_lock", get_lock}, {"add", array_add}, {"totable", array_totable}, {NULL, NULL},
@@ -269,4 +291,6 @@ void mpel_open_value(lua_State *L) {
   lua_pushcfunction(L, array_len);
   lua_setfield(L, -2, "__len");
   lua_pop(L, 1);
+  lua_pushcfunction(L, l_stamper);
+  lua_setfield(L, -2, "_stamper");
 }

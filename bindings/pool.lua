@@ -21,8 +21,8 @@
 --   wait, map, imap, join, ...).
 local mp = ...
 
-local DEPTH = 4          -- chunks in flight per worker when chunks are short (1 running, 3 queued)
-local SHORT = 0.002      -- a chunk under this many seconds is short: queue more behind it
+local QUEUED = 0.005     -- keep about this many seconds of work queued at each worker
+local MAXDEPTH = 256     -- and at most this many chunks
 local SLICE = 0.01       -- the parent looks at its workers at least this often
 local STAMP = 3          -- stamp fields per worker slot: chunk id, task index, start time
 
@@ -56,7 +56,52 @@ local function traceback(e)
   end
   -- the worker's own frames only: cut where the pool called the task
   local tb = debug.traceback(e, 2)
-  return (tb:gsub("\n\t%[C%]: in function 'xpcall'.*$", ""))
+  return (tb:gsub("\n\t[^\n]*mpengine%.pool:.*$", ""))
+end
+
+-- Runs one chunk {cid, fid, star, items, timed}; returns its reply.
+local function run_chunk(fns, stamp, c)
+  local cid, fn, star, items, timed = c[1], fns[c[2]], c[3], c[4], c[5]
+  local n = #items
+  local values, errors = {}, nil
+  local t0 = mp.time()
+  stamp(cid, 0, timed)
+  local i = 0
+  -- one protected call for the whole chunk; after an error, go on from the
+  -- next task (the index tells which task failed)
+  local function run()
+    while i < n do
+      i = i + 1
+      stamp(nil, i, timed)
+      if star then values[i] = fn(unpack(items[i])) else values[i] = fn(items[i]) end
+    end
+  end
+  while i < n do
+    local ok, err = xpcall(run, traceback)
+    if not ok then
+      errors = errors or {}
+      errors[i] = err
+    end
+  end
+  stamp(0, 0)
+  return {cid = cid, n = n, values = values, errors = errors, dt = mp.time() - t0}
+end
+
+-- Sends replies; a result that cannot travel fails its own task only.
+local function send_replies(results, slot, replies)
+  local msg = {slot = slot, replies = replies}
+  if pcall(results.put, results, msg) then return end
+  for _, r in ipairs(replies) do
+    for i = 1, r.n do
+      local fine, why = pcall(mp.encode, r.values[i])
+      if not fine then
+        r.values[i] = nil
+        r.errors = r.errors or {}
+        r.errors[i] = (why:gsub("at value", ("at the result of task %d"):format(i), 1))
+      end
+    end
+  end
+  results:put(msg)
 end
 
 -- The body of every worker process.
@@ -68,52 +113,26 @@ local function worker_main(slot, inbox, results, stamps, init, initargs, maxtask
       return
     end
   end
+  local stamp = mp._stamper(stamps, (slot - 1) * STAMP)
   local fns, done = {}, 0
-  local base = (slot - 1) * STAMP
   for msg in inbox:iter() do
-    local kind = msg[1]
-    if kind == "f" then
-      fns[msg[2]] = msg[3]
-    elseif kind == "t" then
-      local cid, fn, star, items = msg[2], fns[msg[3]], msg[4], msg[5]
-      local values, errors = {}, nil
-      local t_chunk = mp.time()
-      for i = 1, #items do
-        stamps[base + 3] = mp.time()
-        stamps[base + 2] = i
-        stamps[base + 1] = cid
-        local ok, v
-        if star then ok, v = xpcall(fn, traceback, unpack(items[i]))
-        else ok, v = xpcall(fn, traceback, items[i]) end
-        if ok then values[i] = v
-        else
-          errors = errors or {}
-          errors[i] = v
+    if msg.fns then for id, fn in pairs(msg.fns) do fns[id] = fn end end
+    if msg.chunks then
+      -- replies are sent together, unless the batch takes long
+      local replies, last = {}, mp.time()
+      for k, c in ipairs(msg.chunks) do
+        replies[#replies + 1] = run_chunk(fns, stamp, c)
+        done = done + 1
+        local now = mp.time()
+        if k == #msg.chunks or now - last > 0.002 then
+          send_replies(results, slot, replies)
+          replies, last = {}, now
         end
       end
-      stamps[base + 1] = 0
-      local reply = {cid = cid, slot = slot, n = #items, values = values, errors = errors,
-                     dt = mp.time() - t_chunk}
-      local ok, err = pcall(results.put, results, reply)
-      if not ok then -- a result that cannot travel fails its own task only
-        errors = errors or {}
-        for i = 1, #items do
-          local fine, why = pcall(mp.encode, values[i])
-          if not fine then
-            values[i] = nil
-            errors[i] = (why:gsub("at value", ("at result of task %d"):format(i), 1))
-          end
-        end
-        reply.errors = errors
-        if not pcall(results.put, results, reply) then error(err) end
-      end
-      done = done + 1
       if maxtasks and done >= maxtasks then return end
-    elseif kind == "F" then
-      fns = {}
-    elseif kind == "q" then
-      return
     end
+    if msg.forget then fns = {} end
+    if msg.quit then return end
   end
 end
 
@@ -208,8 +227,8 @@ function mp.Pool(opts)
     n = n, initializer = o.initializer, initargs = o.initargs, maxtasks = maxtasks, timeout = o.timeout,
     results = mp.Queue(), stamps = mp.Array('d', n * STAMP, {lock = false}),
     workers = {}, chunks = {}, pending = {}, phead = 1, ptail = 0, next_cid = 0,
-    fids = {}, nfids = 0, next_fid = 0, jobs = {}, crashes = 0, chunk_time = 1, njobs = 0, state = "run", last_check = 0,
-    progress_all = os.getenv("MPENGINE_PROGRESS") == "1",
+    fids = {}, nfids = 0, next_fid = 0, jobs = {}, crashes = 0, chunk_time = nil, njobs = 0, state = "run", last_check = 0,
+    progress_all = os.getenv("MPENGINE_PROGRESS") == "1", cpus = mp.cpu_count(), spin = mp._spin(),
   }, Pool)
   for slot = 1, n do start_worker(self, slot) end
   return self
@@ -226,7 +245,7 @@ local function fid_of(self, fn)
     for slot = 1, self.n do
       local w = self.workers[slot]
       if w then
-        w.inbox:put({"F"})
+        w.inbox:put({forget = true})
         w.fids = {}
       end
     end
@@ -321,58 +340,96 @@ local function remove_outstanding(w, cid)
   end
 end
 
-local function handle_result(self, r)
-  if r.init_error then
-    self.broken = ("Pool: the initializer failed in a worker:\n%s"):format(r.init_error)
-    return
-  end
+local function handle_reply(self, slot, r)
   local c = self.chunks[r.cid]
-  local w = self.workers[r.slot]
+  local w = self.workers[slot]
   if w then
     remove_outstanding(w, r.cid)
     w.finished = w.finished + 1
   end
   self.crashes = 0
-  if r.dt then self.chunk_time = 0.8 * self.chunk_time + 0.2 * r.dt end
+  self.chunk_time = 0.8 * (self.chunk_time or r.dt) + 0.2 * r.dt
   if not c then return end -- a cancelled job's chunk
   local job = c.job
-  for i = 1, r.n do
-    local err = r.errors and r.errors[i]
-    if err then task_done(self, job, c.first + i - 1, false, err)
-    else task_done(self, job, c.first + i - 1, true, r.values[i]) end
+  if job.cancelled then chunk_finished(self, r.cid) return end
+  if not r.errors and not job.stream then
+    -- the common case: move the values into place in one go
+    table.move(r.values, 1, r.n, c.first, job.values)
+    job.done = job.done + r.n
+    if job.progress then
+      job.progress.done = job.done
+      progress_draw(job.progress)
+    end
+  else
+    for i = 1, r.n do
+      local err = r.errors and r.errors[i]
+      if err then task_done(self, job, c.first + i - 1, false, err)
+      else task_done(self, job, c.first + i - 1, true, r.values[i]) end
+    end
   end
   chunk_finished(self, r.cid)
+end
+
+local function handle_result(self, m)
+  if m.init_error then
+    self.broken = ("Pool: the initializer failed in a worker:\n%s"):format(m.init_error)
+    return
+  end
+  for _, r in ipairs(m.replies) do handle_reply(self, m.slot, r) end
 end
 
 -- Sends chunks to workers with room in their inbox: always to the one with
 -- the fewest in flight, and more than one each only while chunks are short
 -- (a long task must not hold others back while another worker is idle).
 local function dispatch(self)
-  local depth = self.chunk_time < SHORT and DEPTH or 1
+  if self.phead > self.ptail then return end
+  -- How many chunks a worker may hold: enough to stay busy through a round
+  -- trip when chunks are short, one when they are long (a long task must
+  -- not hold others back while another worker is idle).
+  local depth = 2 -- nothing measured yet
+  if self.chunk_time then
+    depth = math.max(1, math.min(MAXDEPTH, math.floor(QUEUED / math.max(self.chunk_time, 1e-7))))
+  end
+  local per_batch = math.max(1, depth // 2) -- two batches in flight: no idle gap
+  local batches = {}
   while self.phead <= self.ptail do
-    local w, best = nil, depth
-    for slot = 1, self.n do
-      local x = self.workers[slot]
-      if x and not x.retiring and #x.outstanding < best then w, best = x, #x.outstanding end
+    local w, best, slot = nil, depth, nil
+    for s = 1, self.n do
+      local x = self.workers[s]
+      if x and not x.retiring and #x.outstanding < best then w, best, slot = x, #x.outstanding, s end
     end
-    if not w then return end
+    if not w then break end
     local cid = self.pending[self.phead]
     self.pending[self.phead] = nil
     self.phead = self.phead + 1
     local c = self.chunks[cid]
     if c and not c.job.cancelled then
+      local list = batches[slot]
+      if not list then
+        list = {}
+        batches[slot] = list
+      end
+      local b = list[#list]
+      if not b or #b.chunks >= per_batch then
+        b = {chunks = {}}
+        list[#list + 1] = b
+      end
       local fe = c.job.fentry
       if not w.fids[fe.id] then
-        w.inbox:put({"f", fe.id, fe.fn})
+        b.fns = b.fns or {}
+        b.fns[fe.id] = fe.fn
         w.fids[fe.id] = true
       end
-      w.inbox:put({"t", cid, fe.id, c.job.star, c.items})
+      b.chunks[#b.chunks + 1] = {cid, fe.id, c.job.star, c.items, self.timeout ~= nil}
       w.outstanding[#w.outstanding + 1] = cid
       w.dispatched = w.dispatched + 1
       if self.maxtasks and w.dispatched >= self.maxtasks then w.retiring = true end
     elseif c then
       chunk_finished(self, cid)
     end
+  end
+  for slot, list in pairs(batches) do
+    for _, b in ipairs(list) do self.workers[slot].inbox:put(b) end
   end
 end
 
@@ -387,7 +444,7 @@ local function worker_gone(self, slot, reason)
     handle_result(self, r)
   end
   local base = (slot - 1) * STAMP
-  local running_cid, running_i = self.stamps[base + 1], self.stamps[base + 2]
+  local running_cid, running_i = self.stamps[base + 1], math.tointeger(self.stamps[base + 2]) or 0
   -- Its chunks, newest first, go back to the front of the line; the task it
   -- was running fails (unless it retired normally with nothing running).
   for k = #w.outstanding, 1, -1 do
@@ -482,7 +539,16 @@ local function pump(self, done, deadline)
     if now - self.last_check >= SLICE then check_workers(self) end
     local wait = SLICE
     if deadline then wait = math.min(wait, math.max(0, deadline - now)) end
+    -- Spin only while a CPU is free: with a busy worker on every CPU, a
+    -- spinning parent would take a worker's CPU.
+    local busy = 0
+    for slot = 1, self.n do
+      local w = self.workers[slot]
+      if w and #w.outstanding > 0 then busy = busy + 1 end
+    end
+    local old_spin = mp._spin(busy < self.cpus and self.spin or 0)
     local r = self.results:get(wait)
+    mp._spin(old_spin)
     if r ~= nil then
       handle_result(self, r)
       -- take what else is ready without waiting
@@ -752,7 +818,7 @@ function Pool:join()
     pump(self, function() return self.njobs == 0 end)
     for slot = 1, self.n do
       local w = self.workers[slot]
-      if w then w.inbox:put({"q"}) end
+      if w then w.inbox:put({quit = true}) end
     end
     for slot = 1, self.n do
       local w = self.workers[slot]

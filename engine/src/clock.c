@@ -92,8 +92,9 @@ int mpe_cpu_count(void) {
   return n > 0 ? (int)n : 1;
 }
 
+static long spin = -1;
+
 long mpe__spin_ns(void) {
-  static long spin = -1;
   if (spin < 0) {
     /* MPENGINE_SPIN_US: how long a waiter spins before sleeping (default 20;
      * 0 on a single CPU, where spinning only delays the peer). */
@@ -112,4 +113,10 @@ double mpe__slice_end(const mpe__deadline *d, double slice, mpe__deadline *out) 
                       (d->at.tv_sec == out->at.tv_sec && d->at.tv_nsec < out->at.tv_nsec)))
     *out = *d;
   return slice;
+}
+
+long mpe_spin_set(long ns) {
+  long old = mpe__spin_ns();
+  spin = ns < 0 ? 0 : ns;
+  return old;
 }

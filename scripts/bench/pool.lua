@@ -50,11 +50,13 @@ if __name__ == "__main__":
         out["apply"] = statistics.median(ts)
         t0 = time.monotonic(); busy(10000000); per = (time.monotonic() - t0) / 10000000
         n = int(0.05 / per)
-        t = time.monotonic()
-        for _ in range(16): busy(n)
-        seq = time.monotonic() - t
-        t = time.monotonic(); p.map(busy, [n] * 16, 1); par = time.monotonic() - t
-        out["speedup"] = seq / par
+        seqs, pars = [], []
+        for _ in range(5):
+            t = time.monotonic()
+            for _ in range(16): busy(n)
+            seqs.append(time.monotonic() - t)
+            t = time.monotonic(); p.map(busy, [n] * 16, 1); pars.append(time.monotonic() - t)
+        out["speedup"] = statistics.median(seqs) / statistics.median(pars)
     print(json.dumps(out))
 ]]
 
@@ -72,11 +74,17 @@ function M.main()
   local noop = function() return nil end
   for _ = 1, 50 do pool:apply(noop) end
   local apply = B.time_median(500, function() pool:apply(noop) end)
+  -- sequential and parallel rounds interleaved, medians of each (the
+  -- machine's speed drifts)
   local n = 50
-  local seq = B.time_median(1, function() for _ = 1, 16 do busy(n) end end)
   local items = {}
   for i = 1, 16 do items[i] = n end
-  local par = B.time_median(1, function() pool:map(busy, items, 1) end)
+  local seqs, pars = {}, {}
+  for r = 1, 5 do
+    seqs[r] = B.time_median(1, function() for _ = 1, 16 do busy(n) end end)
+    pars[r] = B.time_median(1, function() pool:map(busy, items, 1) end)
+  end
+  local seq, par = B.median(seqs), B.median(pars)
   local py, why = B.python(PY)
   if not py then print("python: " .. why) py = {} end
   B.report(("Pool(2) on %d CPUs"):format(mp.cpu_count()), {
