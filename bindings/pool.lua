@@ -386,7 +386,7 @@ local function dispatch(self)
   -- How many chunks a worker may hold: enough to stay busy through a round
   -- trip when chunks are short, one when they are long (a long task must
   -- not hold others back while another worker is idle).
-  local depth = 2 -- nothing measured yet
+  local depth = 1 -- nothing measured yet: no chunk waits behind one of unknown length
   if self.chunk_time then
     depth = math.max(1, math.min(MAXDEPTH, math.floor(QUEUED / math.max(self.chunk_time, 1e-7))))
   end
@@ -713,7 +713,7 @@ local function stream(self, kind, fn, src, chunksize, opts, ordered)
   else
     error(("Pool:%s: a list or an iterator function expected, got %s"):format(kind, type(src)), 3)
   end
-  local limit = self.n * DEPTH * 2 -- chunks read ahead of the consumer
+  local limit = self.n * 8 -- chunks read ahead of the consumer
   local read = 0
   local function refill()
     while not job.exhausted and job.chunks_open < limit do
