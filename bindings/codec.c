@@ -110,8 +110,12 @@ typedef struct enc {
   char seg[MAX_SEG][SEG_LEN];
 } enc;
 
-static void need(enc *e, size_t n) {
+static void grow(enc *e, size_t n) {
   if (mpel_wire_reserve(e->w, n) != 0) luaL_error(e->L, "cannot send value: out of memory");
+}
+
+static inline void need(enc *e, size_t n) {
+  if (e->w->cap - e->w->len < n) grow(e, n);
 }
 
 static void put(enc *e, const void *p, size_t n) {
@@ -268,6 +272,22 @@ static int enc_named(enc *e, int idx) {
   return 1;
 }
 
+/* 1 if the table at idx holds exactly the keys 1..n (n = its border): it
+ * then travels as an array. (Counting is the only safe test: the API does
+ * not tell which keys live in the hash part.) */
+static int is_sequence(lua_State *L, int idx, lua_Unsigned n) {
+  lua_Unsigned count = 0;
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    lua_pop(L, 1);
+    if (++count > n) {
+      lua_pop(L, 1);
+      return 0;
+    }
+  }
+  return count == n;
+}
+
 static int enc_table(enc *e, int idx) {
   lua_State *L = e->L;
   if (enc_named(e, idx)) return 0;
@@ -287,13 +307,7 @@ static int enc_table(enc *e, int idx) {
   if (++e->depth > MAX_DEPTH) return fail(e, "table nested too deeply (cycles are fine, depth is not)");
   luaL_checkstack(L, 6, "cannot send value");
   lua_Unsigned n = lua_rawlen(L, idx);
-  size_t count = 0;
-  lua_pushnil(L);
-  while (lua_next(L, idx)) {
-    count++;
-    lua_pop(L, 1);
-  }
-  if (n > 0 && count == n) {
+  if (n > 0 && is_sequence(L, idx, n)) {
     put_count(e, 0, n);
     for (lua_Unsigned i = 1; i <= n; i++) {
       lua_rawgeti(L, idx, (lua_Integer)i);
@@ -305,7 +319,10 @@ static int enc_table(enc *e, int idx) {
       lua_pop(L, 1);
     }
   } else {
-    put_count(e, 1, count);
+    /* one pass: a map32 header whose count is patched at the end */
+    put_be(e, 0xdf, 0, 4);
+    size_t at = e->w->len - 4;
+    size_t count = 0;
     lua_pushnil(L);
     while (lua_next(L, idx)) {
       int k = lua_gettop(L) - 1;
@@ -314,7 +331,9 @@ static int enc_table(enc *e, int idx) {
         return -1;
       }
       lua_pop(L, 1);
+      count++;
     }
+    patch32(e, at, count);
   }
   if (has_mt) {
     int mt = lua_gettop(L);

@@ -21,7 +21,7 @@
 --   wait, map, imap, join, ...).
 local mp = ...
 
-local QUEUED = 0.005     -- keep about this many seconds of work queued at each worker
+local QUEUED = 0.02      -- keep about this many seconds of work queued at each worker
 local MAXDEPTH = 256     -- and at most this many chunks
 local SLICE = 0.01       -- the parent looks at its workers at least this often
 local STAMP = 3          -- stamp fields per worker slot: chunk id, task index, start time
