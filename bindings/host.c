@@ -3,10 +3,11 @@
  * main() does nothing but run pmain() under lua_pcall. The module is opened
  * into package.loaded before the script runs, so scripts need no cpath.
  *
- * The script convention: a job script may return a table with a `main`
- * function; `mpengine run` then calls main(...) with the script's arguments
- * (a plain `require` or `dofile` from busted does not), and main's result
- * is the exit status (nil/true/0: success, false: 1, an integer: itself).
+ * The script convention lives in embed.c (mpengine_lua_run_file): a job
+ * script may return a table with a `main` function, which gets the script's
+ * arguments; main's first result is the exit status (nil/true/0: success,
+ * false: 1, an integer: itself). A chunk that returns an integer or a
+ * boolean gives its exit status the same way.
  *
  * Ending: on a normal end the run joins its non-daemon children and
  * terminates daemon ones (as Python does); on an error or a signal every
@@ -21,6 +22,7 @@
 #include <unistd.h>
 
 #include "mpe_lua.h"
+#include "mpengine_lua.h"
 
 #define EXIT_USAGE 2
 
@@ -64,81 +66,27 @@ static void usage(FILE *f) {
           progname, progname);
 }
 
-static int msghandler(lua_State *L) {
-  const char *msg = lua_tostring(L, 1);
-  if (!msg) {
-    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING) return 1;
-    msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
-  }
-  if (mpel_signal) { /* an interruption needs no traceback */
-    lua_pushstring(L, msg);
-    return 1;
-  }
-  luaL_traceback(L, L, msg, 1);
-  return 1;
-}
-
-static int docall(lua_State *L, int narg, int nres) {
-  int base = lua_gettop(L) - narg;
-  lua_pushcfunction(L, msghandler);
-  lua_insert(L, base);
-  int status = lua_pcall(L, narg, nres, base);
-  lua_remove(L, base);
-  return status;
-}
-
-/* pmain(script, argv index, argc, argv): runs the job; returns the exit code. */
+/* pmain(argc, argv, first): runs the job; returns the exit code and, on an
+ * error, its message. */
 static int pmain(lua_State *L) {
   int argc = (int)lua_tointeger(L, 1);
   char **argv = lua_touserdata(L, 2);
-  int first = (int)lua_tointeger(L, 3); /* index of SCRIPT in argv */
+  int first = (int)lua_tointeger(L, 3);
   luaL_openlibs(L);
-  luaL_requiref(L, "mpengine", luaopen_mpengine, 0);
-  lua_pop(L, 1);
-  /* arg as lua.c builds it: arg[0] the script, arg[-k] before it. */
-  lua_createtable(L, argc - first - 1, first + 1);
-  for (int i = 0; i < argc; i++) {
-    lua_pushstring(L, argv[i]);
-    lua_rawseti(L, -2, i - first);
-  }
-  lua_setglobal(L, "arg");
-  const char *script = argv[first];
-  /* As Python puts a script's folder on sys.path: modules beside the script
-   * are found with require, wherever the run was started from. */
-  const char *slash = strrchr(script, '/');
-  lua_getglobal(L, "package");
-  if (slash) lua_pushlstring(L, script, (size_t)(slash - script));
-  else lua_pushliteral(L, ".");
-  const char *dir = lua_tostring(L, -1);
-  lua_getfield(L, -2, "path");
-  lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s", dir, dir, lua_tostring(L, -1));
-  lua_setfield(L, -4, "path");
-  lua_pop(L, 3);
-  if (luaL_loadfile(L, script) != LUA_OK) {
-    lua_pushinteger(L, 1);
-    lua_insert(L, -2);
-    return 2; /* code, message */
-  }
-  int nargs = argc - first - 1;
-  luaL_checkstack(L, nargs + 3, "too many arguments");
-  for (int i = first + 1; i < argc; i++) lua_pushstring(L, argv[i]);
-  int top = lua_gettop(L) - nargs - 1;
-  if (docall(L, nargs, LUA_MULTRET) != LUA_OK) {
+  mpengine_lua_open(L);
+  lua_settop(L, 0);
+  char *err = NULL;
+  int n = mpengine_lua_run_file(L, argv[first], argc - first, (const char *const *)argv + first, &err);
+  if (n < 0) {
     lua_pushinteger(L, mpel_signal ? 128 + mpel_signal : 1);
-    lua_insert(L, -2);
+    lua_pushstring(L, err ? err : "out of memory");
+    free(err);
     return 2;
   }
   int code = 0;
-  if (lua_gettop(L) > top && lua_istable(L, top + 1) &&
-      lua_getfield(L, top + 1, "main") == LUA_TFUNCTION) {
-    for (int i = first + 1; i < argc; i++) lua_pushstring(L, argv[i]);
-    if (docall(L, nargs, 1) != LUA_OK) {
-      lua_pushinteger(L, mpel_signal ? 128 + mpel_signal : 1);
-      lua_insert(L, -2);
-      return 2;
-    }
-    if (lua_isboolean(L, -1)) code = !lua_toboolean(L, -1);
-    else if (lua_isinteger(L, -1)) code = (int)lua_tointeger(L, -1);
+  if (n > 0) { /* main's (or the chunk's) first result is the exit status */
+    if (lua_isboolean(L, 1)) code = !lua_toboolean(L, 1);
+    else if (lua_isinteger(L, 1)) code = (int)lua_tointeger(L, 1);
   }
   lua_pushinteger(L, code);
   return 1;
@@ -190,7 +138,7 @@ int main(int argc, char **argv) {
   lua_pushinteger(L, argc);
   lua_pushlightuserdata(L, argv);
   lua_pushinteger(L, first);
-  int status = docall(L, 3, 2);
+  int status = lua_pcall(L, 3, 2, 0);
   int code;
   if (status != LUA_OK) {
     code = 1;

@@ -48,7 +48,8 @@ extern "C" {
   XX(ENOINIT, -4004, "the engine is not initialised (call mpe_init)")        \
   XX(ECORRUPT, -4005, "malformed message")                                   \
   XX(EFULL, -4006, "full")                                                   \
-  XX(EEMPTY, -4007, "empty")
+  XX(EEMPTY, -4007, "empty")                                                 \
+  XX(ETASK, -4008, "the task reported an error")
 
 enum {
 #define MPE__ENUM(name, code, msg) MPE_##name = (code),
@@ -385,6 +386,51 @@ MPE_API int mpe_value_add_int(mpe_value *v, size_t i, int64_t delta, int64_t *ou
 MPE_API int mpe_value_add_float(mpe_value *v, size_t i, double delta, double *out);
 /* 1 for 'f' and 'd'. */
 MPE_API int mpe_typecode_is_float(char typecode);
+
+/* ------------------------------------------------------------------- pool */
+
+/* A pool of worker processes running a C function over byte buffers, no Lua
+ * involved. A task reads in[len] and may set *out / *out_len to a malloc'ed
+ * buffer (the engine frees it). It returns 0 for success, or a nonzero code
+ * for an error (then *out may hold a message). The function pointer and ctx
+ * are inherited by the forked workers. */
+typedef int (*mpe_task_fn)(const void *in, size_t len, void **out, size_t *out_len, void *ctx);
+
+typedef struct mpe_pool mpe_pool;
+
+/* The outcome of one task; data is malloc'ed and owned by the caller
+ * (mpe_task_result_clear frees it). */
+typedef struct mpe_task_result {
+  uint64_t id;   /* from mpe_pool_submit; the input's index for mpe_pool_map */
+  int status;    /* 0, MPE_ETASK (code: the task's return value; data: its
+                    message), or MPE_EDIED (code: the worker's exit code, or
+                    -N for signal N) */
+  int code;
+  void *data;    /* the task's output (or message) */
+  size_t len;
+} mpe_task_result;
+
+/* Starts workers processes (0: mpe_cpu_count()) running fn. A worker that
+ * dies is reported on the task it held and replaced. Not thread-safe; use it
+ * from the process that made it. */
+MPE_API int mpe_pool_new(mpe_pool **out, int workers, mpe_task_fn fn, void *ctx);
+/* Queues a copy of in[len]; *id (may be NULL) names the task. Never blocks. */
+MPE_API int mpe_pool_submit(mpe_pool *p, const void *in, size_t len, uint64_t *id);
+/* Waits for the next finished task (any order): 0 with *r filled,
+ * MPE_ETIMEDOUT, MPE_EEMPTY (nothing submitted is left), MPE_EINTR. */
+MPE_API int mpe_pool_collect(mpe_pool *p, double timeout, mpe_task_result *r);
+/* Runs fn over n inputs and fills results[0..n-1] in input order (ids are
+ * the indexes). Blocks until all are done: 0, or an engine error. Tasks that
+ * fail or whose worker dies are reported in their result, not here. */
+MPE_API int mpe_pool_map(mpe_pool *p, size_t n, const void *const *in, const size_t *len,
+                         mpe_task_result *results);
+/* Frees the data of a result. */
+MPE_API void mpe_task_result_clear(mpe_task_result *r);
+/* Number of worker processes. */
+MPE_API int mpe_pool_size(const mpe_pool *p);
+/* Stops the workers (waits for the tasks they run; kill: at once) and frees
+ * the pool, results not collected included. */
+MPE_API void mpe_pool_free(mpe_pool *p, int kill);
 
 #ifdef __cplusplus
 }
