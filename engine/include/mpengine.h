@@ -15,7 +15,14 @@
  *   - the engine never prints and never exits; it aborts only on a broken
  *     invariant (a failed unlock, a corrupt arena header);
  *   - one thread per process uses the engine; processes are the unit of
- *     parallelism.
+ *     parallelism. No function is thread-safe; every one is fork-safe in the
+ *     sense that matters here: objects in the arena (queues, locks, values,
+ *     ...) work from every process of the run, whoever made them, while
+ *     process-local handles (mpe_process, mpe_pipe, mpe_pool) belong to the
+ *     process that made them (a child made by mpe_process_spawn forgets its
+ *     siblings and closes the pipe ends it was not given);
+ *   - "blocks" below means: may sleep in the kernel until the timeout; every
+ *     other call returns at once.
  */
 #ifndef MPENGINE_H
 #define MPENGINE_H
