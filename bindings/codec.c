@@ -10,7 +10,9 @@
  *   2 MODULE   name: package.loaded[name] on the receiving side
  *   3 MODFIELD "mod\0key": a C function (or a module's function or
  *              userdata) by name, e.g. string.format, io.stdout
- *   4 FUNC     bin bytecode, array of upvalues: a Lua function (debug info
+ *   4 FUNC     bin bytecode, uint64 tag, array of upvalues: a Lua function
+ *              (the tag is mpe_mac of the bytecode: only code encoded in
+ *              this run is loaded; debug info
  *              kept, so tracebacks show file:line); an upvalue named _ENV
  *              always travels as MODULE "_G": the receiver's globals
  *   5 MTTABLE  table, metatable
@@ -373,6 +375,8 @@ static int enc_function(enc *e, int idx) {
   lua_dump(L, dump_writer, e, 0); /* keep debug info: tracebacks need it */
   lua_pop(L, 1);
   patch32(e, code - 4, e->w->len - code);
+  /* the run's tag of the code: the decoder loads only code made in this run */
+  put_be(e, 0xcf, mpe_mac(e->w->buf + code, e->w->len - code), 8);
   int n = 0;
   while (lua_getupvalue(L, idx, n + 1)) {
     lua_pop(L, 1);
@@ -634,7 +638,6 @@ static void dec_string(dec *d, uint64_t n) {
 static void dec_table(dec *d, uint64_t n, int map) {
   lua_State *L = d->L;
   if (n > (uint64_t)(d->end - d->p)) bad(d, "count beyond the message");
-  if (++d->depth > MAX_DEPTH + 8) bad(d, "nested too deeply");
   luaL_checkstack(L, 4, "cannot receive value");
   lua_createtable(L, map ? 0 : (int)n, map ? (int)n : 0);
   reg(d);
@@ -650,7 +653,6 @@ static void dec_table(dec *d, uint64_t n, int map) {
       lua_rawseti(L, -2, (lua_Integer)i);
     }
   }
-  d->depth--;
 }
 
 static void push_module(dec *d, const char *name, size_t n) {
@@ -686,11 +688,16 @@ static void dec_function(dec *d, uint64_t len) {
   d->p++;
   uint64_t n = take_be(d, 4);
   if ((uint64_t)(end - d->p) < n) bad(d, "truncated function");
-  load_src src = {(const char *)d->p, (size_t)n};
-  if (n < 4 || memcmp(d->p, LUA_SIGNATURE, 4) != 0 ||
-      lua_load(L, load_reader, &src, "=?", "b") != LUA_OK)
-    bad(d, "bad function code");
+  const unsigned char *code = d->p;
   d->p += n;
+  if (end - d->p < 9 || *d->p != 0xcf) bad(d, "function without its tag");
+  d->p++;
+  uint64_t tag = take_be(d, 8);
+  if (tag != mpe_mac(code, (size_t)n))
+    luaL_error(L, "cannot receive value: a function whose code was not encoded in this run");
+  load_src src = {(const char *)code, (size_t)n};
+  if (n < 4 || memcmp(code, LUA_SIGNATURE, 4) != 0 || lua_load(L, load_reader, &src, "=?", "b") != LUA_OK)
+    bad(d, "bad function code");
   reg(d);
   int f = lua_gettop(L);
   if (d->p >= end) bad(d, "function without upvalues");
@@ -766,7 +773,17 @@ static void dec_ext(dec *d, int type, uint64_t len) {
   }
 }
 
+static void dec_one(dec *d);
+
+/* Every value counts towards the nesting limit: tables, functions and
+ * extensions nest through here, so no input can exhaust the C stack. */
 static void dec_value(dec *d) {
+  if (++d->depth > 2 * MAX_DEPTH + 8) bad(d, "nested too deeply");
+  dec_one(d);
+  d->depth--;
+}
+
+static void dec_one(dec *d) {
   lua_State *L = d->L;
   if (d->p >= d->end) bad(d, "truncated");
   luaL_checkstack(L, 3, "cannot receive value");

@@ -165,7 +165,7 @@ static int p_start(lua_State *L) {
   lua_getfield(L, 2, "args");
   mpel_encode(L, -1, "args", w);
   lua_settop(L, 1);
-  mpe_spawn_options o = {p->daemon, 0, w->ends, w->nends};
+  mpe_spawn_options o = {.daemon = p->daemon, .keep = w->ends, .nkeep = w->nends};
   child_ctx c = {L, 1};
   int rc = mpe_process_spawn(&p->h, child_main, &c, &o);
   mpel_wire_done(w);

@@ -31,7 +31,7 @@ TEST(test_framing_all_sizes_across_processes) {
   CHECK_RC(mpe_pipe_new(&a, &b, 1), 0);
   child_end = b;
   mpe_pipe *keep[1] = {b};
-  mpe_spawn_options o = {0, 0, keep, 1};
+  mpe_spawn_options o = {.keep = keep, .nkeep = 1};
   mpe_process *p;
   CHECK_RC(mpe_process_spawn(&p, echo, NULL, &o), 0);
   mpe_pipe_free(b); /* ours; the child keeps its copy */

@@ -114,7 +114,7 @@ TEST(test_free_kills_and_reaps) {
 
 TEST(test_join_all_terminates_daemons) {
   mpe_process *d, *w;
-  mpe_spawn_options daemon = {1, 0, NULL, 0};
+  mpe_spawn_options daemon = {.daemon = 1};
   double nap = 0.05;
   CHECK_RC(mpe_process_spawn(&d, sleep_forever, NULL, &daemon), 0);
   CHECK_RC(mpe_process_spawn(&w, sleep_a_bit, &nap, NULL), 0);
@@ -132,7 +132,8 @@ static int fds[2];
 static int spawn_grandchild(void *arg) {
   (void)arg;
   mpe_process *g;
-  if (mpe_process_spawn(&g, sleep_forever, NULL, NULL) != 0) return 1;
+  mpe_spawn_options o = {.inherit_fds = 1};
+  if (mpe_process_spawn(&g, sleep_forever, NULL, &o) != 0) return 1;
   pid_t pid = mpe_process_pid(g);
   if (write(fds[1], &pid, sizeof pid) != sizeof pid) return 1;
   for (;;) pause();
@@ -141,7 +142,8 @@ static int spawn_grandchild(void *arg) {
 TEST(test_children_die_with_parent) {
   CHECK(pipe(fds) == 0);
   mpe_process *c;
-  CHECK_RC(mpe_process_spawn(&c, spawn_grandchild, NULL, NULL), 0);
+  mpe_spawn_options o = {.keep_fds = fds, .nkeep_fds = 2}; /* keep the report pipe */
+  CHECK_RC(mpe_process_spawn(&c, spawn_grandchild, NULL, &o), 0);
   pid_t g = 0;
   CHECK(read(fds[0], &g, sizeof g) == sizeof g);
   CHECK_RC(mpe_process_signal(c, SIGKILL), 0);
@@ -179,7 +181,9 @@ static int count_fds(void) {
 static int report_fds(void *arg) { return count_fds() == (int)(intptr_t)arg ? 0 : 100 + count_fds(); }
 
 TEST(test_no_descriptor_leaks_into_child) {
-  int base = count_fds(); /* stdio and whatever ctest gave us */
+  int base = 3; /* stdin, stdout, stderr: nothing else comes along */
+  int extra[2];
+  CHECK(pipe(extra) == 0); /* not given to the child: closed there */
   mpe_pipe *a, *b;
   CHECK_RC(mpe_pipe_new(&a, &b, 1), 0);
   mpe_process *other;
@@ -192,15 +196,24 @@ TEST(test_no_descriptor_leaks_into_child) {
   CHECK(code == 0); /* neither the pipe nor the sibling's pidfd came along */
   mpe_process_free(p);
   mpe_pipe *keep[1] = {b};
-  mpe_spawn_options o = {0, 0, keep, 1};
+  mpe_spawn_options o = {.keep = keep, .nkeep = 1};
   CHECK_RC(mpe_process_spawn(&p, report_fds, (void *)(intptr_t)(base + 1), &o), 0);
   CHECK_RC(mpe_process_wait(p, 10), 0);
   CHECK_RC(mpe_process_exitcode(p, &code), 1);
   CHECK(code == 0); /* exactly the end it was given */
   mpe_process_free(p);
+  /* a descriptor given by number is kept */
+  mpe_spawn_options k = {.keep_fds = extra, .nkeep_fds = 1};
+  CHECK_RC(mpe_process_spawn(&p, report_fds, (void *)(intptr_t)(base + 1), &k), 0);
+  CHECK_RC(mpe_process_wait(p, 10), 0);
+  CHECK_RC(mpe_process_exitcode(p, &code), 1);
+  CHECK(code == 0);
+  mpe_process_free(p);
   mpe_process_free(other);
   mpe_pipe_free(a);
   mpe_pipe_free(b);
+  close(extra[0]);
+  close(extra[1]);
 }
 
 TEST(test_errors_have_names) {

@@ -81,7 +81,8 @@ TEST(test_lock_recovers_from_a_killed_holder) {
     CHECK_RC(mpe_lock_new(&l, recursive), 0);
     CHECK(pipe(fds) == 0);
     mpe_process *p;
-    CHECK_RC(mpe_process_spawn(&p, hold_and_report, l, NULL), 0);
+    mpe_spawn_options o = {.keep_fds = fds, .nkeep_fds = 2}; /* it reports on the pipe */
+    CHECK_RC(mpe_process_spawn(&p, hold_and_report, l, &o), 0);
     char c;
     CHECK(read(fds[0], &c, 1) == 1); /* it holds the lock now */
     CHECK_RC(mpe_lock_acquire(l, 0.05), MPE_ETIMEDOUT);
@@ -130,7 +131,8 @@ TEST(test_semaphore) {
   /* a permit taken by a killed process comes back */
   CHECK(pipe(fds) == 0);
   mpe_process *p;
-  CHECK_RC(mpe_process_spawn(&p, take_permit_and_report, b, NULL), 0);
+  mpe_spawn_options o = {.keep_fds = fds, .nkeep_fds = 2};
+  CHECK_RC(mpe_process_spawn(&p, take_permit_and_report, b, &o), 0);
   char c;
   CHECK(read(fds[0], &c, 1) == 1);
   CHECK_RC(mpe_sem_acquire(b, 0.05), MPE_ETIMEDOUT);

@@ -97,6 +97,11 @@ MPE_API int mpe_sleep(double seconds, double *left);
  * worker on every CPU should not spin. */
 MPE_API long mpe_spin_set(long ns);
 
+/* A 64-bit keyed tag of data[len] under this run's secret key (SipHash-2-4;
+ * the key is drawn when the arena is mapped and shared by every process of
+ * the run). 0 before mpe_init. */
+MPE_API uint64_t mpe_mac(const void *data, size_t len);
+
 /* ----------------------------------------------------------------- arena */
 
 /* Allocates n bytes (16-byte aligned) in the shared arena; visible to every
@@ -123,6 +128,9 @@ typedef struct mpe_spawn_options {
   int inherit_pipes;       /* 1: the child keeps every pipe end; 0: only keep[] */
   mpe_pipe *const *keep;   /* pipe ends the child keeps open */
   size_t nkeep;
+  int inherit_fds;         /* 1: keep every other descriptor too (plain fork) */
+  const int *keep_fds;     /* descriptors (beyond 0, 1, 2) the child keeps */
+  size_t nkeep_fds;
 } mpe_spawn_options;
 
 /* Forks a child that runs fn(arg) and leaves with its return value via

@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <unistd.h>
 
 #define ARENA_MAGIC 0x4d50454e47494e45ULL /* "MPENGINE" */
@@ -45,6 +46,7 @@ typedef struct arena_hdr {
   _Atomic size_t used;
   mpe__mutex lock;
   uint64_t bins[NCLASSES];
+  unsigned char key[16]; /* the run's secret (mac.c) */
 } arena_hdr;
 
 static arena_hdr *arena;
@@ -76,8 +78,15 @@ int mpe_init(size_t arena_size) {
   arena->top = (sizeof(arena_hdr) + 63) & ~(size_t)63;
   atomic_init(&arena->used, 0);
   mpe__mutex_init(&arena->lock);
+  if (getrandom(arena->key, sizeof arena->key, 0) != (ssize_t)sizeof arena->key) {
+    munmap(p, size);
+    arena = NULL;
+    return -EIO;
+  }
   return 0;
 }
+
+const unsigned char *mpe__run_key(void) { return arena ? arena->key : NULL; }
 
 int mpe_initialized(void) { return arena != NULL; }
 

@@ -71,11 +71,18 @@ static inline void mpe__cpu_relax(void) {
 #endif
 }
 
+/* SipHash-2-4 of data under a 128-bit key (mac.c). */
+uint64_t mpe__siphash(const unsigned char key[16], const void *data, size_t len);
+/* The run's secret key (arena.c), NULL before mpe_init. */
+const unsigned char *mpe__run_key(void);
+
 /* Nanoseconds a waiter spins before it sleeps in the kernel. */
 long mpe__spin_ns(void);
 
 /* Child-side hooks run right after fork: close what the child must not keep. */
 void mpe__pipes_after_fork(const mpe_spawn_options *opts);
 void mpe__processes_after_fork(void);
+/* The descriptors of the pipe ends open in this process (up to max). */
+size_t mpe__pipes_fds(int *out, size_t max);
 
 #endif

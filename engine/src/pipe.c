@@ -324,3 +324,9 @@ void mpe_msg_clear(mpe_msg *m) {
   free(m->ends);
   memset(m, 0, sizeof *m);
 }
+
+size_t mpe__pipes_fds(int *out, size_t max) {
+  size_t n = 0;
+  for (mpe_pipe *p = open_pipes; p && n < max; p = p->next) out[n++] = p->fd;
+  return n;
+}

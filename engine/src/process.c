@@ -120,6 +120,36 @@ void mpe__processes_after_fork(void) {
   children = NULL;
 }
 
+static int cmp_int(const void *a, const void *b) {
+  int x = *(const int *)a, y = *(const int *)b;
+  return (x > y) - (x < y);
+}
+
+/* In a child: closes every descriptor but stdio, the pipe ends it kept and
+ * opts->keep_fds: files, sockets and pipes the parent had open are not the
+ * child's (an inherited writing end would also keep a reader from EOF). */
+static void close_other_fds(const mpe_spawn_options *opts) {
+  enum { MAX = 256 };
+  int keep[MAX + 2];
+  size_t n = mpe__pipes_fds(keep, MAX);
+  for (size_t i = 0; opts && i < opts->nkeep_fds && n < MAX; i++) keep[n++] = opts->keep_fds[i];
+  qsort(keep, n, sizeof *keep, cmp_int);
+  keep[n++] = INT32_MAX; /* a sentinel past every descriptor */
+  int from = 3;
+  for (size_t i = 0; i < n; i++) {
+    if (keep[i] < from) continue;
+    if (keep[i] > from) {
+      unsigned int to = keep[i] == INT32_MAX ? ~0u : (unsigned int)keep[i] - 1;
+      if (syscall(SYS_close_range, (unsigned int)from, to, 0) != 0) {
+        /* old kernel: close one by one, up to the descriptor limit */
+        long max = sysconf(_SC_OPEN_MAX);
+        for (long fd = from; fd <= (long)to && fd < max; fd++) close((int)fd);
+      }
+    }
+    from = keep[i] == INT32_MAX ? keep[i] : keep[i] + 1;
+  }
+}
+
 int mpe_process_spawn(mpe_process **out, mpe_entry_fn fn, void *arg,
                       const mpe_spawn_options *opts) {
   mpe_process *p = calloc(1, sizeof *p);
@@ -156,6 +186,7 @@ int mpe_process_spawn(mpe_process **out, mpe_entry_fn fn, void *arg,
     }
     mpe__processes_after_fork();
     mpe__pipes_after_fork(opts);
+    if (!opts || !opts->inherit_fds) close_other_fds(opts);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     int code = fn(arg);
     fflush(NULL);
