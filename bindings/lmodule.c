@@ -6,6 +6,8 @@
  * script does that. A sentinel userdata in the registry ends the run when
  * the state closes (see mpel_processes_atexit). */
 #include <errno.h>
+#include <stdio.h>
+#include <sys/resource.h>
 #include <math.h>
 #include <string.h>
 #include <unistd.h>
@@ -183,6 +185,25 @@ static int l_spin(lua_State *L) {
   return 1;
 }
 
+/* mp._limit_memory(bytes): this process may allocate about bytes more of
+ * private memory (RLIMIT_DATA above what it uses now; the shared arena is
+ * not counted). Returns true, or nil and why. */
+static int l_limit_memory(lua_State *L) {
+  lua_Integer extra = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, extra > 0, 1, "bytes must be > 0");
+  long long used_kb = 0;
+  FILE *f = fopen("/proc/self/status", "r");
+  char line[256];
+  while (f && fgets(line, sizeof line, f))
+    if (sscanf(line, "VmData: %lld kB", &used_kb) == 1) break;
+  if (f) fclose(f);
+  struct rlimit r;
+  r.rlim_cur = r.rlim_max = (rlim_t)used_kb * 1024 + (rlim_t)extra;
+  if (setrlimit(RLIMIT_DATA, &r) != 0) return mpel_push_reason(L, -errno);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 static int l_in_child(lua_State *L) {
   lua_pushboolean(L, mpe_in_child());
   return 1;
@@ -216,6 +237,7 @@ static const luaL_Reg funcs[] = {
     {"_isatty", l_isatty},
     {"_in_child", l_in_child},
     {"_spin", l_spin},
+    {"_limit_memory", l_limit_memory},
     {NULL, NULL},
 };
 

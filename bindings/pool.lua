@@ -49,6 +49,17 @@ end
 
 -------------------------------------------------------------------- worker
 
+local memory_limit_of_this_worker
+
+-- Lua calls no message handler for a memory error: say what happened here.
+local function explain(err)
+  if err == "not enough memory" and memory_limit_of_this_worker then
+    return ("Pool: the task ran out of memory (the pool's memory_limit is %d bytes a worker)")
+      :format(memory_limit_of_this_worker)
+  end
+  return err
+end
+
 local function traceback(e)
   if type(e) ~= "string" then
     local mt = getmetatable(e)
@@ -80,7 +91,7 @@ local function run_chunk(fns, stamp, c)
     local ok, err = xpcall(run, traceback)
     if not ok then
       errors = errors or {}
-      errors[i] = err
+      errors[i] = explain(err)
     end
   end
   stamp(0, 0)
@@ -105,7 +116,15 @@ local function send_replies(results, slot, replies)
 end
 
 -- The body of every worker process.
-local function worker_main(slot, inbox, results, stamps, init, initargs, maxtasks)
+local function worker_main(slot, inbox, results, stamps, init, initargs, maxtasks, memory_limit)
+  if memory_limit then
+    memory_limit_of_this_worker = memory_limit
+    local ok, why = mp._limit_memory(memory_limit)
+    if not ok then
+      results:put({init_error = "cannot set memory_limit: " .. tostring(why), slot = slot})
+      return
+    end
+  end
   if init then
     local ok, err = xpcall(init, traceback, unpack(initargs or {}))
     if not ok then
@@ -190,20 +209,20 @@ local function start_worker(self, slot)
   for k = 1, STAMP do self.stamps[(slot - 1) * STAMP + k] = 0 end
   local p = mp.Process{target = worker_main, name = ("PoolWorker-%d"):format(slot), daemon = true,
                        args = {slot, inbox, self.results, self.stamps, self.initializer, self.initargs,
-                               self.maxtasks}}
+                               self.maxtasks, self.memory_limit}}
   p:start()
   self.workers[slot] = {proc = p, inbox = inbox, outstanding = {}, fids = {}, dispatched = 0, finished = 0}
 end
 
 local known_options = {processes = true, initializer = true, initargs = true, maxtasksperchild = true,
-                       timeout = true}
+                       timeout = true, memory_limit = true}
 
 function mp.Pool(opts)
   local o = {}
   if type(opts) == "table" then
     for k in pairs(opts) do
       if not known_options[k] then
-        error(("Pool: unknown option '%s' (expected processes, initializer, initargs, maxtasksperchild, timeout)")
+        error(("Pool: unknown option '%s' (expected processes, initializer, initargs, maxtasksperchild, timeout, memory_limit)")
           :format(tostring(k)), 2)
       end
     end
@@ -223,8 +242,12 @@ function mp.Pool(opts)
   if o.timeout ~= nil and (type(o.timeout) ~= "number" or not (o.timeout > 0)) then
     error("Pool: timeout must be a number of seconds > 0", 2)
   end
+  if o.memory_limit ~= nil and (math.type(o.memory_limit) ~= "integer" or o.memory_limit < 1) then
+    error("Pool: memory_limit must be a number of bytes > 0", 2)
+  end
   local self = setmetatable({
     n = n, initializer = o.initializer, initargs = o.initargs, maxtasks = maxtasks, timeout = o.timeout,
+    memory_limit = o.memory_limit,
     results = mp.Queue(), stamps = mp.Array('d', n * STAMP, {lock = false}),
     workers = {}, chunks = {}, pending = {}, phead = 1, ptail = 0, next_cid = 0,
     fids = {}, nfids = 0, next_fid = 0, jobs = {}, crashes = 0, chunk_time = nil, njobs = 0, state = "run", last_check = 0,

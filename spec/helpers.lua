@@ -52,4 +52,42 @@ function H.wait_until(pred, limit)
   end
 end
 
+-- Pids of the zombie children of pid (scanning /proc).
+function H.zombies_of(pid)
+  local out = {}
+  local ls = io.popen("ls /proc")
+  for name in ls:lines() do
+    if name:match("^%d+$") then
+      local st = H.read("/proc/" .. name .. "/stat")
+      if st then
+        local state, ppid = st:match("^%d+ %b() (%a) (%d+)")
+        if state == "Z" and tonumber(ppid) == tonumber(pid) then out[#out + 1] = tonumber(name) end
+      end
+    end
+  end
+  ls:close()
+  return out
+end
+
+-- Starts `mpengine run SCRIPT ARGS` in the background; returns its pid and a
+-- handle whose :finish() waits for it and returns (output, exit code).
+function H.spawn_cli(args)
+  local f = assert(io.popen(H.CLI .. " run " .. args .. " 2>&1 & echo $!; wait $!; echo \"__rc=$?\""))
+  local pid = tonumber(f:read("l"))
+  return pid, {finish = function()
+    local out = f:read("a")
+    f:close()
+    local body, rc = out:match("^(.*)__rc=(%d+)%s*$")
+    return body, tonumber(rc)
+  end}
+end
+
+-- Waits for a pid file a fixture wrote; returns the pids in it.
+function H.pids_from(path)
+  H.wait_until(function() return (H.read(path) or ""):match("done") end, 30)
+  local pids = {}
+  for pid in H.read(path):gmatch("(%d+)") do pids[#pids + 1] = tonumber(pid) end
+  return pids
+end
+
 return H

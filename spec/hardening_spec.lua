@@ -1,0 +1,180 @@
+-- hardening_spec.lua - faults and bad input: random worker kills during a
+-- large map, signals to the run in each kind of wait, the parent killed,
+-- memory limits, fork and descriptor exhaustion, descriptors in children,
+-- and the errors scripts see.
+local mp = require "mpengine"
+local H = require "helpers"
+
+local function shm_entries()
+  local p = io.popen("ls -A /dev/shm 2>/dev/null")
+  local s = p:read("a")
+  p:close()
+  return s
+end
+
+describe("faults", function()
+  it("SIGKILL of random workers during a 100,000-task map: every task returns or fails as died", function()
+    local pool = mp.Pool(2)
+    local n = 100000
+    local xs = {}
+    for i = 1, n do xs[i] = i end
+    local it = pool:imap(function(x) return x * 2 end, xs)
+    local results, died, kills = 0, 0, 0
+    math.randomseed(7)
+    while true do
+      local ok, i, v = pcall(it)
+      if ok then
+        if i == nil then break end
+        assert(v == 2 * i, "wrong result for task " .. i)
+        results = results + 1
+      else
+        assert(tostring(i):match("^Pool: the worker running this task %(pid %d+%) was killed by signal 9"), i)
+        died = died + 1
+      end
+      if (results + died) % 10000 == 5000 then
+        local w = pool.workers[math.random(1, 2)]
+        if w then w.proc:kill() kills = kills + 1 end
+      end
+    end
+    assert.are.equal(n, results + died)
+    assert.is_true(kills >= 9)
+    -- the pool is still usable, then ends with nothing left behind
+    assert.are.same({2, 4}, pool:map(function(x) return 2 * x end, {1, 2}))
+    pool:close(); pool:join()
+    assert.are.same({}, H.zombies_of(mp.getpid()))
+  end)
+
+  for _, sig in ipairs{"INT", "TERM"} do
+    for _, scenario in ipairs{"map", "pipeline", "lock"} do
+      it(("SIG%s during a %s wait: exits within a second, non-zero, leaves nothing"):format(sig, scenario), function()
+        local shm = shm_entries()
+        local pidfile = H.tmpname()
+        local cli, run = H.spawn_cli("spec/fixtures/interrupt.lua " .. scenario .. " " .. pidfile)
+        local pids = H.pids_from(pidfile)
+        os.execute("kill -" .. sig .. " " .. cli)
+        H.wait_until(function() return not H.alive(cli) end, 1)
+        local out, rc = run.finish()
+        assert.are.equal(sig == "INT" and 130 or 143, rc)
+        assert.matches("interrupted by SIG" .. sig, out)
+        for _, pid in ipairs(pids) do H.wait_until(function() return not H.alive(pid) end, 1) end
+        assert.are.equal(shm, shm_entries())
+        os.remove(pidfile)
+      end)
+    end
+  end
+
+  it("the parent SIGKILLed: every child exits within a second", function()
+    local pidfile = H.tmpname()
+    local cli, run = H.spawn_cli("spec/fixtures/orphans.lua " .. pidfile)
+    local pids = H.pids_from(pidfile)
+    assert.are.equal(3, #pids)
+    os.execute("kill -KILL " .. cli)
+    for _, pid in ipairs(pids) do H.wait_until(function() return not H.alive(pid) end, 1) end
+    local _, rc = run.finish()
+    assert.are.equal(137, rc)
+    os.remove(pidfile)
+  end)
+
+  it("a worker over the pool's memory_limit fails its task with a clear error", function()
+    local pool = mp.Pool{processes = 1, memory_limit = 64 * 1024 * 1024}
+    local ok, err = pcall(pool.apply, pool, function()
+      local t = {}
+      for i = 1, 1e9 do t[i] = i end
+    end)
+    assert.is_false(ok)
+    assert.matches("Pool: the task ran out of memory %(the pool's memory_limit is 67108864 bytes a worker%)", err)
+    assert.are.equal(3, pool:apply(function() return 3 end))
+    pool:terminate()
+    assert.has_error(function() mp.Pool{memory_limit = -1} end)
+  end)
+
+  it("descriptor exhaustion (RLIMIT_NOFILE): a clear error, no crash", function()
+    local out, rc = H.sh("ulimit -n 24; " .. H.CLI .. [[ run spec/fixtures/nofile.lua]])
+    assert.are.equal(0, rc)
+    assert.matches("Pipe: Too many open files", out)
+  end)
+
+  it("fork failure (RLIMIT_NPROC, as an unprivileged user): a clear error, no crash", function()
+    local _, has = H.sh("command -v setpriv && command -v prlimit")
+    if has ~= 0 then return end
+    os.execute("chmod 755 spec spec/fixtures; chmod 644 spec/fixtures/nproc.lua")
+    local out, rc = H.sh("prlimit --nproc=3 setpriv --reuid=65534 --regid=65534 --clear-groups "
+      .. H.CLI .. " run spec/fixtures/nproc.lua")
+    assert.are.equal(0, rc)
+    assert.matches("Process: cannot start: Resource temporarily unavailable", out)
+    assert.matches("Pool: .*Resource temporarily unavailable", out)
+  end)
+
+  it("a child keeps only stdio and the pipe end it was given", function()
+    local out, rc = H.run("spec/fixtures/child_fds.lua")
+    assert.are.equal(0, rc)
+    assert.matches("child fds: 4", out) -- 0, 1, 2 and the end it was given
+  end)
+end)
+
+describe("errors scripts see", function()
+  it("a runtime error in a worker: file:line, non-zero exit", function()
+    local out, rc = H.run("spec/fixtures/errors.lua", "worker")
+    assert.are.equal(1, rc)
+    assert.matches("mpengine: spec/fixtures/errors.lua:6: task two broke", out)
+    assert.matches("stack traceback:", out)
+  end)
+
+  it("an error in a callback: file:line, non-zero exit", function()
+    local out, rc = H.run("spec/fixtures/errors.lua", "callback")
+    assert.are.equal(1, rc)
+    assert.matches("spec/fixtures/errors.lua:8: callback broke", out)
+  end)
+
+  it("an error in an initializer: file:line, non-zero exit, no endless respawn", function()
+    local out, rc = H.run("spec/fixtures/errors.lua", "initializer")
+    assert.are.equal(1, rc)
+    assert.matches("the initializer failed in a worker", out)
+    assert.matches("spec/fixtures/errors.lua:10: initializer broke", out)
+  end)
+end)
+
+describe("misuse raises a clear error", function()
+  local cases = {
+    {"negative timeout: Queue:get", function() mp.Queue():get(-1) end, "timeout must be a number of seconds >= 0"},
+    {"negative timeout: Lock:acquire", function() mp.Lock():acquire(-0.5) end, "timeout must be"},
+    {"negative timeout: Event:wait", function() mp.Event():wait(-1) end, "timeout must be"},
+    {"negative timeout: Semaphore:acquire", function() mp.Semaphore():acquire(-1) end, "timeout must be"},
+    {"negative timeout: Barrier:wait", function() mp.Barrier(2):wait(-1) end, "timeout must be"},
+    {"negative timeout: Connection:recv", function() mp.Pipe():recv(-1) end, "timeout must be"},
+    {"negative timeout: Process:join", function() local p = mp.Process{target = print} p:start() p:join(-1) end,
+     "timeout must be"},
+    {"timeout of the wrong type", function() mp.Queue():get("soon") end, "number expected, got string"},
+    {"negative size: Queue", function() mp.Queue(-1) end, "maxsize must be >= 0"},
+    {"negative size: Array", function() mp.Array('i', -1) end, "size must be >= 0"},
+    {"negative size: Semaphore", function() mp.Semaphore(-1) end, "value must be >= 0"},
+    {"zero parties: Barrier", function() mp.Barrier(0) end, "parties must be >= 1"},
+    {"zero processes: Pool", function() mp.Pool(0) end, "processes must be an integer >= 1"},
+    {"bad typecode", function() mp.Value('z', 0) end, "bad typecode 'z'"},
+    {"unknown option: Process", function() mp.Process{target = print, colour = 1} end, "unknown option 'colour'"},
+    {"unknown option: Pool", function() mp.Pool{colour = 1} end, "unknown option 'colour'"},
+    {"unknown option: Value", function() mp.Value('i', 0, {colour = 1}) end, "unknown option 'colour'"},
+    {"unknown option: map", function() local p = mp.Pool(1) local ok, e = pcall(p.map, p, print, {}, {colour = 1})
+       p:terminate() error(e, 0) end, "unknown option 'colour'"},
+    {"wrong self", function() mp.Queue().get(mp.Lock()) end, "Queue expected, got Lock"},
+    {"wrong self: Lock", function() mp.Lock().acquire(mp.Queue()) end, "Lock expected, got Queue"},
+    {"put(nil)", function() mp.Queue():put(nil) end, "cannot put nil"},
+    {"send(nil)", function() mp.Pipe():send(nil) end, "cannot send nil"},
+    {"use after close: Queue", function() local q = mp.Queue() q:close() q:put(1) end, "Queue is closed"},
+    {"use after close: Connection", function() local a = mp.Pipe() a:close() a:send(1) end, "Connection is closed"},
+    {"use after close: Pool", function() local p = mp.Pool(1) p:close() p:join() p:map(print, {}) end,
+     "the pool is joined"},
+    {"join before start", function() mp.Process{target = print}:join() end, "not started"},
+    {"release of an unheld lock", function() mp.RLock():release() end, "does not hold"},
+    {"task_done too often", function() mp.JoinableQueue():task_done() end, "task_done() called more times"},
+    {"out of range", function() return mp.Array('i', 2)[3] end, "Array index 3 out of range (1..2)"},
+    {"value out of range", function() mp.Value('B', 256) end, "256 is out of range for typecode 'B'"},
+  }
+  for _, c in ipairs(cases) do
+    it(c[1], function()
+      local ok, err = pcall(c[2])
+      assert.is_false(ok)
+      assert.is_truthy(tostring(err):find(c[3], 1, true), ("%q does not say %q"):format(tostring(err), c[3]))
+    end)
+  end
+end)
