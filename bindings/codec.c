@@ -563,7 +563,7 @@ void mpel_encode(lua_State *L, int idx, const char *root, mpel_wire *w) {
   idx = lua_absindex(L, idx);
   int t = lua_type(L, idx);
   if (t != LUA_TTABLE && t != LUA_TFUNCTION && t != LUA_TUSERDATA) {
-    enc e;
+    enc e; /* scalars need only these fields: no need to clear the rest */
     e.L = L;
     e.w = w;
     e.nseg = 0;
@@ -610,8 +610,9 @@ typedef struct dec {
   size_t nends;
 } dec;
 
-static int bad(dec *d, const char *what) {
-  return luaL_error(d->L, "cannot receive value: malformed message (%s)", what);
+static _Noreturn void bad(dec *d, const char *what) {
+  luaL_error(d->L, "cannot receive value: malformed message (%s)", what);
+  abort(); /* not reached: luaL_error does not return */
 }
 
 static uint64_t take_be(dec *d, int n) {

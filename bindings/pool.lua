@@ -222,8 +222,8 @@ function mp.Pool(opts)
   if type(opts) == "table" then
     for k in pairs(opts) do
       if not known_options[k] then
-        error(("Pool: unknown option '%s' (expected processes, initializer, initargs, maxtasksperchild, timeout, memory_limit)")
-          :format(tostring(k)), 2)
+        error(("Pool: unknown option '%s' (expected processes, initializer, initargs, maxtasksperchild, "
+          .. "timeout, memory_limit)"):format(tostring(k)), 2)
       end
     end
     o = opts
@@ -233,13 +233,15 @@ function mp.Pool(opts)
   local n = o.processes
   if n == nil then n = tonumber(os.getenv("MPENGINE_WORKERS") or "") or mp.cpu_count() end
   if math.type(n) ~= "integer" or n < 1 then error("Pool: processes must be an integer >= 1", 2) end
-  if o.initializer ~= nil and type(o.initializer) ~= "function" then error("Pool: initializer must be a function", 2) end
+  if o.initializer ~= nil and type(o.initializer) ~= "function" then
+    error("Pool: initializer must be a function", 2)
+  end
   if o.initargs ~= nil and type(o.initargs) ~= "table" then error("Pool: initargs must be a table", 2) end
   local maxtasks = o.maxtasksperchild
   if maxtasks ~= nil and (math.type(maxtasks) ~= "integer" or maxtasks < 1) then
     error("Pool: maxtasksperchild must be an integer >= 1", 2)
   end
-  if o.timeout ~= nil and (type(o.timeout) ~= "number" or not (o.timeout > 0)) then
+  if o.timeout ~= nil and (type(o.timeout) ~= "number" or o.timeout ~= o.timeout or o.timeout <= 0) then
     error("Pool: timeout must be a number of seconds > 0", 2)
   end
   if o.memory_limit ~= nil and (math.type(o.memory_limit) ~= "integer" or o.memory_limit < 1) then
@@ -250,7 +252,8 @@ function mp.Pool(opts)
     memory_limit = o.memory_limit,
     results = mp.Queue(), stamps = mp.Array('d', n * STAMP, {lock = false}),
     workers = {}, chunks = {}, pending = {}, phead = 1, ptail = 0, next_cid = 0,
-    fids = {}, nfids = 0, next_fid = 0, jobs = {}, crashes = 0, chunk_time = nil, njobs = 0, state = "run", last_check = 0,
+    fids = {}, nfids = 0, next_fid = 0, jobs = {}, crashes = 0, chunk_time = nil, njobs = 0,
+    state = "run", last_check = 0,
     progress_all = os.getenv("MPENGINE_PROGRESS") == "1", cpus = mp.cpu_count(), spin = mp._spin(),
   }, Pool)
   for slot = 1, n do start_worker(self, slot) end
@@ -328,7 +331,7 @@ local function finish_job(self, job)
 end
 
 -- Records the outcome of task i of a job.
-local function task_done(self, job, i, ok, v)
+local function task_done(job, i, ok, v)
   if job.cancelled then return end
   if ok then job.values[i] = v
   else
@@ -386,8 +389,8 @@ local function handle_reply(self, slot, r)
   else
     for i = 1, r.n do
       local err = r.errors and r.errors[i]
-      if err then task_done(self, job, c.first + i - 1, false, err)
-      else task_done(self, job, c.first + i - 1, true, r.values[i]) end
+      if err then task_done(job, c.first + i - 1, false, err)
+      else task_done(job, c.first + i - 1, true, r.values[i]) end
     end
   end
   chunk_finished(self, r.cid)
@@ -479,7 +482,7 @@ local function worker_gone(self, slot, reason)
         for i = 1, #c.items do
           if i < running_i then before[#before + 1] = i elseif i > running_i then after[#after + 1] = i end
         end
-        task_done(self, c.job, c.first + running_i - 1, false, reason)
+        task_done(c.job, c.first + running_i - 1, false, reason)
         -- the rest of the chunk runs again elsewhere, one task per chunk
         self.chunks[cid] = nil
         c.job.chunks_open = c.job.chunks_open - 1
@@ -637,7 +640,8 @@ local function parse_rest(a, b, what)
   if opts then
     for k in pairs(opts) do
       if k ~= "callback" and k ~= "error_callback" and k ~= "progress" then
-        error(("Pool:%s: unknown option '%s' (expected callback, error_callback, progress)"):format(what, tostring(k)), 3)
+        error(("Pool:%s: unknown option '%s' (expected callback, error_callback, progress)")
+          :format(what, tostring(k)), 3)
       end
     end
   end

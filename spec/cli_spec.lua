@@ -1,6 +1,7 @@
 -- cli_spec.lua - `mpengine run`: exit codes, messages, the script convention,
 -- and no child left behind on a signal.
 local H = require "helpers"
+local _ -- results we do not look at
 
 describe("mpengine CLI", function()
   it("prints its version and help", function()
@@ -10,7 +11,7 @@ describe("mpengine CLI", function()
     out, rc = H.sh(H.CLI .. " --help")
     assert.are.equal(0, rc)
     assert.matches("usage: mpengine run", out)
-    out, rc = H.sh(H.CLI)
+    _, rc = H.sh(H.CLI)
     assert.are.equal(2, rc)
     out, rc = H.sh(H.CLI .. " frobnicate")
     assert.are.equal(2, rc)
@@ -49,9 +50,9 @@ describe("mpengine CLI", function()
     local out, rc = H.run("spec/fixtures/convention.lua", "ok")
     assert.are.equal(0, rc)
     assert.matches("main got ok", out)
-    out, rc = H.run("spec/fixtures/convention.lua", "fail")
+    _, rc = H.run("spec/fixtures/convention.lua", "fail")
     assert.are.equal(1, rc)
-    out, rc = H.run("spec/fixtures/convention.lua", "3")
+    _, rc = H.run("spec/fixtures/convention.lua", "3")
     assert.are.equal(3, rc)
     -- required as a module, main does not run
     local m = dofile("spec/fixtures/convention.lua")

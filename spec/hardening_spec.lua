@@ -20,6 +20,7 @@ describe("faults", function()
     for i = 1, n do xs[i] = i end
     local it = pool:imap(function(x) return x * 2 end, xs)
     local results, died, kills = 0, 0, 0
+    local worker_pids = {}
     math.randomseed(7)
     while true do
       local ok, i, v = pcall(it)
@@ -33,15 +34,26 @@ describe("faults", function()
       end
       if (results + died) % 10000 == 5000 then
         local w = pool.workers[math.random(1, 2)]
-        if w then w.proc:kill() kills = kills + 1 end
+        if w then
+          worker_pids[#worker_pids + 1] = w.proc.pid
+          w.proc:kill()
+          kills = kills + 1
+        end
       end
     end
     assert.are.equal(n, results + died)
     assert.is_true(kills >= 9)
     -- the pool is still usable, then ends with nothing left behind
     assert.are.same({2, 4}, pool:map(function(x) return 2 * x end, {1, 2}))
+    for _, w in pairs(pool.workers) do worker_pids[#worker_pids + 1] = w.proc.pid end
     pool:close(); pool:join()
-    assert.are.same({}, H.zombies_of(mp.getpid()))
+    -- no worker, killed or retired, is left as a zombie (or at all)
+    local zombies = {}
+    for _, z in ipairs(H.zombies_of(mp.getpid())) do zombies[z] = true end
+    for _, pid in ipairs(worker_pids) do
+      assert.is_nil(zombies[pid], "worker " .. pid .. " is a zombie")
+      assert.is_false(H.alive(pid))
+    end
   end)
 
   for _, sig in ipairs{"INT", "TERM"} do
@@ -80,6 +92,7 @@ describe("faults", function()
     local ok, err = pcall(pool.apply, pool, function()
       local t = {}
       for i = 1, 1e9 do t[i] = i end
+      return #t
     end)
     assert.is_false(ok)
     assert.matches("Pool: the task ran out of memory %(the pool's memory_limit is 67108864 bytes a worker%)", err)
@@ -154,8 +167,12 @@ describe("misuse raises a clear error", function()
     {"unknown option: Process", function() mp.Process{target = print, colour = 1} end, "unknown option 'colour'"},
     {"unknown option: Pool", function() mp.Pool{colour = 1} end, "unknown option 'colour'"},
     {"unknown option: Value", function() mp.Value('i', 0, {colour = 1}) end, "unknown option 'colour'"},
-    {"unknown option: map", function() local p = mp.Pool(1) local ok, e = pcall(p.map, p, print, {}, {colour = 1})
-       p:terminate() error(e, 0) end, "unknown option 'colour'"},
+    {"unknown option: map", function()
+       local p = mp.Pool(1)
+       local _, e = pcall(p.map, p, print, {}, {colour = 1})
+       p:terminate()
+       error(e, 0)
+     end, "unknown option 'colour'"},
     {"wrong self", function() mp.Queue().get(mp.Lock()) end, "Queue expected, got Lock"},
     {"wrong self: Lock", function() mp.Lock().acquire(mp.Queue()) end, "Lock expected, got Queue"},
     {"put(nil)", function() mp.Queue():put(nil) end, "cannot put nil"},

@@ -1,7 +1,7 @@
 -- helpers.lua - what the specs share: running the CLI, reading /proc.
 local H = {}
 
-H.CLI = "./build/mpengine"
+H.CLI = os.getenv("MPENGINE_CLI") or "./build/mpengine"
 
 -- Runs a shell command; returns its output (stdout and stderr) and exit code.
 function H.sh(cmd)
@@ -23,8 +23,9 @@ end
 function H.alive(pid)
   local f = io.open("/proc/" .. pid .. "/stat")
   if not f then return false end
-  local st = f:read("a"):match("^%d+ %b() (%a)")
+  local text = f:read("a") -- nil if the process went away meanwhile
   f:close()
+  local st = text and text:match("^%d+ %b() (%a)")
   return st ~= nil and st ~= "Z"
 end
 

@@ -172,8 +172,10 @@ static int count_fds(void) {
   DIR *d = opendir("/proc/self/fd");
   int n = 0;
   struct dirent *e;
+  /* below 1000: tools such as valgrind keep descriptors of their own at
+   * the top of the range, which a child cannot close */
   while ((e = readdir(d)) != NULL)
-    if (e->d_name[0] != '.') n++;
+    if (e->d_name[0] != '.' && atoi(e->d_name) < 1000) n++;
   closedir(d);
   return n - 1; /* the DIR's own */
 }

@@ -177,6 +177,7 @@ int mpe_pipe_send(mpe_pipe *p, const void *buf, size_t len, uint32_t tag,
     char buf[CMSG_SPACE(sizeof(int) * MAX_ENDS)];
     struct cmsghdr align;
   } ctl;
+  memset(&ctl, 0, sizeof ctl); /* the control message's padding goes out too */
   if (nends) {
     msg.msg_control = ctl.buf;
     msg.msg_controllen = CMSG_SPACE(sizeof(int) * nends);
