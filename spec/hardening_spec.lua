@@ -125,6 +125,29 @@ describe("faults", function()
   end)
 end)
 
+describe("load", function()
+  local function rss_kb()
+    return tonumber(H.read("/proc/self/status"):match("VmRSS:%s*(%d+)"))
+  end
+
+  it("memory stays flat over 300,000 imap_unordered tasks and 2,000,000 queue messages", function()
+    local load = dofile("scripts/bench/load.lua")
+    local silent = print
+    print = function() end -- luacheck: ignore 121
+    local ok, rows = pcall(load.tasks, 300000)
+    print = silent -- luacheck: ignore 121
+    assert(ok, rows)
+    -- parent and worker memory at 20% and at the end, in kB
+    assert.is_true(rows[10][3] - rows[2][3] < 4096, ("parent grew %d kB"):format(rows[10][3] - rows[2][3]))
+    print = function() end -- luacheck: ignore 121
+    ok, rows = pcall(load.messages, 2000000)
+    print = silent -- luacheck: ignore 121
+    assert(ok, rows)
+    assert.is_true(rows[10][3] - rows[2][3] < 4096, ("parent grew %d kB"):format(rows[10][3] - rows[2][3]))
+    assert.is_number(rss_kb())
+  end)
+end)
+
 describe("errors scripts see", function()
   it("a runtime error in a worker: file:line, non-zero exit", function()
     local out, rc = H.run("spec/fixtures/errors.lua", "worker")
