@@ -211,7 +211,9 @@ local function start_worker(self, slot)
                        args = {slot, inbox, self.results, self.stamps, self.initializer, self.initargs,
                                self.maxtasks, self.memory_limit}}
   p:start()
-  self.workers[slot] = {proc = p, inbox = inbox, outstanding = {}, fids = {}, dispatched = 0, finished = 0}
+  -- outstanding: cid -> order sent (a set, so taking one back is O(1)); held: how many
+  self.workers[slot] = {proc = p, inbox = inbox, outstanding = {}, held = 0, sent = 0, fids = {},
+                        dispatched = 0, finished = 0}
 end
 
 local known_options = {processes = true, initializer = true, initargs = true, maxtasksperchild = true,
@@ -361,9 +363,19 @@ local function chunk_finished(self, cid)
 end
 
 local function remove_outstanding(w, cid)
-  for k, v in ipairs(w.outstanding) do
-    if v == cid then table.remove(w.outstanding, k) return end
+  if w.outstanding[cid] then
+    w.outstanding[cid] = nil
+    w.held = w.held - 1
   end
+end
+
+-- The chunks a worker holds, in the order they were sent.
+local function held_in_order(w)
+  local list = {}
+  for cid, order in pairs(w.outstanding) do list[#list + 1] = {cid, order} end
+  table.sort(list, function(a, b) return a[2] < b[2] end)
+  for k, e in ipairs(list) do list[k] = e[1] end
+  return list
 end
 
 local function handle_reply(self, slot, r)
@@ -422,7 +434,7 @@ local function dispatch(self)
     local w, best, slot = nil, depth, nil
     for s = 1, self.n do
       local x = self.workers[s]
-      if x and not x.retiring and #x.outstanding < best then w, best, slot = x, #x.outstanding, s end
+      if x and not x.retiring and x.held < best then w, best, slot = x, x.held, s end
     end
     if not w then break end
     local cid = self.pending[self.phead]
@@ -447,7 +459,9 @@ local function dispatch(self)
         w.fids[fe.id] = true
       end
       b.chunks[#b.chunks + 1] = {cid, fe.id, c.job.star, c.items, self.timeout ~= nil}
-      w.outstanding[#w.outstanding + 1] = cid
+      w.sent = w.sent + 1
+      w.outstanding[cid] = w.sent
+      w.held = w.held + 1
       w.dispatched = w.dispatched + 1
       if self.maxtasks and w.dispatched >= self.maxtasks then w.retiring = true end
     elseif c then
@@ -473,8 +487,9 @@ local function worker_gone(self, slot, reason)
   local running_cid, running_i = self.stamps[base + 1], math.tointeger(self.stamps[base + 2]) or 0
   -- Its chunks, newest first, go back to the front of the line; the task it
   -- was running fails (unless it retired normally with nothing running).
-  for k = #w.outstanding, 1, -1 do
-    local cid = w.outstanding[k]
+  local held = held_in_order(w)
+  for k = #held, 1, -1 do
+    local cid = held[k]
     local c = self.chunks[cid]
     if c then
       if cid == running_cid and reason then
@@ -506,7 +521,7 @@ local function worker_gone(self, slot, reason)
       end
     end
   end
-  w.outstanding = {}
+  w.outstanding, w.held = {}, 0
   w.proc:join(1)
   self.workers[slot] = nil
   -- Workers that die before finishing anything, over and over, would be
@@ -534,7 +549,7 @@ local function check_workers(self)
       if code ~= nil then
         local reason
         local base = (slot - 1) * STAMP
-        if self.stamps[base + 1] ~= 0 or (code ~= 0 and #w.outstanding > 0) then
+        if self.stamps[base + 1] ~= 0 or (code ~= 0 and w.held > 0) then
           reason = ("Pool: the worker running this task (pid %d) %s"):format(w.proc.pid, how_died(code))
           if w.timed_out then
             reason = ("Pool: task timed out after %g s; its worker (pid %d) was killed and replaced")
@@ -570,7 +585,7 @@ local function pump(self, done, deadline)
     local busy = 0
     for slot = 1, self.n do
       local w = self.workers[slot]
-      if w and #w.outstanding > 0 then busy = busy + 1 end
+      if w and w.held > 0 then busy = busy + 1 end
     end
     local old_spin = mp._spin(busy < self.cpus and self.spin or 0)
     local r = self.results:get(wait)
