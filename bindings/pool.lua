@@ -70,12 +70,9 @@ local function traceback(e)
   return (tb:gsub("\n\t[^\n]*mpengine%.pool:.*$", ""))
 end
 
--- Runs one chunk {cid, fid, star, items, timed}; returns its reply.
-local function run_chunk(fns, stamp, c)
-  local cid, fn, star, items, timed = c[1], fns[c[2]], c[3], c[4], c[5]
-  local n = #items
-  local values, errors = {}, nil
-  local t0 = mp.time()
+-- Runs the n tasks of one chunk, items[pos+1 .. pos+n], into values[] (and
+-- errors[], by position); the stamp names the chunk and the task running.
+local function run_chunk(fn, star, timed, stamp, cid, items, pos, n, values, errors)
   stamp(cid, 0, timed)
   local i = 0
   -- one protected call for the whole chunk; after an error, go on from the
@@ -84,38 +81,37 @@ local function run_chunk(fns, stamp, c)
     while i < n do
       i = i + 1
       stamp(nil, i, timed)
-      if star then values[i] = fn(unpack(items[i])) else values[i] = fn(items[i]) end
+      if star then values[pos + i] = fn(unpack(items[pos + i]))
+      else values[pos + i] = fn(items[pos + i]) end
     end
   end
   while i < n do
     local ok, err = xpcall(run, traceback)
-    if not ok then
-      errors = errors or {}
-      errors[i] = explain(err)
-    end
+    if not ok then errors[pos + i] = explain(err) end
   end
   stamp(0, 0)
-  return {cid = cid, n = n, values = values, errors = errors, dt = mp.time() - t0}
 end
 
--- Sends replies; a result that cannot travel fails its own task only.
-local function send_replies(results, slot, replies)
-  local msg = {slot = slot, replies = replies}
+-- Sends one reply: the chunks cids[] (counts[] tasks each), their values
+-- and errors by position from 1. A result that cannot travel fails its own
+-- task only.
+local function send_reply(results, msg)
   if pcall(results.put, results, msg) then return end
-  for _, r in ipairs(replies) do
-    for i = 1, r.n do
-      local fine, why = pcall(mp.encode, r.values[i])
-      if not fine then
-        r.values[i] = nil
-        r.errors = r.errors or {}
-        r.errors[i] = (why:gsub("at value", ("at the result of task %d"):format(i), 1))
-      end
+  local n = 0
+  for _, c in ipairs(msg.counts) do n = n + c end
+  for p = 1, n do
+    local fine, why = pcall(mp.encode, msg.values[p])
+    if not fine then
+      msg.values[p] = nil
+      msg.errors = msg.errors or {}
+      msg.errors[p] = (why:gsub("at value", "at the result of task 1", 1))
     end
   end
   results:put(msg)
 end
 
--- The body of every worker process.
+-- The body of every worker process. A batch is {fid, star, timed, cids,
+-- counts, items}: chunks of one job, their items laid end to end.
 local function worker_main(slot, inbox, results, stamps, init, initargs, maxtasks, memory_limit)
   if memory_limit then
     memory_limit_of_this_worker = memory_limit
@@ -136,16 +132,32 @@ local function worker_main(slot, inbox, results, stamps, init, initargs, maxtask
   local fns, done = {}, 0
   for msg in inbox:iter() do
     if msg.fns then for id, fn in pairs(msg.fns) do fns[id] = fn end end
-    if msg.chunks then
-      -- replies are sent together, unless the batch takes long
-      local replies, last = {}, mp.time()
-      for k, c in ipairs(msg.chunks) do
-        replies[#replies + 1] = run_chunk(fns, stamp, c)
+    if msg.cids then
+      local fn, star, timed, items = fns[msg.fid], msg.star, msg.timed, msg.items
+      local values, errors = {}, {}
+      local pos, from, first_chunk = 0, 0, 1
+      local t_reply = mp.time()
+      local nchunks = #msg.cids
+      for k = 1, nchunks do
+        local n = msg.counts[k]
+        run_chunk(fn, star, timed, stamp, msg.cids[k], items, pos, n, values, errors)
+        pos = pos + n
         done = done + 1
         local now = mp.time()
-        if k == #msg.chunks or now - last > 0.002 then
-          send_replies(results, slot, replies)
-          replies, last = {}, now
+        -- replies go together, unless the batch takes long
+        if k == nchunks or now - t_reply > 0.002 then
+          local r_errors
+          for p, e in pairs(errors) do
+            r_errors = r_errors or {}
+            r_errors[p - from] = e
+          end
+          local whole = first_chunk == 1 and k == nchunks -- the usual case: no copies
+          send_reply(results, {slot = slot,
+                               cids = whole and msg.cids or table.move(msg.cids, first_chunk, k, 1, {}),
+                               counts = whole and msg.counts or table.move(msg.counts, first_chunk, k, 1, {}),
+                               values = whole and values or table.move(values, from + 1, pos, 1, {}),
+                               errors = r_errors, dt = (now - t_reply) / (k - first_chunk + 1)})
+          values, errors, from, first_chunk, t_reply = {}, {}, pos, k + 1, now
         end
       end
       if maxtasks and done >= maxtasks then return end
@@ -308,11 +320,12 @@ local function new_job(self, kind, fentry, star, opts)
   return job
 end
 
--- Adds one chunk of items (first is the index of items[1] in the job).
-local function add_chunk(self, job, first, items)
+-- Adds one chunk: tasks first .. first + n - 1 of the job (their items are
+-- job.items[first ..]).
+local function add_chunk(self, job, first, n)
   self.next_cid = self.next_cid + 1
   local cid = self.next_cid
-  self.chunks[cid] = {job = job, first = first, items = items}
+  self.chunks[cid] = {job = job, first = first, n = n}
   job.chunks_open = job.chunks_open + 1
   push_pending(self, cid)
   return cid
@@ -378,42 +391,45 @@ local function held_in_order(w)
   return list
 end
 
-local function handle_reply(self, slot, r)
-  local c = self.chunks[r.cid]
-  local w = self.workers[slot]
-  if w then
-    remove_outstanding(w, r.cid)
-    w.finished = w.finished + 1
-  end
-  self.crashes = 0
-  self.chunk_time = 0.8 * (self.chunk_time or r.dt) + 0.2 * r.dt
-  if not c then return end -- a cancelled job's chunk
-  local job = c.job
-  if job.cancelled then chunk_finished(self, r.cid) return end
-  if not r.errors and not job.stream then
-    -- the common case: move the values into place in one go
-    table.move(r.values, 1, r.n, c.first, job.values)
-    job.done = job.done + r.n
-    if job.progress then
-      job.progress.done = job.done
-      progress_draw(job.progress)
-    end
-  else
-    for i = 1, r.n do
-      local err = r.errors and r.errors[i]
-      if err then task_done(job, c.first + i - 1, false, err)
-      else task_done(job, c.first + i - 1, true, r.values[i]) end
-    end
-  end
-  chunk_finished(self, r.cid)
-end
-
 local function handle_result(self, m)
   if m.init_error then
     self.broken = ("Pool: the initializer failed in a worker:\n%s"):format(m.init_error)
     return
   end
-  for _, r in ipairs(m.replies) do handle_reply(self, m.slot, r) end
+  local w = self.workers[m.slot]
+  if w then w.finished = w.finished + #m.cids end
+  self.crashes = 0
+  self.chunk_time = 0.8 * (self.chunk_time or m.dt) + 0.2 * m.dt
+  local values, errors, pos = m.values, m.errors, 0
+  for k, cid in ipairs(m.cids) do
+    local n = m.counts[k]
+    if w then remove_outstanding(w, cid) end
+    local c = self.chunks[cid]
+    if c and not c.job.cancelled then
+      local job = c.job
+      local clean = not job.stream
+      if errors and clean then
+        for p = pos + 1, pos + n do if errors[p] then clean = false break end end
+      end
+      if clean then
+        -- the common case: move the values into place in one go
+        table.move(values, pos + 1, pos + n, c.first, job.values)
+        job.done = job.done + n
+        if job.progress then
+          job.progress.done = job.done
+          progress_draw(job.progress)
+        end
+      else
+        for i = 1, n do
+          local err = errors and errors[pos + i]
+          if err then task_done(job, c.first + i - 1, false, err)
+          else task_done(job, c.first + i - 1, true, values[pos + i]) end
+        end
+      end
+    end
+    if c then chunk_finished(self, cid) end
+    pos = pos + n
+  end
 end
 
 -- Sends chunks to workers with room in their inbox: always to the one with
@@ -429,7 +445,9 @@ local function dispatch(self)
     depth = math.max(1, math.min(MAXDEPTH, math.floor(QUEUED / math.max(self.chunk_time, 1e-7))))
   end
   local per_batch = math.max(1, depth // 2) -- two batches in flight: no idle gap
-  local batches = {}
+  local open = {} -- slot -> the batch being filled
+  local sends = {}
+  local timed = self.timeout ~= nil
   while self.phead <= self.ptail do
     local w, best, slot = nil, depth, nil
     for s = 1, self.n do
@@ -442,23 +460,21 @@ local function dispatch(self)
     self.phead = self.phead + 1
     local c = self.chunks[cid]
     if c and not c.job.cancelled then
-      local list = batches[slot]
-      if not list then
-        list = {}
-        batches[slot] = list
+      local job, fe = c.job, c.job.fentry
+      local b = open[slot]
+      if not b or b.job ~= job or #b.cids >= per_batch then
+        b = {fid = fe.id, star = job.star, timed = timed, cids = {}, counts = {}, items = {}, job = job}
+        open[slot] = b
+        sends[#sends + 1] = {w, b}
       end
-      local b = list[#list]
-      if not b or #b.chunks >= per_batch then
-        b = {chunks = {}}
-        list[#list + 1] = b
-      end
-      local fe = c.job.fentry
       if not w.fids[fe.id] then
         b.fns = b.fns or {}
         b.fns[fe.id] = fe.fn
         w.fids[fe.id] = true
       end
-      b.chunks[#b.chunks + 1] = {cid, fe.id, c.job.star, c.items, self.timeout ~= nil}
+      local k = #b.cids + 1
+      b.cids[k], b.counts[k] = cid, c.n
+      table.move(job.items, c.first, c.first + c.n - 1, #b.items + 1, b.items)
       w.sent = w.sent + 1
       w.outstanding[cid] = w.sent
       w.held = w.held + 1
@@ -468,8 +484,9 @@ local function dispatch(self)
       chunk_finished(self, cid)
     end
   end
-  for slot, list in pairs(batches) do
-    for _, b in ipairs(list) do self.workers[slot].inbox:put(b) end
+  for _, sb in ipairs(sends) do
+    sb[2].job = nil -- not for the wire
+    sb[1].inbox:put(sb[2])
   end
 end
 
@@ -494,7 +511,7 @@ local function worker_gone(self, slot, reason)
     if c then
       if cid == running_cid and reason then
         local before, after = {}, {}
-        for i = 1, #c.items do
+        for i = 1, c.n do
           if i < running_i then before[#before + 1] = i elseif i > running_i then after[#after + 1] = i end
         end
         task_done(c.job, c.first + running_i - 1, false, reason)
@@ -504,14 +521,14 @@ local function worker_gone(self, slot, reason)
         for j = #after, 1, -1 do
           local i = after[j]
           self.next_cid = self.next_cid + 1
-          self.chunks[self.next_cid] = {job = c.job, first = c.first + i - 1, items = {c.items[i]}}
+          self.chunks[self.next_cid] = {job = c.job, first = c.first + i - 1, n = 1}
           c.job.chunks_open = c.job.chunks_open + 1
           push_front(self, self.next_cid)
         end
         for j = #before, 1, -1 do
           local i = before[j]
           self.next_cid = self.next_cid + 1
-          self.chunks[self.next_cid] = {job = c.job, first = c.first + i - 1, items = {c.items[i]}}
+          self.chunks[self.next_cid] = {job = c.job, first = c.first + i - 1, n = 1}
           c.job.chunks_open = c.job.chunks_open + 1
           push_front(self, self.next_cid)
         end
@@ -676,7 +693,8 @@ function Pool:apply_async(fn, args, opts)
   local job = new_job(self, "apply", fid_of(self, fn), true, o)
   job.progress = nil
   job.n = 1
-  add_chunk(self, job, 1, {args or {}})
+  job.items = {args or {}}
+  add_chunk(self, job, 1, 1)
   job.exhausted = true
   dispatch(self)
   return new_async(self, job)
@@ -686,18 +704,18 @@ function Pool:apply(fn, args)
   return self:apply_async(fn, args):get()
 end
 
--- A map-like job over a list (star: items are argument lists).
-local function map_job(self, kind, fn, list, star, chunksize, opts)
+-- A map-like job over a list (star: items are argument lists). An async
+-- job copies the list (the caller may change it before the work is sent);
+-- a blocking one reads it in place.
+local function map_job(self, kind, fn, list, star, chunksize, opts, blocking)
   if type(list) ~= "table" then error(("Pool:%s: a list expected, got %s"):format(kind, type(list)), 3) end
   local job = new_job(self, kind, fid_of(self, fn), star, opts)
   local n = #list
   job.n = n
   if job.progress then job.progress.total = n end
   local cs = chunksize or auto_chunksize(self, n)
-  for first = 1, n, cs do
-    local items = table.move(list, first, math.min(first + cs - 1, n), 1, {})
-    add_chunk(self, job, first, items)
-  end
+  job.items = blocking and list or table.move(list, 1, n, 1, {})
+  for first = 1, n, cs do add_chunk(self, job, first, math.min(cs, n - first + 1)) end
   job.exhausted = true
   if n == 0 then finish_job(self, job) end
   dispatch(self)
@@ -713,7 +731,7 @@ end
 function Pool:map(fn, list, chunksize, opts)
   check_pool(self, "map")
   local cs, o = parse_rest(chunksize, opts, "map")
-  return new_async(self, map_job(self, "map", fn, list, false, cs, o)):get()
+  return new_async(self, map_job(self, "map", fn, list, false, cs, o, true)):get()
 end
 
 function Pool:starmap_async(fn, list, chunksize, opts)
@@ -725,7 +743,7 @@ end
 function Pool:starmap(fn, list, chunksize, opts)
   check_pool(self, "starmap")
   local cs, o = parse_rest(chunksize, opts, "starmap")
-  return new_async(self, map_job(self, "starmap", fn, list, true, cs, o)):get()
+  return new_async(self, map_job(self, "starmap", fn, list, true, cs, o, true)):get()
 end
 
 -- imap and imap_unordered: streaming over a list or an iterator function,
@@ -757,20 +775,22 @@ local function stream(self, kind, fn, src, chunksize, opts, ordered)
   end
   local limit = self.n * 8 -- chunks read ahead of the consumer
   local read = 0
+  job.items = {} -- what was read and is not yet answered (bounded)
   local function refill()
     while not job.exhausted and job.chunks_open < limit do
-      local items = {}
+      local got = 0
       for _ = 1, cs do
         local more, v = next_item()
         if not more then
           job.exhausted = true
           break
         end
-        items[#items + 1] = v
+        got = got + 1
+        job.items[read + got] = v
       end
-      if #items > 0 then
-        add_chunk(self, job, read + 1, items)
-        read = read + #items
+      if got > 0 then
+        add_chunk(self, job, read + 1, got)
+        read = read + got
         job.n = read
       end
     end
@@ -806,7 +826,7 @@ local function stream(self, kind, fn, src, chunksize, opts, ordered)
     end
     emitted = emitted + 1
     local v, err = job.values[i], job.errors[i]
-    job.values[i], job.errors[i] = nil, nil -- bounded memory
+    job.values[i], job.errors[i], job.items[i] = nil, nil, nil -- bounded memory
     if err then error(err, 0) end
     if ordered then return i, v end
     return v
