@@ -274,20 +274,56 @@ static int enc_named(enc *e, int idx) {
   return 1;
 }
 
-/* 1 if the table at idx holds exactly the keys 1..n (n = its border): it
- * then travels as an array. (Counting is the only safe test: the API does
- * not tell which keys live in the hash part.) */
-static int is_sequence(lua_State *L, int idx, lua_Unsigned n) {
-  lua_Unsigned count = 0;
+/* Undoes what an abandoned array encoding wrote and the ids it gave. */
+static void rewind_to(enc *e, size_t len, int nextid) {
+  lua_State *L = e->L;
+  e->w->len = len;
+  if (e->nextid == nextid) return;
   lua_pushnil(L);
-  while (lua_next(L, idx)) {
+  while (lua_next(L, e->seen)) {
+    int drop = lua_tointeger(L, -1) > nextid;
     lua_pop(L, 1);
-    if (++count > n) {
-      lua_pop(L, 1);
-      return 0;
+    if (drop) {
+      lua_pushvalue(L, -1);
+      lua_pushnil(L);
+      lua_rawset(L, e->seen); /* clearing a field while traversing is allowed */
     }
   }
-  return count == n;
+  e->nextid = nextid;
+}
+
+/* Encodes the table at idx as an array of its n = #t elements, in one pass:
+ * the traversal must yield exactly the keys 1..n in order (the array part
+ * comes first). 1 done, 0 it is not such a table (nothing written), -1 a
+ * value failed. */
+static int enc_array(enc *e, int idx, lua_Unsigned n) {
+  lua_State *L = e->L;
+  size_t start = e->w->len;
+  int nextid = e->nextid;
+  put_count(e, 0, n);
+  lua_Unsigned i = 0;
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    int isint;
+    lua_Integer k = lua_tointegerx(L, -2, &isint);
+    if (!isint || lua_type(L, -2) != LUA_TNUMBER || (lua_Unsigned)k != i + 1 || i == n) {
+      lua_pop(L, 2);
+      rewind_to(e, start, nextid);
+      return 0; /* not 1..n in order: a map after all */
+    }
+    i++;
+    if (enc_value(e, lua_gettop(L)) != 0) {
+      lua_pushinteger(L, (lua_Integer)i); /* the stack above is the failed value's */
+      seg_key(e, lua_gettop(L));
+      return -1;
+    }
+    lua_pop(L, 1);
+  }
+  if (i != n) {
+    rewind_to(e, start, nextid);
+    return 0;
+  }
+  return 1;
 }
 
 static int enc_table(enc *e, int idx) {
@@ -309,18 +345,13 @@ static int enc_table(enc *e, int idx) {
   if (++e->depth > MAX_DEPTH) return fail(e, "table nested too deeply (cycles are fine, depth is not)");
   luaL_checkstack(L, 6, "cannot send value");
   lua_Unsigned n = lua_rawlen(L, idx);
-  if (n > 0 && is_sequence(L, idx, n)) {
-    put_count(e, 0, n);
-    for (lua_Unsigned i = 1; i <= n; i++) {
-      lua_rawgeti(L, idx, (lua_Integer)i);
-      if (enc_value(e, lua_gettop(L)) != 0) {
-        lua_pushinteger(L, (lua_Integer)i);
-        seg_key(e, lua_gettop(L));
-        return -1;
-      }
-      lua_pop(L, 1);
-    }
-  } else {
+  int as_array = 0;
+  if (n > 0) {
+    int r = enc_array(e, idx, n);
+    if (r < 0) return -1;
+    as_array = r == 1;
+  }
+  if (!as_array) {
     /* one pass: a map32 header whose count is patched at the end */
     put_be(e, 0xdf, 0, 4);
     size_t at = e->w->len - 4;
@@ -650,7 +681,23 @@ static void dec_table(dec *d, uint64_t n, int map) {
       dec_value(d);
       lua_rawset(L, -3);
     } else {
-      dec_value(d);
+      /* the common elements, small integers and floats, without a call */
+      unsigned char b = d->p < d->end ? *d->p : 0xc1;
+      if (b <= 0x7f) {
+        d->p++;
+        lua_pushinteger(L, b);
+      } else if (b >= 0xcc && b <= 0xce) { /* uint8, uint16, uint32 */
+        d->p++;
+        lua_pushinteger(L, (lua_Integer)take_be(d, 1 << (b - 0xcc)));
+      } else if (b == 0xcb && d->end - d->p >= 9) {
+        d->p++;
+        uint64_t u = take_be(d, 8);
+        double f;
+        memcpy(&f, &u, 8);
+        lua_pushnumber(L, (lua_Number)f);
+      } else {
+        dec_value(d);
+      }
       lua_rawseti(L, -2, (lua_Integer)i);
     }
   }

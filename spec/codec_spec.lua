@@ -43,6 +43,22 @@ describe("codec", function()
     assert.are.same(holes, rt(holes))
   end)
 
+  it("keeps tables whose integer keys are out of order or mixed with others", function()
+    local t = {}
+    for i = 10, 1, -1 do t[i] = i * i end -- built backwards: keys in the hash part
+    assert.are.same(t, rt(t))
+    local holes = {}
+    holes[1], holes[2], holes[4] = 1, 2, 4
+    assert.are.same(holes, rt(holes))
+    assert.are.same({1, 2, 3, x = 1}, rt({1, 2, 3, x = 1}))
+    -- an array attempt that turns into a map keeps shared references right
+    local shared = {}
+    local mixed = {{shared}, {shared}, x = shared}
+    local r = rt(mixed)
+    assert.are.equal(r[1][1], r[2][1])
+    assert.are.equal(r[1][1], r.x)
+  end)
+
   it("keeps shared references and cycles", function()
     local shared = {"s"}
     local t = {a = shared, b = shared}
