@@ -47,6 +47,13 @@ int mpel_push_reason(lua_State *L, int err) {
   return 2;
 }
 
+int mpel_push_bool(lua_State *L, int ok) {
+  lua_pushboolean(L, ok);
+  if (ok) return 1;
+  lua_pushliteral(L, "timeout");
+  return 2;
+}
+
 int mpel_fail(lua_State *L, const char *what, int err) {
   return luaL_error(L, "%s: %s", what, mpe_strerror(err));
 }

@@ -188,8 +188,7 @@ static int p_join(lua_State *L) {
   int rc;
   while ((rc = mpe_process_wait(p->h, mpel_left(deadline))) == MPE_EINTR) mpel_check_signal(L);
   if (rc < 0 && rc != MPE_ETIMEDOUT) return mpel_fail(L, "join", rc);
-  lua_pushboolean(L, rc == 0);
-  return 1;
+  return mpel_push_bool(L, rc == 0); /* false, "timeout" when it timed out */
 }
 
 static int p_is_alive(lua_State *L) {

@@ -155,8 +155,7 @@ static int q_join(lua_State *L) {
   double deadline = timeout < 0 ? -1 : mpe_time() + timeout;
   int rc;
   while ((rc = mpe_queue_join(h->q, mpel_left(deadline))) == MPE_EINTR) mpel_check_signal(L);
-  lua_pushboolean(L, rc == 0);
-  return 1;
+  return mpel_push_bool(L, rc == 0); /* false, "timeout" when it timed out */
 }
 
 static int q_gc(lua_State *L) {

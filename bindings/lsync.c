@@ -220,8 +220,7 @@ static int event_wait(lua_State *L) {
   double deadline = timeout < 0 ? -1 : mpe_time() + timeout;
   int rc;
   while ((rc = mpe_event_wait(e, mpel_left(deadline))) == MPE_EINTR) mpel_check_signal(L);
-  lua_pushboolean(L, rc == 0);
-  return 1;
+  return mpel_push_bool(L, rc == 0); /* false, "timeout" when it timed out */
 }
 
 static const luaL_Reg event_methods[] = {
@@ -296,8 +295,7 @@ static int cond_wait(lua_State *L) {
   mpe_cond *c = check_cond(L, 1);
   double timeout = mpel_opt_timeout(L, 2);
   if (!mpe_lock_held(mpe_cond_lock(c))) return luaL_error(L, "Condition: cannot wait without holding its lock");
-  lua_pushboolean(L, cond_wait_once(L, c, timeout < 0 ? -1 : mpe_time() + timeout));
-  return 1;
+  return mpel_push_bool(L, cond_wait_once(L, c, timeout < 0 ? -1 : mpe_time() + timeout));
 }
 
 static int cond_wait_for(lua_State *L) {

@@ -247,12 +247,18 @@ static int array_add(lua_State *L) {
 /* stamp(cid|nil, index [, timed]): the pool's per-task stamp, three doubles
  * at a fixed place of an Array (chunk id, task index, start time), written
  * without a metamethod lookup: it runs once per task. */
+static void put_double(double *at, double x) {
+  uint64_t u;
+  memcpy(&u, &x, sizeof u);
+  __atomic_store_n((uint64_t *)(void *)at, u, __ATOMIC_RELEASE); /* whole, never torn */
+}
+
 static int stamp(lua_State *L) {
-  mpe_value *v = ((mpel_obj *)lua_touserdata(L, lua_upvalueindex(1)))->o;
-  size_t base = (size_t)lua_tointeger(L, lua_upvalueindex(2));
-  if (lua_toboolean(L, 3)) mpe_value_set_float(v, base + 2, mpe_time());
-  mpe_value_set_float(v, base + 1, (double)lua_tointeger(L, 2));
-  if (!lua_isnil(L, 1)) mpe_value_set_float(v, base, (double)lua_tointeger(L, 1));
+  /* upvalue 1 keeps the Array alive; upvalue 2 is the address of its stamps */
+  double *at = lua_touserdata(L, lua_upvalueindex(2));
+  if (lua_toboolean(L, 3)) put_double(at + 2, mpe_time());
+  put_double(at + 1, (double)lua_tointeger(L, 2));
+  if (!lua_isnoneornil(L, 1)) put_double(at, (double)lua_tointeger(L, 1));
   return 0;
 }
 
@@ -261,7 +267,8 @@ static int l_stamper(lua_State *L) {
   lua_Integer base = luaL_checkinteger(L, 2);
   luaL_argcheck(L, mpe_value_typecode(v) == 'd' && base >= 0 && (size_t)base + 3 <= mpe_value_count(v), 2,
                 "a 'd' Array with room for three stamps expected");
-  lua_settop(L, 2);
+  lua_settop(L, 1);
+  lua_pushlightuserdata(L, (double *)mpe_value_data(v) + base);
   lua_pushcclosure(L, stamp, 2);
   return 1;
 }

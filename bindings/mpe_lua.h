@@ -131,6 +131,8 @@ double mpel_opt_timeout(lua_State *L, int idx);
 /* On MPE_EINTR: raises if the host asked to stop, else returns so the caller
  * retries with the time left. */
 void mpel_check_signal(lua_State *L);
+/* Pushes true, or false and "timeout" (the shape of join and wait). */
+int mpel_push_bool(lua_State *L, int ok);
 /* Raises a Lua error for an engine code, prefixed with what. */
 int mpel_fail(lua_State *L, const char *what, int err);
 /* Pushes nil and a reason word ("timeout", "closed", ...) for err. */

@@ -72,22 +72,25 @@ end
 
 -- Runs the n tasks of one chunk, items[pos+1 .. pos+n], into values[] (and
 -- errors[], by position); the stamp names the chunk and the task running.
-local function run_chunk(fn, star, timed, stamp, cid, items, pos, n, values, errors)
+local function run_chunk(fn, star, timed, stamp, where, cid, items, pos, n, values, errors)
   stamp(cid, 0, timed)
-  local i = 0
-  -- one protected call for the whole chunk; after an error, go on from the
-  -- next task (the index tells which task failed)
-  local function run()
-    while i < n do
-      i = i + 1
+  -- one protected call for the whole chunk (locals only in the hot loop);
+  -- after an error, the stamp tells which task failed: go on from the next
+  local function run(from)
+    for i = from, n do
       stamp(nil, i, timed)
-      if star then values[pos + i] = fn(unpack(items[pos + i]))
-      else values[pos + i] = fn(items[pos + i]) end
+      local p = pos + i
+      if star then values[p] = fn(unpack(items[p])) else values[p] = fn(items[p]) end
     end
+    return n
   end
-  while i < n do
-    local ok, err = xpcall(run, traceback)
-    if not ok then errors[pos + i] = explain(err) end
+  local from = 1
+  while from <= n do
+    local ok, err = xpcall(run, traceback, from)
+    if ok then break end
+    local i = math.tointeger(where()) -- the task that failed
+    errors[pos + i] = explain(err)
+    from = i + 1
   end
   stamp(0, 0)
 end
@@ -128,7 +131,9 @@ local function worker_main(slot, inbox, results, stamps, init, initargs, maxtask
       return
     end
   end
-  local stamp = mp._stamper(stamps, (slot - 1) * STAMP)
+  local base = (slot - 1) * STAMP
+  local stamp = mp._stamper(stamps, base)
+  local function where() return stamps[base + 2] end
   local fns, done = {}, 0
   for msg in inbox:iter() do
     if msg.fns then for id, fn in pairs(msg.fns) do fns[id] = fn end end
@@ -140,7 +145,7 @@ local function worker_main(slot, inbox, results, stamps, init, initargs, maxtask
       local nchunks = #msg.cids
       for k = 1, nchunks do
         local n = msg.counts[k]
-        run_chunk(fn, star, timed, stamp, msg.cids[k], items, pos, n, values, errors)
+        run_chunk(fn, star, timed, stamp, where, msg.cids[k], items, pos, n, values, errors)
         pos = pos + n
         done = done + 1
         local now = mp.time()
@@ -638,7 +643,8 @@ end
 
 function AsyncResult:wait(timeout)
   if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then error("wait: bad timeout", 2) end
-  return pump(self.pool, function() return self.job.ready end, timeout and mp.time() + timeout)
+  if pump(self.pool, function() return self.job.ready end, timeout and mp.time() + timeout) then return true end
+  return false, "timeout"
 end
 
 function AsyncResult:successful()

@@ -399,6 +399,9 @@ MPE_API int mpe_value_set_float(mpe_value *v, size_t i, double x);
 /* Atomically adds delta; *out gets the new value. -ERANGE leaves it as was. */
 MPE_API int mpe_value_add_int(mpe_value *v, size_t i, int64_t delta, int64_t *out);
 MPE_API int mpe_value_add_float(mpe_value *v, size_t i, double delta, double *out);
+/* Address of element 0 (naturally aligned; elements follow each other).
+ * For hot paths: use atomic accesses when other processes write too. */
+MPE_API void *mpe_value_data(mpe_value *v);
 /* 1 for 'f' and 'd'. */
 MPE_API int mpe_typecode_is_float(char typecode);
 

@@ -63,6 +63,7 @@ void mpe_value_free(mpe_value *v) {
 }
 
 char mpe_value_typecode(const mpe_value *v) { return v->typecode; }
+void *mpe_value_data(mpe_value *v) { return v->data; }
 size_t mpe_value_count(const mpe_value *v) { return (size_t)v->count; }
 mpe_lock *mpe_value_lock(mpe_value *v) { return v->lock ? mpe_deref(v->lock) : NULL; }
 
