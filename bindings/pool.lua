@@ -515,27 +515,18 @@ local function worker_gone(self, slot, reason)
     local c = self.chunks[cid]
     if c then
       if cid == running_cid and reason then
-        local before, after = {}, {}
-        for i = 1, c.n do
-          if i < running_i then before[#before + 1] = i elseif i > running_i then after[#after + 1] = i end
-        end
         task_done(c.job, c.first + running_i - 1, false, reason)
-        -- the rest of the chunk runs again elsewhere, one task per chunk
+        -- the rest of the chunk runs again elsewhere, one task per chunk,
+        -- at the front of the line and in order
         self.chunks[cid] = nil
         c.job.chunks_open = c.job.chunks_open - 1
-        for j = #after, 1, -1 do
-          local i = after[j]
-          self.next_cid = self.next_cid + 1
-          self.chunks[self.next_cid] = {job = c.job, first = c.first + i - 1, n = 1}
-          c.job.chunks_open = c.job.chunks_open + 1
-          push_front(self, self.next_cid)
-        end
-        for j = #before, 1, -1 do
-          local i = before[j]
-          self.next_cid = self.next_cid + 1
-          self.chunks[self.next_cid] = {job = c.job, first = c.first + i - 1, n = 1}
-          c.job.chunks_open = c.job.chunks_open + 1
-          push_front(self, self.next_cid)
+        for i = c.n, 1, -1 do
+          if i ~= running_i then
+            self.next_cid = self.next_cid + 1
+            self.chunks[self.next_cid] = {job = c.job, first = c.first + i - 1, n = 1}
+            c.job.chunks_open = c.job.chunks_open + 1
+            push_front(self, self.next_cid)
+          end
         end
         check_job_complete(self, c.job)
       else
@@ -728,28 +719,20 @@ local function map_job(self, kind, fn, list, star, chunksize, opts, blocking)
   return job
 end
 
-function Pool:map_async(fn, list, chunksize, opts)
-  check_pool(self, "map_async")
-  local cs, o = parse_rest(chunksize, opts, "map_async")
-  return new_async(self, map_job(self, "map", fn, list, false, cs, o))
-end
-
-function Pool:map(fn, list, chunksize, opts)
-  check_pool(self, "map")
-  local cs, o = parse_rest(chunksize, opts, "map")
-  return new_async(self, map_job(self, "map", fn, list, false, cs, o, true)):get()
-end
-
-function Pool:starmap_async(fn, list, chunksize, opts)
-  check_pool(self, "starmap_async")
-  local cs, o = parse_rest(chunksize, opts, "starmap_async")
-  return new_async(self, map_job(self, "starmap", fn, list, true, cs, o))
-end
-
-function Pool:starmap(fn, list, chunksize, opts)
-  check_pool(self, "starmap")
-  local cs, o = parse_rest(chunksize, opts, "starmap")
-  return new_async(self, map_job(self, "starmap", fn, list, true, cs, o, true)):get()
+-- map, map_async, starmap, starmap_async: the blocking one reads the list
+-- in place and waits; the async one copies it and returns an AsyncResult.
+for _, kind in ipairs{"map", "starmap"} do
+  local star = kind == "starmap"
+  Pool[kind .. "_async"] = function(self, fn, list, chunksize, opts)
+    check_pool(self, kind .. "_async")
+    local cs, o = parse_rest(chunksize, opts, kind .. "_async")
+    return new_async(self, map_job(self, kind, fn, list, star, cs, o))
+  end
+  Pool[kind] = function(self, fn, list, chunksize, opts)
+    check_pool(self, kind)
+    local cs, o = parse_rest(chunksize, opts, kind)
+    return new_async(self, map_job(self, kind, fn, list, star, cs, o, true)):get()
+  end
 end
 
 -- imap and imap_unordered: streaming over a list or an iterator function,
@@ -858,13 +841,10 @@ function Pool:close()
   if self.state == "run" then self.state = "closed" end
 end
 
--- Kills the workers at once; unfinished jobs fail.
-function Pool:terminate()
-  if self.state == "terminated" then return end
-  self.state = "terminated"
+-- Tells every worker to stop (how), then waits for each and forgets it.
+local function stop_workers(self, how)
   for slot = 1, self.n do
-    local w = self.workers[slot]
-    if w then w.proc:kill() end
+    if self.workers[slot] then how(self.workers[slot]) end
   end
   for slot = 1, self.n do
     local w = self.workers[slot]
@@ -873,6 +853,13 @@ function Pool:terminate()
       self.workers[slot] = nil
     end
   end
+end
+
+-- Kills the workers at once; unfinished jobs fail.
+function Pool:terminate()
+  if self.state == "terminated" then return end
+  self.state = "terminated"
+  stop_workers(self, function(w) w.proc:kill() end)
   for job in pairs(self.jobs) do
     if not job.first_error then job.first_error = "Pool: terminated before the task finished" end
     job.callback, job.error_callback = nil, nil
@@ -884,17 +871,7 @@ function Pool:join()
   if self.state == "run" then error("Pool: call close() or terminate() before join()", 2) end
   if self.state == "closed" then
     pump(self, function() return self.njobs == 0 end)
-    for slot = 1, self.n do
-      local w = self.workers[slot]
-      if w then w.inbox:put({quit = true}) end
-    end
-    for slot = 1, self.n do
-      local w = self.workers[slot]
-      if w then
-        w.proc:join()
-        self.workers[slot] = nil
-      end
-    end
+    stop_workers(self, function(w) w.inbox:put({quit = true}) end)
     self.state = "joined"
   end
 end

@@ -8,15 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h" /* CHECK: print where and why, then exit 1 */
 #include "mpengine.h"
 
-#define CHECK(cond)                                                          \
-  do {                                                                       \
-    if (!(cond)) {                                                           \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-      exit(1);                                                               \
-    }                                                                        \
-  } while (0)
 
 /* A task: the square of a 64-bit number; 13 kills its worker, 7 fails. */
 static int square(const void *in, size_t len, void **out, size_t *out_len, void *ctx) {

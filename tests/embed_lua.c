@@ -8,15 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h" /* CHECK: print where and why, then exit 1 */
 #include "mpengine_lua.h"
 
-#define CHECK(cond)                                                          \
-  do {                                                                       \
-    if (!(cond)) {                                                           \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-      exit(1);                                                               \
-    }                                                                        \
-  } while (0)
 
 int main(int argc, char **argv) {
   CHECK(argc == 2);
