@@ -216,15 +216,24 @@ static int l_in_child(lua_State *L) {
   return 1;
 }
 
-extern const unsigned char mpel_pool_lua[];
-extern const size_t mpel_pool_lua_len;
+extern const unsigned char mpel_pool_lua[], mpel_pool_worker_lua[];
+extern const size_t mpel_pool_lua_len, mpel_pool_worker_lua_len;
 
-/* Runs bindings/pool.lua (built in) with the module at the top. */
+static void load_chunk(lua_State *L, const unsigned char *code, size_t len, const char *name) {
+  if (luaL_loadbufferx(L, (const char *)code, len, name, "t") != LUA_OK) lua_error(L);
+}
+
+/* Runs the built-in Lua parts with the module at the top: the worker side
+ * of the Pool, then the Pool itself (which gets the worker's main). */
 static void open_pool(lua_State *L) {
-  if (luaL_loadbufferx(L, (const char *)mpel_pool_lua, mpel_pool_lua_len, "=mpengine.pool", "t") != LUA_OK)
-    lua_error(L);
+  load_chunk(L, mpel_pool_worker_lua, mpel_pool_worker_lua_len, "=mpengine.pool_worker");
   lua_pushvalue(L, -2);
-  lua_call(L, 1, 0);
+  lua_call(L, 1, 1);
+  load_chunk(L, mpel_pool_lua, mpel_pool_lua_len, "=mpengine.pool");
+  lua_pushvalue(L, -3);
+  lua_pushvalue(L, -3);
+  lua_call(L, 2, 0);
+  lua_pop(L, 1);
 }
 
 static int sentinel_gc(lua_State *L) {

@@ -137,13 +137,18 @@ describe("load", function()
     local ok, rows = pcall(load.tasks, 300000)
     print = silent -- luacheck: ignore 121
     assert(ok, rows)
+    -- AddressSanitizer keeps freed memory in quarantine on purpose: the
+    -- figures mean something only without it
+    local sanitized = os.getenv("ASAN_OPTIONS") ~= nil
     -- parent and worker memory at 20% and at the end, in kB
-    assert.is_true(rows[10][3] - rows[2][3] < 4096, ("parent grew %d kB"):format(rows[10][3] - rows[2][3]))
+    assert.is_true(sanitized or rows[10][3] - rows[2][3] < 4096,
+      ("parent grew %d kB"):format(rows[10][3] - rows[2][3]))
     print = function() end -- luacheck: ignore 121
     ok, rows = pcall(load.messages, 2000000)
     print = silent -- luacheck: ignore 121
     assert(ok, rows)
-    assert.is_true(rows[10][3] - rows[2][3] < 4096, ("parent grew %d kB"):format(rows[10][3] - rows[2][3]))
+    assert.is_true(sanitized or rows[10][3] - rows[2][3] < 4096,
+      ("parent grew %d kB"):format(rows[10][3] - rows[2][3]))
     assert.is_number(rss_kb())
   end)
 end)

@@ -1,0 +1,302 @@
+/* decode.c - bytes back to Lua values: the decoder of the codec (codec.c
+ * describes the format). The decoder trusts nothing: every length and count
+ * is checked against the bytes left, every value counts towards the nesting
+ * limit, engine object references are checked by their class, and code is
+ * loaded only if it carries this run's tag. A malformed message raises
+ * "cannot receive value: malformed message (...)". */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "codec.h"
+
+/* ------------------------------------------------------------- decoder */
+
+typedef struct dec {
+  lua_State *L;
+  const unsigned char *p, *end;
+  int refs; /* stack index: id -> value */
+  int nrefs;
+  int depth;
+  mpe_pipe **ends;
+  size_t nends;
+} dec;
+
+static _Noreturn void bad(dec *d, const char *what) {
+  luaL_error(d->L, "cannot receive value: malformed message (%s)", what);
+  abort(); /* not reached: luaL_error does not return */
+}
+
+static uint64_t take_be(dec *d, int n) {
+  if (d->end - d->p < n) bad(d, "truncated");
+  uint64_t v = 0;
+  for (int i = 0; i < n; i++) v = (v << 8) | d->p[i];
+  d->p += n;
+  return v;
+}
+
+static void dec_value(dec *d);
+
+static void reg(dec *d) {
+  lua_pushvalue(d->L, -1);
+  lua_rawseti(d->L, d->refs, ++d->nrefs);
+}
+
+static void dec_string(dec *d, uint64_t n) {
+  if ((uint64_t)(d->end - d->p) < n) bad(d, "truncated string");
+  lua_pushlstring(d->L, (const char *)d->p, (size_t)n);
+  d->p += n;
+}
+
+static void dec_table(dec *d, uint64_t n, int map) {
+  lua_State *L = d->L;
+  if (n > (uint64_t)(d->end - d->p)) bad(d, "count beyond the message");
+  luaL_checkstack(L, 4, "cannot receive value");
+  lua_createtable(L, map ? 0 : (int)n, map ? (int)n : 0);
+  reg(d);
+  for (uint64_t i = 1; i <= n; i++) {
+    if (map) {
+      dec_value(d);
+      if (lua_isnil(L, -1) || (lua_type(L, -1) == LUA_TNUMBER && isnan(lua_tonumber(L, -1))))
+        bad(d, "nil or NaN key");
+      dec_value(d);
+      lua_rawset(L, -3);
+    } else {
+      /* the common elements, small integers and floats, without a call */
+      unsigned char b = d->p < d->end ? *d->p : 0xc1;
+      if (b <= 0x7f) {
+        d->p++;
+        lua_pushinteger(L, b);
+      } else if (b >= 0xcc && b <= 0xce) { /* uint8, uint16, uint32 */
+        d->p++;
+        lua_pushinteger(L, (lua_Integer)take_be(d, 1 << (b - 0xcc)));
+      } else if (b == 0xcb && d->end - d->p >= 9) {
+        d->p++;
+        uint64_t u = take_be(d, 8);
+        double f;
+        memcpy(&f, &u, 8);
+        lua_pushnumber(L, (lua_Number)f);
+      } else {
+        dec_value(d);
+      }
+      lua_rawseti(L, -2, (lua_Integer)i);
+    }
+  }
+}
+
+static void push_module(dec *d, const char *name, size_t n) {
+  lua_State *L = d->L;
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_pushlstring(L, name, n);
+  if (lua_rawget(L, -2) == LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_getglobal(L, "require");
+    lua_pushlstring(L, name, n);
+    lua_call(L, 1, 1);
+  }
+  lua_remove(L, -2);
+}
+
+typedef struct load_src {
+  const char *p;
+  size_t n;
+} load_src;
+
+static const char *load_reader(lua_State *L, void *ud, size_t *size) {
+  (void)L;
+  load_src *s = ud;
+  *size = s->n;
+  s->n = 0;
+  return *size ? s->p : NULL;
+}
+
+static void dec_function(dec *d, uint64_t len) {
+  lua_State *L = d->L;
+  const unsigned char *end = d->p + len;
+  if (d->end - d->p < 5 || *d->p != 0xc6) bad(d, "function without code");
+  d->p++;
+  uint64_t n = take_be(d, 4);
+  if ((uint64_t)(end - d->p) < n) bad(d, "truncated function");
+  const unsigned char *code = d->p;
+  d->p += n;
+  if (end - d->p < 9 || *d->p != 0xcf) bad(d, "function without its tag");
+  d->p++;
+  uint64_t tag = take_be(d, 8);
+  if (tag != mpe_mac(code, (size_t)n))
+    luaL_error(L, "cannot receive value: a function whose code was not encoded in this run");
+  load_src src = {(const char *)code, (size_t)n};
+  if (n < 4 || memcmp(code, LUA_SIGNATURE, 4) != 0 || lua_load(L, load_reader, &src, "=?", "b") != LUA_OK)
+    bad(d, "bad function code");
+  reg(d);
+  int f = lua_gettop(L);
+  if (d->p >= end) bad(d, "function without upvalues");
+  unsigned char b = *d->p++;
+  uint64_t nup = 0;
+  if ((b & 0xf0) == 0x90) nup = b & 0x0f;
+  else if (b == 0xdc) nup = take_be(d, 2);
+  else if (b == 0xdd) nup = take_be(d, 4);
+  else bad(d, "function upvalues");
+  for (uint64_t i = 1; i <= nup; i++) {
+    dec_value(d);
+    if (!lua_setupvalue(L, f, (int)i)) bad(d, "too many upvalues");
+  }
+  if (d->p != end) bad(d, "trailing bytes in a function");
+}
+
+static void dec_ext(dec *d, int type, uint64_t len) {
+  lua_State *L = d->L;
+  if ((uint64_t)(d->end - d->p) < len) bad(d, "truncated extension");
+  const unsigned char *start = d->p;
+  switch (type) {
+  case EXT_REF: {
+    if (len != 4) bad(d, "reference size");
+    uint64_t id = take_be(d, 4);
+    if (id < 1 || id > (uint64_t)d->nrefs) bad(d, "reference to nothing");
+    lua_rawgeti(L, d->refs, (lua_Integer)id);
+    return;
+  }
+  case EXT_MODULE:
+    d->p += len;
+    push_module(d, (const char *)start, (size_t)len);
+    return;
+  case EXT_MODFIELD: {
+    d->p += len;
+    const char *s = (const char *)start, *z = memchr(s, 0, (size_t)len);
+    if (!z) bad(d, "module field");
+    push_module(d, s, (size_t)(z - s));
+    lua_pushlstring(L, z + 1, (size_t)(len - (uint64_t)(z - s) - 1));
+    if (lua_gettable(L, -2) == LUA_TNIL)
+      luaL_error(L, "cannot receive value: module '%s' has no field '%s'",
+                 lua_pushlstring(L, s, (size_t)(z - s)), z + 1);
+    lua_remove(L, -2);
+    return;
+  }
+  case EXT_FUNC:
+    dec_function(d, len);
+    return;
+  case EXT_MTTABLE: {
+    const unsigned char *end = d->end;
+    d->end = d->p + len;
+    dec_value(d);
+    if (!lua_istable(L, -1)) bad(d, "metatable on a non-table");
+    dec_value(d);
+    if (!lua_istable(L, -1)) bad(d, "metatable is not a table");
+    lua_setmetatable(L, -2);
+    if (d->p != d->end) bad(d, "trailing bytes after a metatable");
+    d->end = end;
+    return;
+  }
+  case EXT_OBJECT: {
+    if (len < 1) bad(d, "object");
+    lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.classes");
+    const mpel_class *cls = lua_rawgeti(L, -1, start[0]) == LUA_TLIGHTUSERDATA ? lua_touserdata(L, -1) : NULL;
+    lua_pop(L, 2);
+    if (!cls) bad(d, "unknown object kind");
+    d->p += len;
+    if (cls->decode(L, cls, start + 1, (size_t)len - 1, d->ends, d->nends) != 0) bad(d, "object reference");
+    reg(d);
+    return;
+  }
+  default:
+    bad(d, "unknown extension type");
+  }
+}
+
+static void dec_one(dec *d);
+
+/* Every value counts towards the nesting limit: tables, functions and
+ * extensions nest through here, so no input can exhaust the C stack. */
+static void dec_value(dec *d) {
+  if (++d->depth > 2 * MAX_DEPTH + 8) bad(d, "nested too deeply");
+  dec_one(d);
+  d->depth--;
+}
+
+static void dec_one(dec *d) {
+  lua_State *L = d->L;
+  if (d->p >= d->end) bad(d, "truncated");
+  luaL_checkstack(L, 3, "cannot receive value");
+  unsigned char b = *d->p++;
+  if (b <= 0x7f) { lua_pushinteger(L, b); return; }
+  if (b >= 0xe0) { lua_pushinteger(L, (lua_Integer)(int8_t)b); return; }
+  if ((b & 0xf0) == 0x80) { dec_table(d, b & 0x0f, 1); return; }
+  if ((b & 0xf0) == 0x90) { dec_table(d, b & 0x0f, 0); return; }
+  if ((b & 0xe0) == 0xa0) { dec_string(d, b & 0x1f); return; }
+  switch (b) {
+  case 0xc0: lua_pushnil(L); return;
+  case 0xc2: lua_pushboolean(L, 0); return;
+  case 0xc3: lua_pushboolean(L, 1); return;
+  case 0xc4: case 0xd9: dec_string(d, take_be(d, 1)); return;
+  case 0xc5: case 0xda: dec_string(d, take_be(d, 2)); return;
+  case 0xc6: case 0xdb: dec_string(d, take_be(d, 4)); return;
+  case 0xc7: case 0xc8: case 0xc9: {
+    uint64_t n = take_be(d, b == 0xc7 ? 1 : b == 0xc8 ? 2 : 4);
+    int type = (int)take_be(d, 1);
+    dec_ext(d, type, n);
+    return;
+  }
+  case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8: {
+    int type = (int)take_be(d, 1);
+    dec_ext(d, type, (uint64_t)1 << (b - 0xd4));
+    return;
+  }
+  case 0xca: {
+    uint32_t u = (uint32_t)take_be(d, 4);
+    float f;
+    memcpy(&f, &u, 4);
+    lua_pushnumber(L, (lua_Number)f);
+    return;
+  }
+  case 0xcb: {
+    uint64_t u = take_be(d, 8);
+    double f;
+    memcpy(&f, &u, 8);
+    lua_pushnumber(L, (lua_Number)f);
+    return;
+  }
+  case 0xcc: lua_pushinteger(L, (lua_Integer)take_be(d, 1)); return;
+  case 0xcd: lua_pushinteger(L, (lua_Integer)take_be(d, 2)); return;
+  case 0xce: lua_pushinteger(L, (lua_Integer)take_be(d, 4)); return;
+  case 0xcf: lua_pushinteger(L, (lua_Integer)take_be(d, 8)); return;
+  case 0xd0: lua_pushinteger(L, (int8_t)take_be(d, 1)); return;
+  case 0xd1: lua_pushinteger(L, (int16_t)take_be(d, 2)); return;
+  case 0xd2: lua_pushinteger(L, (int32_t)take_be(d, 4)); return;
+  case 0xd3: lua_pushinteger(L, (lua_Integer)take_be(d, 8)); return;
+  case 0xdc: dec_table(d, take_be(d, 2), 0); return;
+  case 0xdd: dec_table(d, take_be(d, 4), 0); return;
+  case 0xde: dec_table(d, take_be(d, 2), 1); return;
+  case 0xdf: dec_table(d, take_be(d, 4), 1); return;
+  default: bad(d, "reserved byte");
+  }
+}
+
+int mpel_decoding_copy;
+
+static void decode(lua_State *L, const char *buf, size_t len, mpe_pipe **ends, size_t nends);
+
+void mpel_decode(lua_State *L, const char *buf, size_t len, mpe_pipe **ends, size_t nends) {
+  mpel_decoding_copy = 0;
+  decode(L, buf, len, ends, nends);
+}
+
+static void decode(lua_State *L, const char *buf, size_t len, mpe_pipe **ends, size_t nends) {
+  dec d;
+  memset(&d, 0, sizeof d);
+  d.L = L;
+  d.p = (const unsigned char *)buf;
+  d.end = d.p + len;
+  d.ends = ends;
+  d.nends = nends;
+  lua_newtable(L);
+  d.refs = lua_gettop(L);
+  dec_value(&d);
+  if (d.p != d.end) bad(&d, "trailing bytes");
+  lua_remove(L, d.refs);
+}
+
+void mpel_decode_copy(lua_State *L, const char *buf, size_t len) {
+  mpel_decoding_copy = 1; /* reset by the next mpel_decode, even after a raise */
+  decode(L, buf, len, NULL, 0);
+  mpel_decoding_copy = 0;
+}

@@ -1,0 +1,137 @@
+-- pool_worker.lua - the worker side of mp.Pool (pool.lua is the parent).
+--
+-- A worker takes batches from its own inbox: {fid, star, timed, cids,
+-- counts, items}, chunks of one job with their items laid end to end, and
+-- function definitions {fns} the first time an id is used. Before each task
+-- it stamps (chunk, task, start time) in its slot of a shared Array, so the
+-- parent can say which task a dead or slow worker held. Results go back
+-- through the shared results queue, a reply per batch (or every 2 ms).
+local mp = ...
+
+local STAMP = 3 -- stamp fields per worker slot: chunk id, task index, start time
+local unpack = table.unpack
+
+local memory_limit_of_this_worker
+
+-- Lua calls no message handler for a memory error: say what happened here.
+local function explain(err)
+  if err == "not enough memory" and memory_limit_of_this_worker then
+    return ("Pool: the task ran out of memory (the pool's memory_limit is %d bytes a worker)")
+      :format(memory_limit_of_this_worker)
+  end
+  return err
+end
+
+local function traceback(e)
+  if type(e) ~= "string" then
+    local mt = getmetatable(e)
+    e = mt and mt.__tostring and tostring(e) or ("(error object is a %s value)"):format(type(e))
+  end
+  -- the worker's own frames only: cut where the pool called the task
+  local tb = debug.traceback(e, 2)
+  return (tb:gsub("\n\t[^\n]*mpengine%.pool_worker:.*$", ""))
+end
+
+-- Runs the n tasks of one chunk, items[pos+1 .. pos+n], into values[] (and
+-- errors[], by position); the stamp names the chunk and the task running.
+local function run_chunk(fn, star, timed, stamp, where, cid, items, pos, n, values, errors)
+  stamp(cid, 0, timed)
+  -- one protected call for the whole chunk (locals only in the hot loop);
+  -- after an error, the stamp tells which task failed: go on from the next
+  local function run(from)
+    for i = from, n do
+      stamp(nil, i, timed)
+      local p = pos + i
+      if star then values[p] = fn(unpack(items[p])) else values[p] = fn(items[p]) end
+    end
+    return n
+  end
+  local from = 1
+  while from <= n do
+    local ok, err = xpcall(run, traceback, from)
+    if ok then break end
+    local i = math.tointeger(where()) -- the task that failed
+    errors[pos + i] = explain(err)
+    from = i + 1
+  end
+  stamp(0, 0)
+end
+
+-- Sends one reply: the chunks cids[] (counts[] tasks each), their values
+-- and errors by position from 1. A result that cannot travel fails its own
+-- task only.
+local function send_reply(results, msg)
+  if pcall(results.put, results, msg) then return end
+  local n = 0
+  for _, c in ipairs(msg.counts) do n = n + c end
+  for p = 1, n do
+    local fine, why = pcall(mp.encode, msg.values[p])
+    if not fine then
+      msg.values[p] = nil
+      msg.errors = msg.errors or {}
+      msg.errors[p] = (why:gsub("at value", "at the result of task 1", 1))
+    end
+  end
+  results:put(msg)
+end
+
+-- The body of every worker process. A batch is {fid, star, timed, cids,
+-- counts, items}: chunks of one job, their items laid end to end.
+local function worker_main(slot, inbox, results, stamps, init, initargs, maxtasks, memory_limit)
+  if memory_limit then
+    memory_limit_of_this_worker = memory_limit
+    local ok, why = mp._limit_memory(memory_limit)
+    if not ok then
+      results:put({init_error = "cannot set memory_limit: " .. tostring(why), slot = slot})
+      return
+    end
+  end
+  if init then
+    local ok, err = xpcall(init, traceback, unpack(initargs or {}))
+    if not ok then
+      results:put({init_error = err, slot = slot})
+      return
+    end
+  end
+  local base = (slot - 1) * STAMP
+  local stamp = mp._stamper(stamps, base)
+  local function where() return stamps[base + 2] end
+  local fns, done = {}, 0
+  for msg in inbox:iter() do
+    if msg.fns then for id, fn in pairs(msg.fns) do fns[id] = fn end end
+    if msg.cids then
+      local fn, star, timed, items = fns[msg.fid], msg.star, msg.timed, msg.items
+      local values, errors = {}, {}
+      local pos, from, first_chunk = 0, 0, 1
+      local t_reply = mp.time()
+      local nchunks = #msg.cids
+      for k = 1, nchunks do
+        local n = msg.counts[k]
+        run_chunk(fn, star, timed, stamp, where, msg.cids[k], items, pos, n, values, errors)
+        pos = pos + n
+        done = done + 1
+        local now = mp.time()
+        -- replies go together, unless the batch takes long
+        if k == nchunks or now - t_reply > 0.002 then
+          local r_errors
+          for p, e in pairs(errors) do
+            r_errors = r_errors or {}
+            r_errors[p - from] = e
+          end
+          local whole = first_chunk == 1 and k == nchunks -- the usual case: no copies
+          send_reply(results, {slot = slot,
+                               cids = whole and msg.cids or table.move(msg.cids, first_chunk, k, 1, {}),
+                               counts = whole and msg.counts or table.move(msg.counts, first_chunk, k, 1, {}),
+                               values = whole and values or table.move(values, from + 1, pos, 1, {}),
+                               errors = r_errors, dt = (now - t_reply) / (k - first_chunk + 1)})
+          values, errors, from, first_chunk, t_reply = {}, {}, pos, k + 1, now
+        end
+      end
+      if maxtasks and done >= maxtasks then return end
+    end
+    if msg.forget then fns = {} end
+    if msg.quit then return end
+  end
+end
+
+return worker_main
