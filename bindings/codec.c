@@ -17,6 +17,9 @@
  *              always travels as MODULE "_G": the receiver's globals
  *   5 MTTABLE  table, metatable
  *   6 OBJECT   kind byte, reference: an engine object (see mpe_lua.h)
+ *   7 UPJOIN   u32 function id, u16 index: in place of an upvalue, "the same
+ *              variable as upvalue index of that function" (closures that
+ *              share a variable still share it on the other side)
  *
  * Ids: tables, Lua functions and engine objects get ids 1, 2, ... in the order
  * the encoder meets them (depth first), and the decoder counts the same way,
@@ -98,6 +101,7 @@ typedef struct enc {
   lua_State *L;
   mpel_wire *w;
   int seen; /* stack index: value -> id */
+  int upids; /* stack index: upvalue id -> function id << 16 | index */
   int rev;  /* stack index: value -> "mod" or "mod\0key" */
   int nextid;
   int depth;
@@ -393,6 +397,7 @@ static int enc_function(enc *e, int idx) {
     return fail(e, "C function (not a field of a loaded module)");
   }
   if (enc_seen(e, idx)) return 0;
+  int fid = e->nextid; /* the id enc_seen just gave */
   if (++e->depth > MAX_DEPTH) return fail(e, "functions nested too deeply");
   size_t ext = open_ext(e, EXT_FUNC);
   put_be(e, 0xc6, 0, 4); /* bin32, length patched below */
@@ -417,6 +422,20 @@ static int enc_function(enc *e, int idx) {
       lua_pop(L, 1);
       continue;
     }
+    /* a variable another closure of this message shares: name it, do not copy it */
+    lua_pushlightuserdata(L, lua_upvalueid(L, idx, i));
+    if (lua_rawget(L, e->upids) == LUA_TNUMBER) {
+      lua_Integer at = lua_tointeger(L, -1);
+      unsigned char b[6] = {(unsigned char)(at >> 40), (unsigned char)(at >> 32), (unsigned char)(at >> 24),
+                            (unsigned char)(at >> 16), (unsigned char)(at >> 8), (unsigned char)at};
+      put_ext(e, EXT_UPJOIN, b, 6);
+      lua_pop(L, 2);
+      continue;
+    }
+    lua_pop(L, 1);
+    lua_pushlightuserdata(L, lua_upvalueid(L, idx, i));
+    lua_pushinteger(L, ((lua_Integer)fid << 16) | i);
+    lua_rawset(L, e->upids);
     if (enc_value(e, lua_gettop(L)) != 0) {
       seg_text(e, "[upvalue ", name && *name ? name : "?", "]");
       return -1;
@@ -606,6 +625,8 @@ void mpel_encode(lua_State *L, int idx, const char *root, mpel_wire *w) {
   e.seen = lua_gettop(L);
   rev_push(L);
   e.rev = lua_gettop(L);
+  lua_newtable(L);
+  e.upids = lua_gettop(L);
   size_t start = w->len;
   size_t ends0 = w->nends;
   if (enc_value(&e, idx) != 0) {

@@ -4,7 +4,7 @@
 #include "mpe_lua.h"
 
 /* The extension types (codec.c describes them); never renumber. */
-enum { EXT_REF = 1, EXT_MODULE, EXT_MODFIELD, EXT_FUNC, EXT_MTTABLE, EXT_OBJECT };
+enum { EXT_REF = 1, EXT_MODULE, EXT_MODFIELD, EXT_FUNC, EXT_MTTABLE, EXT_OBJECT, EXT_UPJOIN };
 
 /* Nesting limit of the encoder; the decoder allows twice as much (a table
  * with a metatable, a function with upvalues, take two levels). */

@@ -138,6 +138,21 @@ static void dec_function(dec *d, uint64_t len) {
   else if (b == 0xdd) nup = take_be(d, 4);
   else bad(d, "function upvalues");
   for (uint64_t i = 1; i <= nup; i++) {
+    if (end - d->p >= 9 && d->p[0] == 0xc7 && d->p[1] == 6 && d->p[2] == EXT_UPJOIN) {
+      /* the same variable as an upvalue of a function decoded before */
+      d->p += 3;
+      uint64_t other = take_be(d, 4), j = take_be(d, 2);
+      if (other < 1 || other > (uint64_t)d->nrefs || i > 255) bad(d, "shared upvalue");
+      lua_rawgeti(L, d->refs, (lua_Integer)other);
+      int o = lua_gettop(L);
+      if (lua_type(L, o) != LUA_TFUNCTION || lua_iscfunction(L, o) || j < 1 ||
+          !lua_getupvalue(L, o, (int)j) || !lua_getupvalue(L, f, (int)i))
+        bad(d, "shared upvalue");
+      lua_pop(L, 2);
+      lua_upvaluejoin(L, f, (int)i, o, (int)j);
+      lua_pop(L, 1);
+      continue;
+    }
     dec_value(d);
     if (!lua_setupvalue(L, f, (int)i)) bad(d, "too many upvalues");
   }

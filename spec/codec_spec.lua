@@ -87,6 +87,18 @@ describe("codec", function()
     assert.are.equal(2, counter())
   end)
 
+  it("keeps a variable shared by closures shared", function()
+    local function counter()
+      local n = 0
+      return {inc = function() n = n + 1 return n end, get = function() return n end}
+    end
+    local c = rt(counter())
+    c.inc(); c.inc()
+    assert.are.equal(2, c.get())
+    local other = rt(counter()) -- a separate message: its own variable
+    assert.are.equal(0, other.get())
+  end)
+
   it("sends modules and their C functions by name", function()
     local cjson = require "cjson"
     local r = rt{string = string, fmt = string.format, out = io.stdout, json = cjson, enc = cjson.encode, mp = mp}
@@ -119,6 +131,8 @@ describe("codec", function()
     fh:close()
     _, err = pcall(mp.encode, {["odd key"] = coroutine.wrap(print)})
     assert.matches('cannot send value at value%["odd key"%]: C closure with upvalues', err)
+    _, err = pcall(mp.encode, getmetatable(io.stdout).__index.read) -- a C function of no module
+    assert.matches("cannot send value at value: C function %(not a field of a loaded module%)", err)
     _, err = pcall(mp.encode, function() return co end)
     assert.matches("cannot send value at value%[upvalue co%]: thread", err)
     _, err = pcall(mp.encode, setmetatable({}, {__index = {co}}))
