@@ -185,10 +185,9 @@ static int l_isatty(lua_State *L) {
 }
 
 static int l_spin(lua_State *L) {
-  /* mp._spin([microseconds]) -> previous microseconds */
-  long old = lua_isnoneornil(L, 1) ? mpe_spin_set(-2) : mpe_spin_set((long)(luaL_checknumber(L, 1) * 1000));
-  if (lua_isnoneornil(L, 1)) mpe_spin_set(old);
-  lua_pushnumber(L, (lua_Number)old / 1000);
+  /* mp._spin([microseconds]) -> the previous microseconds (no argument: just read) */
+  long ns = lua_isnoneornil(L, 1) ? -1 : (long)(luaL_checknumber(L, 1) * 1000);
+  lua_pushnumber(L, (lua_Number)mpe_spin_set(ns) / 1000);
   return 1;
 }
 

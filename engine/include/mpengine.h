@@ -92,7 +92,7 @@ MPE_API int mpe_sleep(double seconds, double *left);
 
 /* How long a wait of this process spins before it sleeps in the kernel, in
  * nanoseconds (default: $MPENGINE_SPIN_US microseconds, else 20 us, or 0 on
- * one CPU). Sets it, returns the previous value. Spinning shortens hand-offs
+ * one CPU). Sets it (ns < 0: leaves it), returns the previous value. Spinning shortens hand-offs
  * when a CPU is free and steals one when none is: a dispatcher with a busy
  * worker on every CPU should not spin. */
 MPE_API long mpe_spin_set(long ns);

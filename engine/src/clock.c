@@ -117,6 +117,6 @@ double mpe__slice_end(const mpe__deadline *d, double slice, mpe__deadline *out) 
 
 long mpe_spin_set(long ns) {
   long old = mpe__spin_ns();
-  spin = ns < 0 ? 0 : ns;
+  if (ns >= 0) spin = ns;
   return old;
 }
