@@ -273,9 +273,73 @@ static int l_stamper(lua_State *L) {
   return 1;
 }
 
+/* ---- bulk moves for the Pool's packed numbers (not part of the API) */
+
+/* arr:_slice(first, n): a table of elements first .. first + n - 1. */
+static int a_slice(lua_State *L) {
+  mpe_value *v = check_any(L, 1);
+  lua_Integer first = luaL_checkinteger(L, 2), n = luaL_checkinteger(L, 3);
+  luaL_argcheck(L, first >= 1 && n >= 0 && (size_t)(first - 1 + n) <= mpe_value_count(v), 2, "out of range");
+  int isfloat = mpe_typecode_is_float(mpe_value_typecode(v));
+  const int64_t *qi = mpe_value_data(v);
+  const double *qd = mpe_value_data(v);
+  lua_createtable(L, (int)n, 0);
+  for (lua_Integer i = 0; i < n; i++) {
+    if (isfloat) lua_pushnumber(L, (lua_Number)qd[first - 1 + i]);
+    else lua_pushinteger(L, (lua_Integer)qi[first - 1 + i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  return 1;
+}
+
+/* arr:_store(t, first, n [, from]): t[from .. from + n - 1] (from = 1 by
+ * default) into elements first ..; true if every one was a number of the
+ * Array's kind (else false, and the caller sends them the ordinary way). */
+static int a_store(lua_State *L) {
+  mpe_value *v = check_any(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_Integer first = luaL_checkinteger(L, 3), n = luaL_checkinteger(L, 4);
+  lua_Integer from = luaL_optinteger(L, 5, 1) - 1;
+  luaL_argcheck(L, first >= 1 && n >= 0 && (size_t)(first - 1 + n) <= mpe_value_count(v), 3, "out of range");
+  int isfloat = mpe_typecode_is_float(mpe_value_typecode(v));
+  int64_t *qi = mpe_value_data(v);
+  double *qd = mpe_value_data(v);
+  for (lua_Integer i = 1; i <= n; i++) {
+    int t = lua_rawgeti(L, 2, from + i);
+    int ok = t == LUA_TNUMBER && lua_isinteger(L, -1) == !isfloat;
+    if (ok && isfloat) qd[first - 2 + i] = (double)lua_tonumber(L, -1);
+    else if (ok) qi[first - 2 + i] = (int64_t)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    if (!ok) {
+      lua_pushboolean(L, 0);
+      return 1;
+    }
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* arr:_into(t, first, n): elements first .. first + n - 1 into t[first ..]. */
+static int a_into(lua_State *L) {
+  mpe_value *v = check_any(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_Integer first = luaL_checkinteger(L, 3), n = luaL_checkinteger(L, 4);
+  luaL_argcheck(L, first >= 1 && n >= 0 && (size_t)(first - 1 + n) <= mpe_value_count(v), 3, "out of range");
+  int isfloat = mpe_typecode_is_float(mpe_value_typecode(v));
+  const int64_t *qi = mpe_value_data(v);
+  const double *qd = mpe_value_data(v);
+  for (lua_Integer i = first; i < first + n; i++) {
+    if (isfloat) lua_pushnumber(L, (lua_Number)qd[i - 1]);
+    else lua_pushinteger(L, (lua_Integer)qi[i - 1]);
+    lua_rawseti(L, 2, i);
+  }
+  return 0;
+}
+
 static const luaL_Reg value_methods[] = {{"get_lock", get_lock}, {"add", value_add}, {NULL, NULL}};
 static const luaL_Reg array_methods[] = {
-    {"get_lock", get_lock}, {"add", array_add}, {"totable", array_totable}, {NULL, NULL},
+    {"get_lock", get_lock}, {"add", array_add}, {"totable", array_totable},
+    {"_slice", a_slice},    {"_store", a_store}, {"_into", a_into}, {NULL, NULL},
 };
 
 static void set_access(lua_State *L, const char *name, lua_CFunction index, lua_CFunction newindex) {
@@ -300,4 +364,5 @@ void mpel_open_value(lua_State *L) {
   lua_pop(L, 1);
   lua_pushcfunction(L, l_stamper);
   lua_setfield(L, -2, "_stamper");
+
 }

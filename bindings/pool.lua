@@ -25,6 +25,8 @@ local QUEUED = 0.02      -- keep about this many seconds of work queued at each 
 local MAXDEPTH = 256     -- and at most this many chunks
 local SLICE = 0.01       -- the parent looks at its workers at least this often
 local STAMP = 3          -- stamp fields per worker slot: chunk id, task index, start time
+local PACK_MIN = 4096    -- a list of numbers at least this long travels packed
+local PACKED_CHUNK = 64  -- in chunks at least this big
 
 local Pool = {}
 Pool.__index = Pool
@@ -282,9 +284,19 @@ local function handle_result(self, m)
   local values, errors, pos = m.values, m.errors, 0
   for k, cid in ipairs(m.cids) do
     local n = m.counts[k]
+    local stored = m.stored and m.stored[k]
     if w then remove_outstanding(w, cid) end
     local c = self.chunks[cid]
-    if c and not c.job.cancelled then
+    if c and not c.job.cancelled and stored then
+      -- the values are in the job's shared Array: straight into place
+      local job = c.job
+      job.pout:_into(job.values, c.first, n)
+      job.done = job.done + n
+      if job.progress then
+        job.progress.done = job.done
+        progress_draw(job.progress)
+      end
+    elseif c and not c.job.cancelled then
       local job = c.job
       local clean = not job.stream
       if errors and clean then
@@ -307,7 +319,7 @@ local function handle_result(self, m)
       end
     end
     if c then chunk_finished(self, cid) end
-    pos = pos + n
+    if not stored then pos = pos + n end
   end
 end
 
@@ -325,8 +337,15 @@ local function dispatch(self)
   end
   local per_batch = math.max(1, depth // 2) -- two batches in flight: no idle gap
   local open = {} -- slot -> the batch being filled
-  local sends = {}
   local timed = self.timeout ~= nil
+  local function send(slot)
+    local b = open[slot]
+    if b then
+      open[slot] = nil
+      b.job = nil -- not for the wire
+      self.workers[slot].inbox:put(b)
+    end
+  end
   while self.phead <= self.ptail do
     local w, best, slot = nil, depth, nil
     for s = 1, self.n do
@@ -340,11 +359,19 @@ local function dispatch(self)
     local c = self.chunks[cid]
     if c and not c.job.cancelled then
       local job, fe = c.job, c.job.fentry
+      -- packed: the chunk's numbers go into the shared Array now (a list
+      -- that turns out mixed goes the ordinary way from here on)
+      local packed = job.pin and not job.unpacked and job.pin:_store(job.items, c.first, c.n, c.first)
+      if job.pin and not packed then job.unpacked = true end -- the Arrays stay: chunks sent still answer there
       local b = open[slot]
-      if not b or b.job ~= job or #b.cids >= per_batch then
-        b = {fid = fe.id, star = job.star, timed = timed, cids = {}, counts = {}, items = {}, job = job}
+      if b and (b.job ~= job or (b.pin ~= nil) ~= (packed and true or false) or #b.cids >= per_batch) then
+        send(slot)
+        b = nil
+      end
+      if not b then
+        b = {fid = fe.id, star = job.star, timed = timed, cids = {}, counts = {}, job = job}
+        if packed then b.pin, b.pout, b.firsts = job.pin, job.pout, {} else b.items = {} end
         open[slot] = b
-        sends[#sends + 1] = {w, b}
       end
       if not w.fids[fe.id] then
         b.fns = b.fns or {}
@@ -353,20 +380,19 @@ local function dispatch(self)
       end
       local k = #b.cids + 1
       b.cids[k], b.counts[k] = cid, c.n
-      table.move(job.items, c.first, c.first + c.n - 1, #b.items + 1, b.items)
+      if packed then b.firsts[k] = c.first
+      else table.move(job.items, c.first, c.first + c.n - 1, #b.items + 1, b.items) end
       w.sent = w.sent + 1
       w.outstanding[cid] = w.sent
       w.held = w.held + 1
       w.dispatched = w.dispatched + 1
       if self.maxtasks and w.dispatched >= self.maxtasks then w.retiring = true end
+      if #b.cids >= per_batch then send(slot) end -- full: the worker can start
     elseif c then
       chunk_finished(self, cid)
     end
   end
-  for _, sb in ipairs(sends) do
-    sb[2].job = nil -- not for the wire
-    sb[1].inbox:put(sb[2])
-  end
+  for slot in pairs(open) do send(slot) end
 end
 
 -- A worker has gone (died, retired, or was killed for a timeout).
@@ -586,6 +612,14 @@ local function map_job(self, kind, fn, list, star, chunksize, opts, blocking)
   if job.progress then job.progress.total = n end
   local cs = chunksize or auto_chunksize(self, n)
   job.items = blocking and list or table.move(list, 1, n, 1, {})
+  -- A long list of numbers in big chunks travels packed in shared memory,
+  -- written chunk by chunk as it is sent (dispatch), read and answered by the
+  -- workers in place; anything else goes through the codec.
+  local first_type = math.type(list[1])
+  if not star and n >= PACK_MIN and cs >= PACKED_CHUNK and first_type then
+    local tc = first_type == "integer" and 'q' or 'd'
+    job.pin, job.pout = mp.Array(tc, n, {lock = false}), mp.Array(tc, n, {lock = false})
+  end
   for first = 1, n, cs do add_chunk(self, job, first, math.min(cs, n - first + 1)) end
   job.exhausted = true
   if n == 0 then finish_job(self, job) end

@@ -75,6 +75,33 @@ local function send_reply(results, msg)
   results:put(msg)
 end
 
+-- A batch of packed numbers: each chunk's items come from the shared Array
+-- msg.pin and, when its results are numbers of the same kind with no error,
+-- they go straight into msg.pout; only the others travel in the reply.
+local function run_packed(fn, msg, stamp, where, slot, results)
+  local t0 = mp.time()
+  local r = {slot = slot, cids = {}, counts = {}, stored = {}, values = {}}
+  local vpos = 0
+  for k = 1, #msg.cids do
+    local first, n = msg.firsts[k], msg.counts[k]
+    local values, errors = {}, {}
+    run_chunk(fn, false, msg.timed, stamp, where, msg.cids[k], msg.pin:_slice(first, n), 0, n, values, errors)
+    local stored = next(errors) == nil and msg.pout:_store(values, first, n)
+    r.cids[k], r.counts[k], r.stored[k] = msg.cids[k], n, stored
+    if not stored then
+      table.move(values, 1, n, vpos + 1, r.values)
+      for p, e in pairs(errors) do
+        r.errors = r.errors or {}
+        r.errors[vpos + p] = e
+      end
+      vpos = vpos + n
+    end
+  end
+  r.dt = (mp.time() - t0) / #msg.cids
+  send_reply(results, r)
+  return #msg.cids
+end
+
 -- The body of every worker process. A batch is {fid, star, timed, cids,
 -- counts, items}: chunks of one job, their items laid end to end.
 local function worker_main(slot, inbox, results, stamps, init, initargs, maxtasks, memory_limit)
@@ -99,7 +126,10 @@ local function worker_main(slot, inbox, results, stamps, init, initargs, maxtask
   local fns, done = {}, 0
   for msg in inbox:iter() do
     if msg.fns then for id, fn in pairs(msg.fns) do fns[id] = fn end end
-    if msg.cids then
+    if msg.pin then
+      done = done + run_packed(fns[msg.fid], msg, stamp, where, slot, results)
+      if maxtasks and done >= maxtasks then return end
+    elseif msg.cids then
       local fn, star, timed, items = fns[msg.fid], msg.star, msg.timed, msg.items
       local values, errors = {}, {}
       local pos, from, first_chunk = 0, 0, 1

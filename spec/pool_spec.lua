@@ -71,6 +71,37 @@ describe("Pool", function()
     assert.are.same({1, 4}, pool:map_async(function(x) return x * x end, {1, 2}):get())
   end)
 
+  it("long lists of numbers (packed in shared memory) give exact results of every kind", function()
+    local n = 10000
+    local ints, floats, mixed = {}, {}, {}
+    for i = 1, n do
+      ints[i], floats[i] = i, i + 0.5
+      mixed[i] = i <= n // 2 and i or i + 0.25
+    end
+    local sq = pool:map(function(x) return x * x end, ints)
+    for i = 1, n do assert(sq[i] == i * i and math.type(sq[i]) == "integer", i) end
+    local half = pool:map(function(x) return x / 2 end, ints) -- int in, float out
+    for i = 1, n do assert(half[i] == i / 2 and math.type(half[i]) == "float", i) end
+    local fl = pool:map(function(x) return x * 2 end, floats)
+    for i = 1, n do assert(fl[i] == 2 * i + 1 and math.type(fl[i]) == "float", i) end
+    local mx = pool:map(function(x) return x end, mixed)
+    for i = 1, n do assert(mx[i] == mixed[i] and math.type(mx[i]) == math.type(mixed[i]), i) end
+    local str = pool:map(function(x) return tostring(x) end, ints)
+    for i = 1, n do assert(str[i] == tostring(i), i) end
+    local some = pool:map(function(x) if x % 1000 == 0 then return "k" end return x end, ints)
+    for i = 1, n do assert(some[i] == (i % 1000 == 0 and "k" or i), i) end
+    local ok, err = pcall(pool.map, pool, function(x) if x == 7777 then error("seven sevens") end return x end, ints)
+    assert.is_false(ok)
+    assert.matches("seven sevens", err)
+    ok, err = pcall(pool.map, pool, function(x)
+      if x == 6000 then os.execute("kill -9 " .. mp.getpid()) mp.sleep(10) end
+      return x
+    end, ints)
+    assert.is_false(ok)
+    assert.matches("killed by signal 9", err)
+    assert.are.same(ints, pool:map(function(x) return x end, ints))
+  end)
+
   it("imap streams in order; imap_unordered as tasks finish", function()
     local seen = {}
     for i, v in pool:imap(function(x) return x * 10 end, range(50)) do

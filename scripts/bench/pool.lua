@@ -66,7 +66,7 @@ function M.main()
   local xs = {}
   for i = 1, 200000 do xs[i] = i end
   pool:map(function(x) return x * x end, {1, 2, 3}) -- workers warm
-  local t = B.time_median(3, function() pool:map(function(x) return x * x end, xs) end)
+  local t = B.time_median(7, function() pool:map(function(x) return x * x end, xs) end)
   local map_rate = 200000 / t
   local ys = table.move(xs, 1, 20000, 1, {})
   t = B.time_median(3, function() pool:map(function(x) return x * x end, ys, 1) end)
