@@ -210,6 +210,14 @@ static int l_limit_memory(lua_State *L) {
   return 1;
 }
 
+/* mp._newtable(n): a table with room for n list elements (no rehash while
+ * a result list of known length fills up). */
+static int l_newtable(lua_State *L) {
+  lua_Integer n = luaL_checkinteger(L, 1);
+  lua_createtable(L, n > 0 && n < (1 << 30) ? (int)n : 0, 0);
+  return 1;
+}
+
 static int l_in_child(lua_State *L) {
   lua_pushboolean(L, mpe_in_child());
   return 1;
@@ -252,6 +260,7 @@ static const luaL_Reg funcs[] = {
     {"_isatty", l_isatty},
     {"_in_child", l_in_child},
     {"_spin", l_spin},
+    {"_newtable", l_newtable},
     {"_limit_memory", l_limit_memory},
     {NULL, NULL},
 };

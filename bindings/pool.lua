@@ -609,6 +609,7 @@ local function map_job(self, kind, fn, list, star, chunksize, opts, blocking)
   local job = new_job(self, kind, fid_of(self, fn), star, opts)
   local n = #list
   job.n = n
+  job.values = mp._newtable(n)
   if job.progress then job.progress.total = n end
   local cs = chunksize or auto_chunksize(self, n)
   job.items = blocking and list or table.move(list, 1, n, 1, {})

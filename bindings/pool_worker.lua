@@ -84,7 +84,7 @@ local function run_packed(fn, msg, stamp, where, slot, results)
   local vpos = 0
   for k = 1, #msg.cids do
     local first, n = msg.firsts[k], msg.counts[k]
-    local values, errors = {}, {}
+    local values, errors = mp._newtable(n), {}
     run_chunk(fn, false, msg.timed, stamp, where, msg.cids[k], msg.pin:_slice(first, n), 0, n, values, errors)
     local stored = next(errors) == nil and msg.pout:_store(values, first, n)
     r.cids[k], r.counts[k], r.stored[k] = msg.cids[k], n, stored
@@ -131,7 +131,7 @@ local function worker_main(slot, inbox, results, stamps, init, initargs, maxtask
       if maxtasks and done >= maxtasks then return end
     elseif msg.cids then
       local fn, star, timed, items = fns[msg.fid], msg.star, msg.timed, msg.items
-      local values, errors = {}, {}
+      local values, errors = mp._newtable(#items), {}
       local pos, from, first_chunk = 0, 0, 1
       local t_reply = mp.time()
       local nchunks = #msg.cids
