@@ -304,16 +304,26 @@ static int a_store(lua_State *L) {
   int isfloat = mpe_typecode_is_float(mpe_value_typecode(v));
   int64_t *qi = mpe_value_data(v);
   double *qd = mpe_value_data(v);
-  for (lua_Integer i = 1; i <= n; i++) {
-    int t = lua_rawgeti(L, 2, from + i);
-    int ok = t == LUA_TNUMBER && lua_isinteger(L, -1) == !isfloat;
-    if (ok && isfloat) qd[first - 2 + i] = (double)lua_tonumber(L, -1);
-    else if (ok) qi[first - 2 + i] = (int64_t)lua_tointeger(L, -1);
-    lua_pop(L, 1);
-    if (!ok) {
-      lua_pushboolean(L, 0);
-      return 1;
+  /* in blocks: push a block of elements, read them, drop them at once */
+  enum { BLOCK = 64 };
+  luaL_checkstack(L, BLOCK, "_store");
+  int base = lua_gettop(L);
+  for (lua_Integer i = 1; i <= n; i += BLOCK) {
+    lua_Integer m = n - i + 1 < BLOCK ? n - i + 1 : BLOCK;
+    for (lua_Integer j = 0; j < m; j++) lua_rawgeti(L, 2, from + i + j);
+    for (lua_Integer j = 0; j < m; j++) {
+      int at = base + 1 + (int)j, isint;
+      lua_Integer x = lua_tointegerx(L, at, &isint);
+      int ok = isfloat ? lua_type(L, at) == LUA_TNUMBER && !lua_isinteger(L, at)
+                       : isint && lua_isinteger(L, at);
+      if (!ok) {
+        lua_pushboolean(L, 0);
+        return 1;
+      }
+      if (isfloat) qd[first - 2 + i + j] = (double)lua_tonumber(L, at);
+      else qi[first - 2 + i + j] = (int64_t)x;
     }
+    lua_settop(L, base);
   }
   lua_pushboolean(L, 1);
   return 1;
