@@ -5,11 +5,12 @@
 --
 -- * Each worker has its own inbox queue and the parent decides which worker
 --   gets which chunk, so the parent always knows who holds what. A worker
---   stamps (chunk, task, start time) in a shared Array before each task. When
---   a worker dies (any signal, os.exit, out of memory) the parent first takes
---   every result already queued, then fails only the task the stamp names
---   with an error that says how the worker died, sends the chunk's other
---   tasks to other workers, and starts a replacement. Nothing waits forever.
+--   stamps (chunk, task, start time) in a shared Array as it goes. When a
+--   worker dies (any signal, os.exit, out of memory) the parent first takes
+--   every result already queued, then fails the task the stamp names with an
+--   error that says how the worker died (or, in a chunk of untimed tasks,
+--   reruns them one at a time to find it), sends the rest to other workers,
+--   and starts a replacement. Nothing waits forever.
 -- * A task that runs longer than `timeout` is killed the same way and fails
 --   with a timeout error.
 -- * Functions travel through the codec: closures, lambdas, upvalues. Each
@@ -415,13 +416,16 @@ local function worker_gone(self, slot, reason)
     local c = self.chunks[cid]
     if c then
       if cid == running_cid and reason then
-        task_done(c.job, c.first + running_i - 1, false, reason)
-        -- the rest of the chunk runs again elsewhere, one task per chunk,
-        -- at the front of the line and in order
+        -- Untimed tasks are stamped once per block (pool_worker.lua), so in
+        -- a chunk of several the task that killed the worker is not known:
+        -- rerun them all one at a time, and one that kills its worker again
+        -- is then named exactly. A single or timed task is known: it fails.
+        local known = c.n == 1 or self.timeout
+        if known then task_done(c.job, c.first + running_i - 1, false, reason) end
         self.chunks[cid] = nil
         c.job.chunks_open = c.job.chunks_open - 1
-        for i = c.n, 1, -1 do
-          if i ~= running_i then
+        for i = c.n, 1, -1 do -- to the front of the line, in order
+          if not (known and i == running_i) then
             self.next_cid = self.next_cid + 1
             self.chunks[self.next_cid] = {job = c.job, first = c.first + i - 1, n = 1}
             c.job.chunks_open = c.job.chunks_open + 1

@@ -2,13 +2,15 @@
 --
 -- A worker takes batches from its own inbox: {fid, star, timed, cids,
 -- counts, items}, chunks of one job with their items laid end to end, and
--- function definitions {fns} the first time an id is used. Before each task
--- it stamps (chunk, task, start time) in its slot of a shared Array, so the
--- parent can say which task a dead or slow worker held. Results go back
+-- function definitions {fns} the first time an id is used. It stamps
+-- (chunk, task, start time) in its slot of a shared Array, at every task
+-- when tasks are timed and once per BLOCK otherwise, so the parent can say
+-- which task a dead or slow worker held (or rerun a chunk to find out). Results go back
 -- through the shared results queue, a reply per batch (or every 2 ms).
 local mp = ...
 
 local STAMP = 3 -- stamp fields per worker slot: chunk id, task index, start time
+local BLOCK = 64 -- untimed tasks are stamped once per this many
 local unpack = table.unpack
 
 local memory_limit_of_this_worker
@@ -34,13 +36,19 @@ end
 
 -- Runs the n tasks of one chunk, items[pos+1 .. pos+n], into values[] (and
 -- errors[], by position); the stamp names the chunk and the task running.
-local function run_chunk(fn, star, timed, stamp, where, cid, items, pos, n, values, errors)
+local function run_chunk(fn, star, timed, stamp, cid, items, pos, n, values, errors)
   stamp(cid, 0, timed)
-  -- one protected call for the whole chunk (locals only in the hot loop);
-  -- after an error, the stamp tells which task failed: go on from the next
+  -- One protected call for the whole chunk; after an error, go on from the
+  -- next task. `cur` says which task failed. The shared stamp, which the
+  -- parent reads if this process dies, is written at every task when tasks
+  -- are timed, else at the first task of every block of BLOCK: the parent
+  -- then reruns a dead worker's chunk one task at a time, which names the
+  -- task that kills its worker exactly at the cost of a stamp per BLOCK.
+  local cur = 0
   local function run(from)
     for i = from, n do
-      stamp(nil, i, timed)
+      cur = i
+      if timed or i % BLOCK == 1 or i == from then stamp(nil, i, timed) end
       local p = pos + i
       if star then values[p] = fn(unpack(items[p])) else values[p] = fn(items[p]) end
     end
@@ -50,9 +58,8 @@ local function run_chunk(fn, star, timed, stamp, where, cid, items, pos, n, valu
   while from <= n do
     local ok, err = xpcall(run, traceback, from)
     if ok then break end
-    local i = math.tointeger(where()) -- the task that failed
-    errors[pos + i] = explain(err)
-    from = i + 1
+    errors[pos + cur] = explain(err)
+    from = cur + 1
   end
   stamp(0, 0)
 end
@@ -78,14 +85,14 @@ end
 -- A batch of packed numbers: each chunk's items come from the shared Array
 -- msg.pin and, when its results are numbers of the same kind with no error,
 -- they go straight into msg.pout; only the others travel in the reply.
-local function run_packed(fn, msg, stamp, where, slot, results)
+local function run_packed(fn, msg, stamp, slot, results)
   local t0 = mp.time()
   local r = {slot = slot, cids = {}, counts = {}, stored = {}, values = {}}
   local vpos = 0
   for k = 1, #msg.cids do
     local first, n = msg.firsts[k], msg.counts[k]
     local values, errors = mp._newtable(n), {}
-    run_chunk(fn, false, msg.timed, stamp, where, msg.cids[k], msg.pin:_slice(first, n), 0, n, values, errors)
+    run_chunk(fn, false, msg.timed, stamp, msg.cids[k], msg.pin:_slice(first, n), 0, n, values, errors)
     local stored = next(errors) == nil and msg.pout:_store(values, first, n)
     r.cids[k], r.counts[k], r.stored[k] = msg.cids[k], n, stored
     if not stored then
@@ -120,14 +127,12 @@ local function worker_main(slot, inbox, results, stamps, init, initargs, maxtask
       return
     end
   end
-  local base = (slot - 1) * STAMP
-  local stamp = mp._stamper(stamps, base)
-  local function where() return stamps[base + 2] end
+  local stamp = mp._stamper(stamps, (slot - 1) * STAMP)
   local fns, done = {}, 0
   for msg in inbox:iter() do
     if msg.fns then for id, fn in pairs(msg.fns) do fns[id] = fn end end
     if msg.pin then
-      done = done + run_packed(fns[msg.fid], msg, stamp, where, slot, results)
+      done = done + run_packed(fns[msg.fid], msg, stamp, slot, results)
       if maxtasks and done >= maxtasks then return end
     elseif msg.cids then
       local fn, star, timed, items = fns[msg.fid], msg.star, msg.timed, msg.items
@@ -137,7 +142,7 @@ local function worker_main(slot, inbox, results, stamps, init, initargs, maxtask
       local nchunks = #msg.cids
       for k = 1, nchunks do
         local n = msg.counts[k]
-        run_chunk(fn, star, timed, stamp, where, msg.cids[k], items, pos, n, values, errors)
+        run_chunk(fn, star, timed, stamp, msg.cids[k], items, pos, n, values, errors)
         pos = pos + n
         done = done + 1
         local now = mp.time()

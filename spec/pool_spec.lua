@@ -187,6 +187,26 @@ describe("Pool", function()
       end
     end
     assert.are.same(range(20), pool:map(function(x) return x end, range(20)))
+    -- in a chunk of many, the task that kills its worker is found and fails
+    -- alone; the others of its chunk (rerun one at a time) all return
+    local it = pool:imap(function(x)
+      if x == 37 then os.execute("kill -9 " .. mp.getpid()) mp.sleep(10) end
+      return -x
+    end, range(100), 25)
+    local got, failed = 0, {}
+    while true do
+      local step_ok, i, v = pcall(it)
+      if step_ok and i == nil then break end
+      if step_ok then
+        assert.are.equal(-i, v)
+        got = got + 1
+      else
+        failed[#failed + 1] = i
+      end
+    end
+    assert.are.equal(99, got)
+    assert.are.equal(1, #failed)
+    assert.matches("killed by signal 9", failed[1])
   end)
 
   it("maxtasksperchild recycles workers; initializer runs once in each", function()
