@@ -272,6 +272,19 @@ describe("Pool", function()
     for _, pid in ipairs(pids) do H.wait_until(function() return not H.alive(pid) end, 5) end
   end)
 
+  it("as a to-be-closed variable, an error in its scope kills the workers", function()
+    local pids
+    local ok, err = pcall(function()
+      local p <close> = mp.Pool(2)
+      pids = p:map(function() return mp.getpid() end, {1, 2, 3}, 1)
+      p:apply_async(function() mp.sleep(60) end)
+      error("scope failed")
+    end)
+    assert.is_false(ok)
+    assert.matches("scope failed", err)
+    for _, pid in ipairs(pids) do assert.is_false(H.alive(pid)) end
+  end)
+
   it("defaults to MPENGINE_WORKERS, and raises on bad options", function()
     local out = H.sh("MPENGINE_WORKERS=3 " .. H.CLI .. " run spec/fixtures/pool_workers.lua")
     assert.matches("workers=3", out)

@@ -137,6 +137,26 @@ describe("Process", function()
     assert.matches("exitcode=1", out)
   end)
 
+  it("a Process sent to another process is a foreign handle: pid and is_alive only", function()
+    local q, out = mp.Queue(), mp.Queue()
+    local sleeper = mp.Process{target = function() mp.sleep(60) end}
+    sleeper:start()
+    local p = mp.Process{target = function()
+      local h = q:get(30)
+      out:put({pid = h.pid, alive = h:is_alive(), join = select(2, pcall(h.join, h)),
+               kill = select(2, pcall(h.kill, h))})
+    end}
+    p:start()
+    q:put(sleeper)
+    local r = out:get(30)
+    p:join()
+    assert.are.equal(sleeper.pid, r.pid)
+    assert.is_true(r.alive)
+    assert.matches("cannot join a foreign process", r.join)
+    assert.matches("cannot signal", r.kill)
+    sleeper:kill(); sleeper:join()
+  end)
+
   it("runs a closure made after the child started, sent through a pipe", function()
     local a, b = mp.Pipe()
     local p = mp.Process{target = function(c)

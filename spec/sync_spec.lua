@@ -266,6 +266,9 @@ describe("Value and Array", function()
     assert.are.equal(20005, v.value)
     v.value = -3
     assert.are.equal(-3, v.value)
+    local single = mp.Value('f', 0.1) -- a C float: rounded to single precision
+    assert.are.equal(string.unpack("f", string.pack("f", 0.1)), single.value)
+    assert.are.equal(1.5, single:add(1.4)) -- 1.4 + float(0.1) rounded to single = 1.5
     local f = mp.Value('d', 0.5)
     assert.are.equal(1.0, f:add(0.5))
     assert.are.equal("float", math.type(f.value))
