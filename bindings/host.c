@@ -68,15 +68,36 @@ static void usage(FILE *f) {
 
 /* pmain(argc, argv, first): runs the job; returns the exit code and, on an
  * error, its message. */
+/* os.exit(code) in the main script ends the run the normal way: it unwinds
+ * to here (to-be-closed variables close), and the run's end then joins the
+ * children that are not daemons, as Python's sys.exit does. (In a child,
+ * os.exit leaves at once: see lprocess.c.) */
+static int exit_requested = -1;
+
+static int host_exit(lua_State *L) {
+  int code = lua_isboolean(L, 1) ? !lua_toboolean(L, 1) : (int)luaL_optinteger(L, 1, 0);
+  exit_requested = code & 255;
+  lua_pushliteral(L, "os.exit");
+  return lua_error(L);
+}
+
 static int pmain(lua_State *L) {
   int argc = (int)lua_tointeger(L, 1);
   char **argv = lua_touserdata(L, 2);
   int first = (int)lua_tointeger(L, 3);
   luaL_openlibs(L);
   mpengine_lua_open(L);
+  lua_getglobal(L, "os");
+  lua_pushcfunction(L, host_exit);
+  lua_setfield(L, -2, "exit");
   lua_settop(L, 0);
   char *err = NULL;
   int n = mpengine_lua_run_file(L, argv[first], argc - first, (const char *const *)argv + first, &err);
+  if (n < 0 && exit_requested >= 0) {
+    free(err);
+    lua_pushinteger(L, exit_requested);
+    return 1;
+  }
   if (n < 0) {
     lua_pushinteger(L, mpel_signal ? 128 + mpel_signal : 1);
     lua_pushstring(L, err ? err : "out of memory");
@@ -146,13 +167,14 @@ int main(int argc, char **argv) {
     lua_insert(L, -2);
   }
   code = (int)lua_tointeger(L, -2);
-  if (!lua_isnil(L, -1) && !lua_isinteger(L, -1)) {
+  int failed = !lua_isnil(L, -1) && !lua_isinteger(L, -1); /* an error message came back */
+  if (failed) {
     const char *msg = lua_tostring(L, -1);
     fflush(stdout);
     fprintf(stderr, "%s: %s\n", progname, msg ? msg : "(error object is not a string)");
     if (code == 0) code = 1;
   }
-  if (code != 0 || mpel_signal) {
+  if (failed || mpel_signal) {
     /* A failed or interrupted run leaves nothing behind: kill, then reap. */
     mpe_process_signal_all(SIGKILL);
     if (mpel_signal && code == 0) code = 128 + mpel_signal;

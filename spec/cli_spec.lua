@@ -81,6 +81,13 @@ describe("mpengine CLI", function()
     end
   end)
 
+  it("os.exit(n) in the main script ends the run the normal way, with code n", function()
+    local out, rc = H.run("spec/fixtures/exit_code.lua")
+    assert.are.equal(3, rc)
+    assert.matches("closed", out)
+    assert.matches("child finished", out) -- joined, not killed
+  end)
+
   it("joins non-daemon children at the end and stops daemon ones", function()
     local out, rc = H.run("spec/fixtures/ending.lua")
     assert.are.equal(0, rc)
