@@ -182,5 +182,6 @@ int main(int argc, char **argv) {
   lua_settop(L, 0);
   lua_close(L); /* the module's sentinel joins or reaps the children */
   globalL = NULL;
+  if (mpel_signal && code == 0) code = 128 + mpel_signal; /* interrupted while joining */
   return code;
 }

@@ -81,6 +81,17 @@ describe("mpengine CLI", function()
     end
   end)
 
+  it("SIGINT while the run waits for a child at its end: the child is killed, exit 130", function()
+    local pidfile = H.tmpname()
+    local cli, run = H.spawn_cli("spec/fixtures/end_wait.lua " .. pidfile)
+    local pids = H.pids_from(pidfile)
+    os.execute("kill -INT " .. cli)
+    local _, rc = run.finish()
+    assert.are.equal(130, rc)
+    H.wait_until(function() return not H.alive(pids[1]) end, 1)
+    os.remove(pidfile)
+  end)
+
   it("os.exit(n) in the main script ends the run the normal way, with code n", function()
     local out, rc = H.run("spec/fixtures/exit_code.lua")
     assert.are.equal(3, rc)
