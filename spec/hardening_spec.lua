@@ -110,9 +110,14 @@ describe("faults", function()
   it("fork failure (RLIMIT_NPROC, as an unprivileged user): a clear error, no crash", function()
     local _, has = H.sh("command -v setpriv && command -v prlimit")
     if has ~= 0 then return end
-    os.execute("chmod 755 spec spec/fixtures; chmod 644 spec/fixtures/nproc.lua")
-    local out, rc = H.sh("prlimit --nproc=3 setpriv --reuid=65534 --regid=65534 --clear-groups "
-      .. H.CLI .. " run spec/fixtures/nproc.lua")
+    -- the unprivileged user runs copies in a folder of its own (the checkout
+    -- may sit where it cannot look)
+    local dir = H.tmpname()
+    assert(os.execute(("mkdir -m 755 %s && cp %s spec/fixtures/nproc.lua %s/ && chmod 755 %s/mpengine")
+      :format(dir, H.CLI, dir, dir)))
+    local out, rc = H.sh(("cd %s && prlimit --nproc=3 setpriv --reuid=65534 --regid=65534 --clear-groups "
+      .. "./mpengine run nproc.lua"):format(dir))
+    os.execute("rm -rf " .. dir)
     assert.are.equal(0, rc)
     assert.matches("Process: cannot start: Resource temporarily unavailable", out)
     assert.matches("Pool: .*Resource temporarily unavailable", out)
