@@ -89,7 +89,7 @@ void mpel_track(lua_State *L, int idx) {
   lua_pop(L, 1);
 }
 
-void mpel_handles_fork(lua_State *L, int take) {
+void mpel_handles_fork(lua_State *L, int how) {
   if (lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.handles") != LUA_TTABLE) {
     lua_pop(L, 1);
     return;
@@ -102,8 +102,8 @@ void mpel_handles_fork(lua_State *L, int take) {
       const mpel_class *cls = lua_rawget(L, -3) == LUA_TLIGHTUSERDATA ? lua_touserdata(L, -1) : NULL;
       lua_pop(L, 1);
       void *ud = lua_touserdata(L, -1);
-      if (cls && take && cls->retain) cls->retain(ud);
-      if (cls && !take && cls->release) cls->release(ud);
+      if (cls && how == MPEL_FOR_CHILD && cls->retain) cls->retain(ud);
+      if (cls && how != MPEL_FOR_CHILD && cls->release) cls->release(ud, how == MPEL_CHILD_ENDS);
     }
   }
   lua_pop(L, 2);

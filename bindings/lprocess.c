@@ -90,7 +90,7 @@ static int l_process(lua_State *L) {
 static int child_exit(lua_State *L) {
   /* os.exit in a child: leave at once, with none of the parent's clean-up. */
   int code = lua_isboolean(L, 1) ? !lua_toboolean(L, 1) : (int)luaL_optinteger(L, 1, 0);
-  mpel_handles_fork(L, 0);
+  mpel_handles_fork(L, MPEL_CHILD_ENDS);
   fflush(NULL);
   _exit(code & 255);
 }
@@ -107,7 +107,6 @@ static int child_main(void *arg) {
    * reaches the whole process group, just ends it. */
   mpel_signal = 0;
   lua_sethook(L, NULL, 0, 0);
-  mpel_handles_fork(L, 1); /* our own references to inherited shared objects */
   lua_newtable(L); /* the parent's children are our siblings */
   lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.children");
   lua_getglobal(L, "os");
@@ -136,7 +135,7 @@ static int child_main(void *arg) {
   int nres = 0;
   int st = lua_resume(co, L, (int)n, &nres);
   if (st == LUA_OK) {
-    mpel_handles_fork(L, 0);
+    mpel_handles_fork(L, MPEL_CHILD_ENDS);
     return 0;
   }
   if (st == LUA_YIELD) lua_pushliteral(co, "attempt to yield from outside a coroutine");
@@ -146,7 +145,7 @@ static int child_main(void *arg) {
     else msg = lua_pushfstring(co, "(error object is a %s value)", luaL_typename(co, -1));
   }
   luaL_traceback(L, co, msg, 0);
-  mpel_handles_fork(L, 0); /* a controlled end: give our references back */
+  mpel_handles_fork(L, MPEL_CHILD_ENDS); /* a controlled end: give our references back */
   fflush(stdout);
   fprintf(stderr, "Process %s (pid %ld) failed:\n%s\n", mpel_process_name, (long)getpid(),
           lua_tostring(L, -1));
@@ -167,9 +166,16 @@ static int p_start(lua_State *L) {
   lua_settop(L, 1);
   mpe_spawn_options o = {.daemon = p->daemon, .keep = w->ends, .nkeep = w->nends};
   child_ctx c = {L, 1};
+  /* The child's references to the shared objects it inherits are taken
+   * here, before fork: taken in the child, an object this process drops
+   * meanwhile could be freed before the child holds it. */
+  mpel_handles_fork(L, MPEL_FOR_CHILD);
   int rc = mpe_process_spawn(&p->h, child_main, &c, &o);
   mpel_wire_done(w);
-  if (rc < 0) return mpel_fail(L, "Process: cannot start", rc);
+  if (rc < 0) {
+    mpel_handles_fork(L, MPEL_FORK_FAILED);
+    return mpel_fail(L, "Process: cannot start", rc);
+  }
   p->state = STARTED;
   push_children(L);
   lua_pushvalue(L, 1);

@@ -210,10 +210,10 @@ static void queue_retain(void *ud) {
   if (h->q) mpe_queue_retain(h->q);
 }
 
-static void queue_release(void *ud) {
+static void queue_release(void *ud, int forget) {
   lqueue *h = ud;
   if (h->q) mpe_queue_free(h->q);
-  h->q = NULL;
+  if (forget) h->q = NULL;
 }
 
 static const mpel_class queue_class = {"Queue", MPEL_QUEUE, queue_encode, queue_decode,

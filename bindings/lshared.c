@@ -4,9 +4,9 @@
  * follow one pattern: a userdata {object, type} holding one reference; the
  * wire form is {type's kind, 64-bit arena reference}; a message in flight
  * holds a reference of its own (taken by the encoder, adopted by the
- * decoder); a forked child takes its own references (retain) and gives them
- * back when it ends normally (release). Only the methods differ, and they
- * live in lsync.c and lvalue.c. */
+ * decoder); the parent takes a reference for a child before forking it
+ * (retain), which the child gives back when it ends normally (release).
+ * Only the methods differ, and they live in lsync.c and lvalue.c. */
 #include <string.h>
 
 #include "mpe_lua.h"
@@ -87,11 +87,12 @@ void mpel_shared_retain(void *ud) {
   if (h->o) h->t->obj_retain(h->o);
 }
 
-void mpel_shared_release(void *ud) {
+void mpel_shared_release(void *ud, int forget) {
   mpel_obj *h = ud;
-  if (h->o && h->t->on_exit) h->t->on_exit(h->o);
-  if (h->o) h->t->obj_free(h->o);
-  h->o = NULL;
+  if (!h->o) return;
+  if (forget && h->t->on_exit) h->t->on_exit(h->o);
+  h->t->obj_free(h->o);
+  if (forget) h->o = NULL;
 }
 
 

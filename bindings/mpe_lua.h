@@ -43,10 +43,12 @@ typedef struct mpel_class {
   /* Pushes the object for a reference; returns 0, or -1 if malformed. */
   int (*decode)(lua_State *L, const struct mpel_class *cls, const unsigned char *ref, size_t len,
                 mpe_pipe **ends, size_t nends);
-  /* Shared objects: a forked child takes its own reference to every handle
-   * it inherits, and gives them back when it ends normally. NULL otherwise. */
+  /* Shared objects: before a fork the parent takes a reference for the
+   * child to every handle (retain); the child gives them back when it ends
+   * normally (release with forget = 1: the handle is done with), or the
+   * parent does if the fork failed (forget = 0). NULL for other kinds. */
   void (*retain)(void *ud);
-  void (*release)(void *ud);
+  void (*release)(void *ud, int forget);
 } mpel_class;
 
 /* Engine objects that live in the arena (locks, values, ...) share one
@@ -71,7 +73,7 @@ const char *mpel_shared_encode(lua_State *L, int idx, mpel_wire *w);
 int mpel_shared_decode(lua_State *L, const mpel_class *cls, const unsigned char *p, size_t len,
                        mpe_pipe **ends, size_t nends);
 void mpel_shared_retain(void *ud);
-void mpel_shared_release(void *ud);
+void mpel_shared_release(void *ud, int forget);
 #define MPEL_SHARED_CLASS(name, kind) \
   {name, kind, mpel_shared_encode, mpel_shared_decode, mpel_shared_retain, mpel_shared_release}
 /* Wraps an engine type's retain/free/ref/from_ref for mpel_shared_type. */
@@ -102,10 +104,14 @@ void mpel_push_guard(lua_State *L, int idx);
 void mpel_register_class(lua_State *L, const mpel_class *cls);
 
 /* Tracks the shared-object handle at idx (a weak registry), so a forked
- * child can take its own references (mpel_handles_fork). */
+ * child gets references of its own (mpel_handles_fork). */
 void mpel_track(lua_State *L, int idx);
-/* In a child: retain (take=1) or release (take=0) every tracked handle. */
-void mpel_handles_fork(lua_State *L, int take);
+/* The references a child holds to the shared objects it inherits: taken by
+ * the parent before fork (MPEL_FOR_CHILD, so none can be freed in between),
+ * given back by the child when it ends (MPEL_CHILD_ENDS), or by the parent
+ * if the fork failed (MPEL_FORK_FAILED). */
+enum { MPEL_FOR_CHILD, MPEL_CHILD_ENDS, MPEL_FORK_FAILED };
+void mpel_handles_fork(lua_State *L, int how);
 /* Appends an OBJECT extension {kind, payload} to w; NULL or a reason. */
 const char *mpel_put_object(mpel_wire *w, int kind, const void *payload, size_t n);
 
