@@ -24,6 +24,8 @@ double mpel_opt_timeout(lua_State *L, int idx) {
   return (double)t;
 }
 
+double mpel_deadline(double timeout) { return timeout < 0 ? -1 : mpe_time() + timeout; }
+
 double mpel_left(double deadline) {
   if (deadline < 0) return -1;
   double l = deadline - mpe_time();

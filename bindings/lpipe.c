@@ -91,7 +91,7 @@ static int recv_frame(lua_State *L, int raw) {
   lconn *c = check_open(L, 1);
   double timeout = mpel_opt_timeout(L, 2);
   if (!mpe_pipe_can_recv(c->p)) return luaL_error(L, "Connection is write-only");
-  double deadline = timeout < 0 ? -1 : mpe_time() + timeout;
+  double deadline = mpel_deadline(timeout);
   mpe_msg *m = push_msgbox(L);
   int rc;
   while ((rc = mpe_pipe_recv(c->p, mpel_left(deadline), m)) == MPE_EINTR) mpel_check_signal(L);
@@ -110,7 +110,7 @@ static int c_poll(lua_State *L) {
   lconn *c = check_open(L, 1);
   double timeout = lua_isnone(L, 2) ? 0 : mpel_opt_timeout(L, 2); /* Python: no argument polls */
   if (!mpe_pipe_can_recv(c->p)) return luaL_error(L, "Connection is write-only");
-  double deadline = timeout < 0 ? -1 : mpe_time() + timeout;
+  double deadline = mpel_deadline(timeout);
   int rc;
   while ((rc = mpe_pipe_poll(c->p, mpel_left(deadline))) == MPE_EINTR) mpel_check_signal(L);
   if (rc < 0) return mpel_fail(L, "poll", rc);

@@ -190,7 +190,7 @@ static int p_join(lua_State *L) {
   if (p->state == NEW) return luaL_error(L, "Process: cannot join a process that was not started");
   if (p->state != STARTED) return luaL_error(L, "Process: cannot join a %s process",
                                              p->state == CLOSED ? "closed" : "foreign");
-  double deadline = timeout < 0 ? -1 : mpe_time() + timeout;
+  double deadline = mpel_deadline(timeout);
   int rc;
   while ((rc = mpe_process_wait(p->h, mpel_left(deadline))) == MPE_EINTR) mpel_check_signal(L);
   if (rc < 0 && rc != MPE_ETIMEDOUT) return mpel_fail(L, "join", rc);

@@ -68,7 +68,7 @@ static int do_put(lua_State *L, double timeout, int nowait) {
   if (mpe_queue_is_closed(h->q)) return luaL_error(L, "%s is closed", class_names[h->variant]);
   mpel_wire *w = mpel_wire_get(L, 0);
   mpel_encode(L, 2, "item", w);
-  double deadline = timeout < 0 ? -1 : mpe_time() + timeout;
+  double deadline = mpel_deadline(timeout);
   int rc;
   while ((rc = mpe_queue_put(h->q, w->buf, w->len, 1, mpel_left(deadline))) == MPE_EINTR) {
     if (mpel_signal) mpel_wire_done(w);
@@ -89,7 +89,7 @@ static int q_put_nowait(lua_State *L) { return do_put(L, 0, 1); }
 
 static int do_get(lua_State *L, double timeout, int nowait) {
   lqueue *h = check_q(L, 1);
-  double deadline = timeout < 0 ? -1 : mpe_time() + timeout;
+  double deadline = mpel_deadline(timeout);
   int rc;
   while ((rc = mpe_queue_get(h->q, mpel_left(deadline), &h->m)) == MPE_EINTR) mpel_check_signal(L);
   if (rc == MPE_ETIMEDOUT) return mpel_push_reason(L, nowait ? MPE_EEMPTY : rc);
@@ -152,7 +152,7 @@ static int q_task_done(lua_State *L) {
 static int q_join(lua_State *L) {
   lqueue *h = check_q(L, 1);
   double timeout = mpel_opt_timeout(L, 2);
-  double deadline = timeout < 0 ? -1 : mpe_time() + timeout;
+  double deadline = mpel_deadline(timeout);
   int rc;
   while ((rc = mpe_queue_join(h->q, mpel_left(deadline))) == MPE_EINTR) mpel_check_signal(L);
   return mpel_push_bool(L, rc == 0); /* false, "timeout" when it timed out */

@@ -4,6 +4,7 @@
  * Waits that the engine cannot cut short with EINTR (a robust mutex) are
  * made in slices of SLICE seconds, so an interruption of the run is seen
  * within one slice; the uncontended path is a single try. */
+#include <errno.h>
 #include <string.h>
 
 #include "mpe_lua.h"
@@ -69,7 +70,7 @@ static int l_rlock(lua_State *L) { return new_lock(L, 1); }
 static int acquire_lock(lua_State *L, mpe_lock *l, double timeout) {
   int rc = mpe_lock_acquire(l, 0);
   if (rc != MPE_ETIMEDOUT || timeout == 0) return rc;
-  double deadline = timeout < 0 ? -1 : mpe_time() + timeout;
+  double deadline = mpel_deadline(timeout);
   for (;;) {
     mpel_check_signal(L);
     double left = mpel_left(deadline);
@@ -94,7 +95,7 @@ static int push_acquired(lua_State *L, int rc, double timeout, const char *what)
     lua_pushliteral(L, "timeout");
     return 2;
   }
-  if (rc == -35 /* EDEADLK */) {
+  if (rc == -EDEADLK) {
     if (timeout < 0)
       return luaL_error(L, "%s: already held by this process; waiting for it would never end (use an RLock)", what);
     double left = timeout;
@@ -165,7 +166,7 @@ static int l_bsem(lua_State *L) { return new_sem(L, 1); }
 static int sem_acquire(lua_State *L) {
   mpe_sem *s = check_sem(L, 1);
   double timeout = mpel_opt_timeout(L, 2);
-  double deadline = timeout < 0 ? -1 : mpe_time() + timeout;
+  double deadline = mpel_deadline(timeout);
   int rc;
   while ((rc = mpe_sem_acquire(s, mpel_left(deadline))) == MPE_EINTR) mpel_check_signal(L);
   return push_acquired(L, rc, timeout, "Semaphore");
@@ -217,7 +218,7 @@ static int event_is_set(lua_State *L) {
 static int event_wait(lua_State *L) {
   mpe_event *e = check_event(L, 1);
   double timeout = mpel_opt_timeout(L, 2);
-  double deadline = timeout < 0 ? -1 : mpe_time() + timeout;
+  double deadline = mpel_deadline(timeout);
   int rc;
   while ((rc = mpe_event_wait(e, mpel_left(deadline))) == MPE_EINTR) mpel_check_signal(L);
   return mpel_push_bool(L, rc == 0); /* false, "timeout" when it timed out */
@@ -295,7 +296,7 @@ static int cond_wait(lua_State *L) {
   mpe_cond *c = check_cond(L, 1);
   double timeout = mpel_opt_timeout(L, 2);
   if (!mpe_lock_held(mpe_cond_lock(c))) return luaL_error(L, "Condition: cannot wait without holding its lock");
-  return mpel_push_bool(L, cond_wait_once(L, c, timeout < 0 ? -1 : mpe_time() + timeout));
+  return mpel_push_bool(L, cond_wait_once(L, c, mpel_deadline(timeout)));
 }
 
 static int cond_wait_for(lua_State *L) {
@@ -303,7 +304,7 @@ static int cond_wait_for(lua_State *L) {
   luaL_checktype(L, 2, LUA_TFUNCTION);
   double timeout = mpel_opt_timeout(L, 3);
   if (!mpe_lock_held(mpe_cond_lock(c))) return luaL_error(L, "Condition: cannot wait without holding its lock");
-  double deadline = timeout < 0 ? -1 : mpe_time() + timeout;
+  double deadline = mpel_deadline(timeout);
   for (;;) {
     lua_pushvalue(L, 2);
     lua_call(L, 0, 1);

@@ -143,7 +143,10 @@ int mpel_push_bool(lua_State *L, int ok);
 int mpel_fail(lua_State *L, const char *what, int err);
 /* Pushes nil and a reason word ("timeout", "closed", ...) for err. */
 int mpel_push_reason(lua_State *L, int err);
-/* Seconds left to a deadline made by mpe_time() + timeout (-1 stays -1). */
+/* The deadline of a timeout (-1: none), and the seconds left to it (-1
+ * stays -1): a wait retried after EINTR never stretches. */
+double mpel_deadline(double timeout);
+/* Seconds left to a deadline made by mpel_deadline (-1 stays -1). */
 double mpel_left(double deadline);
 extern volatile sig_atomic_t mpel_signal;
 extern const char *mpel_process_name;

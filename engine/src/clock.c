@@ -105,14 +105,13 @@ long mpe__spin_ns(void) {
   return spin;
 }
 
-double mpe__slice_end(const mpe__deadline *d, double slice, mpe__deadline *out) {
+void mpe__slice_end(const mpe__deadline *d, double slice, mpe__deadline *out) {
   /* The earlier of d and now + slice: a wait that wakes to look around
    * (dead holders, a host's interruption) without stretching d. */
   *out = mpe__deadline_in(slice);
   if (!d->forever && (d->at.tv_sec < out->at.tv_sec ||
                       (d->at.tv_sec == out->at.tv_sec && d->at.tv_nsec < out->at.tv_nsec)))
     *out = *d;
-  return slice;
 }
 
 long mpe_spin_set(long ns) {

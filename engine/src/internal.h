@@ -60,8 +60,9 @@ pid_t mpe__self_pid(void);
 /* Start time of a process (clock ticks since boot), 0 if it is gone or a
  * zombie: with the pid it names one process even if pids are reused. */
 unsigned long long mpe__start_time(pid_t pid);
-/* Sleeps on a futex for at most slice seconds within deadline d. */
-double mpe__slice_end(const mpe__deadline *d, double slice, mpe__deadline *out);
+/* *out: the earlier of deadline d and now + slice (a wait that wakes to look
+ * around without stretching d). */
+void mpe__slice_end(const mpe__deadline *d, double slice, mpe__deadline *out);
 
 static inline void mpe__cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
