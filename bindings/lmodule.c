@@ -7,6 +7,7 @@
  * the state closes (see mpel_processes_atexit). */
 #include <errno.h>
 #include <stdio.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <math.h>
 #include <string.h>
@@ -186,6 +187,15 @@ static int l_isatty(lua_State *L) {
   return 1;
 }
 
+/* mp._term_width(fd): the columns of the terminal on fd, or nil if fd is
+ * not a terminal or does not say (the progress bar fits its lines to it). */
+static int l_term_width(lua_State *L) {
+  struct winsize ws;
+  if (ioctl((int)luaL_checkinteger(L, 1), TIOCGWINSZ, &ws) != 0 || ws.ws_col == 0) return 0;
+  lua_pushinteger(L, ws.ws_col);
+  return 1;
+}
+
 static int l_spin(lua_State *L) {
   /* mp._spin([microseconds]) -> the previous microseconds (no argument: just read) */
   long ns = lua_isnoneornil(L, 1) ? -1 : (long)(luaL_checknumber(L, 1) * 1000);
@@ -225,24 +235,29 @@ static int l_in_child(lua_State *L) {
   return 1;
 }
 
-extern const unsigned char mpel_pool_lua[], mpel_pool_worker_lua[];
-extern const size_t mpel_pool_lua_len, mpel_pool_worker_lua_len;
+extern const unsigned char mpel_pool_lua[], mpel_pool_worker_lua[], mpel_progress_lua[];
+extern const size_t mpel_pool_lua_len, mpel_pool_worker_lua_len, mpel_progress_lua_len;
 
 static void load_chunk(lua_State *L, const unsigned char *code, size_t len, const char *name) {
   if (luaL_loadbufferx(L, (const char *)code, len, name, "t") != LUA_OK) lua_error(L);
 }
 
 /* Runs the built-in Lua parts with the module at the top: the worker side
- * of the Pool, then the Pool itself (which gets the worker's main). */
+ * of the Pool, the progress bar, then the Pool itself (which gets the
+ * worker's main and the progress bar). */
 static void open_pool(lua_State *L) {
   load_chunk(L, mpel_pool_worker_lua, mpel_pool_worker_lua_len, "=mpengine.pool_worker");
   lua_pushvalue(L, -2);
   lua_call(L, 1, 1);
+  load_chunk(L, mpel_progress_lua, mpel_progress_lua_len, "=mpengine.progress");
+  lua_pushvalue(L, -3);
+  lua_call(L, 1, 1);
   load_chunk(L, mpel_pool_lua, mpel_pool_lua_len, "=mpengine.pool");
-  lua_pushvalue(L, -3);
-  lua_pushvalue(L, -3);
-  lua_call(L, 2, 0);
-  lua_pop(L, 1);
+  lua_pushvalue(L, -4);
+  lua_pushvalue(L, -4);
+  lua_pushvalue(L, -4);
+  lua_call(L, 3, 0);
+  lua_pop(L, 2);
 }
 
 static int sentinel_gc(lua_State *L) {
@@ -260,6 +275,7 @@ static const luaL_Reg funcs[] = {
     {"encode", l_encode},
     {"decode", l_decode},
     {"_isatty", l_isatty},
+    {"_term_width", l_term_width},
     {"_in_child", l_in_child},
     {"_spin", l_spin},
     {"_newtable", l_newtable},

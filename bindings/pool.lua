@@ -20,7 +20,7 @@
 -- * The parent is single-threaded: results, callbacks (in completion order)
 --   and replacements are handled whenever the script waits on the pool (get,
 --   wait, map, imap, join, ...).
-local mp, worker_main = ... -- worker_main: pool_worker.lua
+local mp, worker_main, progress = ... -- worker_main: pool_worker.lua; progress: progress.lua
 
 local QUEUED = 0.02      -- keep about this many seconds of work queued at each worker
 local MAXDEPTH = 256     -- and at most this many chunks
@@ -49,44 +49,7 @@ local function how_died(code)
   return ("exited with code %s"):format(tostring(code))
 end
 
--------------------------------------------------------------------- progress
-
-local function isatty_stderr()
-  return mp._isatty(2)
-end
-
-local function progress_new(total)
-  return {total = total, done = 0, t0 = mp.time(), last = 0, tty = isatty_stderr()}
-end
-
-local function fmt_time(s)
-  if s ~= s or s == math.huge then return "--:--" end
-  s = math.floor(s + 0.5)
-  if s >= 3600 then return ("%d:%02d:%02d"):format(s // 3600, s // 60 % 60, s % 60) end
-  return ("%02d:%02d"):format(s // 60, s % 60)
-end
-
-local function progress_draw(p, final)
-  if not p.tty then return end
-  local now = mp.time()
-  if not final and now - p.last < 0.1 then return end
-  p.last = now
-  local elapsed = now - p.t0
-  local rate = elapsed > 0 and p.done / elapsed or 0
-  local line
-  if p.total then
-    local frac = p.total > 0 and p.done / p.total or 1
-    local width = 30
-    local fill = math.floor(frac * width + 0.5)
-    local eta = rate > 0 and (p.total - p.done) / rate or math.huge
-    line = ("\r[%s%s] %d/%d %3d%% %.0f/s ETA %s"):format(("#"):rep(fill), ("."):rep(width - fill),
-      p.done, p.total, math.floor(frac * 100), rate, final and fmt_time(elapsed) or fmt_time(eta))
-  else
-    line = ("\r%d done %.0f/s %s"):format(p.done, rate, fmt_time(elapsed))
-  end
-  io.stderr:write(line, final and "\n" or "")
-  io.stderr:flush()
-end
+local progress_new, progress_draw, progress_total = progress.new, progress.draw, progress.total
 
 -------------------------------------------------------------------- the pool
 
@@ -196,7 +159,7 @@ local function new_job(self, kind, fentry, star, opts)
   local job = {kind = kind, fentry = fentry, star = star, n = 0, done = 0, values = {}, errors = {},
                callback = opts and opts.callback, error_callback = opts and opts.error_callback,
                chunks_open = 0, ready = false}
-  if (opts and opts.progress) or self.progress_all then job.progress = progress_new(nil) end
+  job.progress = progress_new(opts and opts.progress, self.progress_all)
   self.njobs = self.njobs + 1
   self.jobs[job] = true
   return job
@@ -233,6 +196,7 @@ local function task_done(job, i, ok, v)
   if ok then job.values[i] = v
   else
     job.errors[i] = v
+    if job.progress then job.progress.failed = job.progress.failed + 1 end
     if not job.first_error or i < job.first_index then job.first_error, job.first_index = v, i end
   end
   job.done = job.done + 1
@@ -614,8 +578,8 @@ local function map_job(self, kind, fn, list, star, chunksize, opts, blocking)
   local n = #list
   job.n = n
   job.values = mp._newtable(n)
-  if job.progress then job.progress.total = n end
-  local cs = chunksize or auto_chunksize(self, n)
+  progress_total(job.progress, n)
+  local cs = chunksize or progress.chunksize(job.progress, auto_chunksize(self, n), n)
   job.items = blocking and list or table.move(list, 1, n, 1, {})
   -- A long list of numbers in big chunks travels packed in shared memory,
   -- written chunk by chunk as it is sent (dispatch), read and answered by the
@@ -658,14 +622,15 @@ local function stream(self, kind, fn, src, chunksize, opts, ordered)
   local next_item
   if type(src) == "table" then
     local i, n = 0, #src
-    if job.progress then job.progress.total = n end
-    cs = cs or math.min(auto_chunksize(self, n), 256)
+    progress_total(job.progress, n)
+    cs = cs or progress.chunksize(job.progress, math.min(auto_chunksize(self, n), 256), n)
     next_item = function()
       i = i + 1
       if i <= n then return true, src[i] end
       return false
     end
   elseif type(src) == "function" then
+    progress_total(job.progress, nil)
     cs = cs or 1
     next_item = function()
       local v = src()
