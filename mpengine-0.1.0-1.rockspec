@@ -1,11 +1,21 @@
--- luarocks make (from a clone) builds and installs mpengine with CMake:
--- the Lua module into the rock tree's lib/lua/5.4, the mpengine command,
--- the engine's C library and headers.
+-- mpengine as a rock: the Lua module (into the tree's lib/lua/5.4, where
+-- Lua 5.4 finds it) and the `mpengine` command (into the tree's bin).
+-- The C engine's libraries and headers are not part of a rock: C hosts
+-- install with CMake (see the README's Install section).
+--
+-- From a clone:  luarocks make --lua-version=5.4 [--tree DIR | --local]
+-- (without --lua-version=5.4, luarocks uses its default Lua, often 5.1).
+--
+-- The project has no public home yet, so the source is the release archive
+-- made from a clone, beside this file:
+--   git archive --prefix=mpengine-0.1.0/ -o mpengine-0.1.0.tar.gz v0.1.0
+--   luarocks build --lua-version=5.4 mpengine-0.1.0-1.rockspec
+-- (`luarocks make` builds the clone it runs in and fetches nothing).
 package = "mpengine"
 version = "0.1.0-1"
 source = {
-   url = "git+https://example.invalid/mpengine.git",
-   tag = "v0.1.0",
+   url = "mpengine-0.1.0.tar.gz",
+   dir = "mpengine-0.1.0",
 }
 description = {
    summary = "Run Lua job pipelines on many processes",
@@ -25,7 +35,11 @@ build = {
    variables = {
       CMAKE_INSTALL_PREFIX = "$(PREFIX)",
       CMAKE_BUILD_TYPE = "Release",
+      MPE_ROCK = "ON",
       MPE_LUA_CMOD_DIR = "$(LIBDIR)",
+      CMAKE_INSTALL_BINDIR = "$(BINDIR)",
+      LUA_INCDIR = "$(LUA_INCDIR)",
+      LUA_LIBDIR = "$(LUA_LIBDIR)",
       MPE_BUILD_TESTS = "OFF",
    },
 }
