@@ -39,7 +39,7 @@ build = {
       MPE_LUA_CMOD_DIR = "$(LIBDIR)",
       CMAKE_INSTALL_BINDIR = "$(BINDIR)",
       LUA_INCDIR = "$(LUA_INCDIR)",
-      LUA_LIBDIR = "$(LUA_LIBDIR)",
+      LUA_DIR = "$(LUA_DIR)",
       MPE_BUILD_TESTS = "OFF",
    },
 }
