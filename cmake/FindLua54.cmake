@@ -4,12 +4,26 @@
 #   -DLUA_DIR=...     a prefix holding include/ and lib/, or $ENV{LUA_DIR}
 # then CMAKE_PREFIX_PATH and the system's folders (include/lua5.4, include/lua54,
 # include/lua-5.4 before include/).
-# Sets LUA_INCLUDE_DIR (checked to be 5.4's) and LUA_LIBRARY (may be
+# Sets LUA_INCLUDE_DIR (checked to be 5.4's; from CMake 3.25 on, another
+# Lua's lua.h met first is passed over) and LUA_LIBRARY (may be
 # LUA_LIBRARY-NOTFOUND: a Lua module needs only the headers).
-find_path(LUA_INCLUDE_DIR lua.h
+function(mpe_is_lua54_header result candidate)
+  if(IS_DIRECTORY ${candidate})
+    set(candidate ${candidate}/lua.h)
+  endif()
+  file(STRINGS ${candidate} v REGEX "^#define[ \t]+LUA_VERSION_NUM[ \t]+504")
+  if(NOT v)
+    set(${result} FALSE PARENT_SCOPE)
+  endif()
+endfunction()
+set(mpe_lua_find_args lua.h
   HINTS ${LUA_INCDIR} $ENV{LUA_INCDIR} ${LUA_DIR} $ENV{LUA_DIR}
   PATH_SUFFIXES include/lua5.4 include/lua54 include/lua-5.4 include lua5.4 lua54 lua-5.4
   DOC "Folder of Lua 5.4's lua.h")
+if(NOT CMAKE_VERSION VERSION_LESS 3.25)
+  list(APPEND mpe_lua_find_args VALIDATOR mpe_is_lua54_header) # pass over another Lua's lua.h
+endif()
+find_path(LUA_INCLUDE_DIR ${mpe_lua_find_args})
 if(NOT LUA_INCLUDE_DIR)
   message(FATAL_ERROR "Lua 5.4's lua.h not found: install liblua5.4-dev (Debian), "
     "or give its folder with -DLUA_INCDIR=... or a prefix with -DLUA_DIR=...")

@@ -55,7 +55,8 @@ if command -v luarocks >/dev/null 2>&1; then
   rock=$tmp/rock
   mkdir "$rock"
   tar -C "$src" --exclude='./build*' --exclude=./.git -cf - . | tar -C "$rock" -xf -
-  (cd "$rock" && luarocks make --lua-version=5.4 --tree "$tmp/tree" >"$tmp/rock.log" 2>&1) || {
+  (cd "$rock" && CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) luarocks make --lua-version=5.4 --tree "$tmp/tree" \
+    >"$tmp/rock.log" 2>&1) || {
     cat "$tmp/rock.log"; exit 1
   }
   test "$(LUA_CPATH="$tmp/tree/lib/lua/5.4/?.so" lua5.4 -e 'io.write(require("mpengine")._VERSION)')" = \
