@@ -151,6 +151,18 @@ local function draw_tty(p, now, final)
   io.stderr:flush()
 end
 
+-- A line on stderr above the bar on screen, if any.
+local function write_err(line)
+  local p = active
+  if p and mp.getpid() == p.pid then
+    io.stderr:write("\r", line, "\27[K\n")
+    draw_tty(p, mp.time(), false)
+  else
+    io.stderr:write(line, "\n")
+    io.stderr:flush()
+  end
+end
+
 -- The level, for error(), of the first caller outside mpengine's built-in
 -- Lua (the user's line), seen from the function calling this one.
 local function caller_level()
@@ -224,19 +236,7 @@ function P.draw(p, final)
     draw_tty(p, now, final)
     if final then deactivate(p) end
   elseif final then
-    P.write_err(fitted(p, now, true, width()))
-  end
-end
-
--- A line on stderr above the bar on screen, if any.
-function P.write_err(line)
-  local p = active
-  if p and mp.getpid() == p.pid then
-    io.stderr:write("\r", line, "\27[K\n")
-    draw_tty(p, mp.time(), false)
-  else
-    io.stderr:write(line, "\n")
-    io.stderr:flush()
+    write_err(fitted(p, now, true, width()))
   end
 end
 
