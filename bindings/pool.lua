@@ -291,7 +291,7 @@ local function handle_result(self, m)
     if c and not c.job.cancelled and stored then
       -- the values are in the job's shared Array: straight into place
       local job = c.job
-      job.pout:_into(job.values, c.first, n)
+      mp._unpack(job.pout, job.values, c.first, n)
       job.done = job.done + n
       if job.progress then
         job.progress.done = job.done
@@ -362,7 +362,7 @@ local function dispatch(self)
       local job, fe = c.job, c.job.fentry
       -- packed: the chunk's numbers go into the shared Array now (a list
       -- that turns out mixed goes the ordinary way from here on)
-      local packed = job.pin and not job.unpacked and job.pin:_store(job.items, c.first, c.n, c.first)
+      local packed = job.pin and not job.unpacked and mp._pack(job.pin, job.items, c.first, c.n, c.first)
       if job.pin and not packed then job.unpacked = true end -- the Arrays stay: chunks sent still answer there
       local b = open[slot]
       if b and (b.job ~= job or (b.pin ~= nil) ~= (packed and true or false) or #b.cids >= per_batch) then

@@ -92,8 +92,8 @@ local function run_packed(fn, msg, stamp, slot, results)
   for k = 1, #msg.cids do
     local first, n = msg.firsts[k], msg.counts[k]
     local values, errors = mp._newtable(n), {}
-    run_chunk(fn, false, msg.timed, stamp, msg.cids[k], msg.pin:_slice(first, n), 0, n, values, errors)
-    local stored = next(errors) == nil and msg.pout:_store(values, first, n)
+    run_chunk(fn, false, msg.timed, stamp, msg.cids[k], msg.pin:slice(first, first + n - 1), 0, n, values, errors)
+    local stored = next(errors) == nil and mp._pack(msg.pout, values, 1, n, first)
     r.cids[k], r.counts[k], r.stored[k] = msg.cids[k], n, stored
     if not stored then
       table.move(values, 1, n, vpos + 1, r.values)
