@@ -616,7 +616,6 @@ end
 
 -- Runs the pool until done() is true or the deadline passes. Returns done().
 local function pump(self, done, deadline)
-  check_owner(self)
   while true do
     if done() then return true end
     if self.broken then error(self.broken, 0) end
@@ -659,7 +658,9 @@ end
 -- A TaskError also carries where the parent read it (an uncaught error
 -- object is printed by its tostring alone).
 local function raise_task_error(err)
-  if getmetatable(err) == TaskError then err.caller = debug.traceback("caller traceback:", 3) end
+  if getmetatable(err) == TaskError then
+    err.caller = debug.traceback("", 3):gsub("^\nstack traceback:\n", "caller traceback:\n", 1)
+  end
   error(err, 0)
 end
 
@@ -670,11 +671,13 @@ local function check_timeout(timeout, what)
 end
 
 function AsyncResult:ready()
+  check_owner(self.pool)
   if not self.job.ready then pump(self.pool, function() return self.job.ready end, mp.time()) end
   return self.job.ready
 end
 
 function AsyncResult:wait(timeout)
+  check_owner(self.pool)
   check_timeout(timeout, "AsyncResult:wait")
   if pump(self.pool, function() return self.job.ready end, timeout and mp.time() + timeout) then return true end
   return false, "timeout"
@@ -685,7 +688,8 @@ function AsyncResult:successful()
   return self.job.first_error == nil
 end
 
-function AsyncResult:get(timeout)
+-- get, once the caller is known to be the pool's process.
+local function result_get(self, timeout)
   check_timeout(timeout, "AsyncResult:get")
   if not pump(self.pool, function() return self.job.ready end, timeout and mp.time() + timeout) then
     raise(("AsyncResult: timeout after %g s waiting for the result"):format(timeout))
@@ -694,6 +698,11 @@ function AsyncResult:get(timeout)
   if job.first_error then raise_task_error(job.first_error) end
   if job.kind == "apply" then return job.values[1] end
   return job.values
+end
+
+function AsyncResult:get(timeout)
+  check_owner(self.pool)
+  return result_get(self, timeout)
 end
 
 -------------------------------------------------------------------- submitting
@@ -768,7 +777,7 @@ end
 
 function Pool:apply(fn, args, extra)
   if extra ~= nil then raise("Pool:apply: takes no options (apply_async takes callbacks)") end
-  return AsyncResult.get(apply_async(self, fn, args, nil, "apply"))
+  return result_get(apply_async(self, fn, args, nil, "apply"))
 end
 
 -- A list, or an iterator function read to its end now (as Python's map
@@ -827,7 +836,7 @@ for _, kind in ipairs{"map", "starmap"} do
   Pool[kind] = function(self, fn, list, chunksize, opts)
     check_pool(self, kind)
     local cs, o = parse_rest(chunksize, opts, kind)
-    return AsyncResult.get(new_async(self, map_job(self, kind, fn, list, star, cs, o, true)))
+    return result_get(new_async(self, map_job(self, kind, fn, list, star, cs, o, true)))
   end
 end
 
@@ -900,6 +909,7 @@ local function stream(self, kind, fn, src, chunksize, opts, ordered)
   end
   local closed = false
   local function iterate()
+    check_owner(self)
     if closed then return nil end
     local deadline = step_timeout and mp.time() + step_timeout
     while true do
