@@ -116,7 +116,9 @@ end
 -- The public functions run protected, so that an interruption of the run
 -- (SIGINT, SIGTERM), which the host raises at whatever line of this file is
 -- running, reads as the documented bare message; any other error passes
--- through unchanged.
+-- through unchanged. Twice protected: when a wait in C raised the
+-- interruption first, the host's hook, armed by the same signal, raises it
+-- again at the next Lua instruction, which is the inner catcher's own.
 local function rethrow(ok, ...)
   if ok then return ... end
   local err = ...
@@ -125,7 +127,8 @@ local function rethrow(ok, ...)
 end
 
 local function api(f)
-  return function(...) return rethrow(pcall(f, ...)) end
+  local function inner(...) return rethrow(pcall(f, ...)) end
+  return function(...) return rethrow(pcall(inner, ...)) end
 end
 
 -- A task's error as raised in the parent (and given to error_callback). e is
@@ -880,6 +883,7 @@ local function stream(self, kind, fn, src, chunksize, opts, ordered)
       for _ = 1, cs do
         local fine, more, v = pcall(next_item)
         if not fine then
+          if type(more) == "string" and more:find("interrupted by [%w ]+$") then error(more, 0) end -- the run ends now
           src_failed, src_error = true, more
           job.exhausted = true
           break
