@@ -6,6 +6,8 @@
  * makes under get_lock(); v:add(n) is atomic without it. Indexes are 1-based
  * as everything in Lua; out of range, a bad typecode, a value that does not
  * fit the typecode, or a float for an integer typecode raise. */
+#include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <string.h>
 
@@ -19,37 +21,77 @@ static const mpel_shared_type value_type = {MPEL_SHARED_CLASS("Value", MPEL_VALU
 static const mpel_shared_type array_type = {MPEL_SHARED_CLASS("Array", MPEL_ARRAY), MPEL_SHARED_FUNCS(value), 2,
                                             NULL};
 
-static const char TYPECODES[] = "bBhHiIlLqQfd";
+static const char TYPECODES[] = "bBhHiIlLqQfdc";
 
 static char check_typecode(lua_State *L, int idx) {
   size_t n;
   const char *t = luaL_checklstring(L, idx, &n);
   if (n != 1 || !strchr(TYPECODES, t[0]))
-    luaL_error(L, "bad typecode '%s' (expected one of b B h H i I l L q Q f d)", t);
+    luaL_error(L, "bad typecode '%s' (expected one of b B h H i I l L q Q f d c)", t);
   return t[0];
 }
 
-/* Stores the Lua number at idx into element i, raising what does not fit. */
-static void store(lua_State *L, mpe_value *v, size_t i, int idx, const char *what) {
-  char t = mpe_value_typecode(v);
+/* Raises "what: msg" (with the list position k when k > 0). */
+static void elem_fail(lua_State *L, const char *what, lua_Integer k, const char *msg) {
+  if (k > 0) luaL_error(L, "%s: %s (list[%I])", what, msg, k);
+  luaL_error(L, "%s: %s", what, msg);
+}
+
+/* Raises unless the Lua value at idx can be an element of typecode t: a
+ * one-byte string for 'c', a number for 'f' and 'd', an integer for the
+ * others (whether it is in range is the engine's to say, at the store). */
+static void check_elem(lua_State *L, int idx, char t, const char *what, lua_Integer k) {
+  if (t == 'c') {
+    size_t n = 0;
+    if (lua_type(L, idx) == LUA_TSTRING) lua_tolstring(L, idx, &n);
+    if (n != 1) {
+      const char *got = lua_type(L, idx) == LUA_TSTRING ? lua_pushfstring(L, "a string of length %d", (int)n)
+                                                        : luaL_typename(L, idx);
+      elem_fail(L, what, k, lua_pushfstring(L, "typecode 'c' holds one-byte strings, got %s", got));
+    }
+    return;
+  }
   if (mpe_typecode_is_float(t)) {
-    mpe_value_set_float(v, i, (double)luaL_checknumber(L, idx));
+    if (!lua_isnumber(L, idx))
+      elem_fail(L, what, k, lua_pushfstring(L, "number expected, got %s", luaL_typename(L, idx)));
     return;
   }
   int isint;
-  lua_Integer x = lua_tointegerx(L, idx, &isint);
+  lua_tointegerx(L, idx, &isint);
   if (!isint) {
     if (lua_type(L, idx) == LUA_TNUMBER)
-      luaL_error(L, "%s: typecode '%c' holds integers, got %s", what, t, lua_tostring(L, idx));
-    luaL_error(L, "%s: number expected, got %s", what, luaL_typename(L, idx));
+      elem_fail(L, what, k, lua_pushfstring(L, "typecode '%c' holds integers, got %s", t, lua_tostring(L, idx)));
+    elem_fail(L, what, k, lua_pushfstring(L, "number expected, got %s", luaL_typename(L, idx)));
   }
-  if (mpe_value_set_int(v, i, (int64_t)x) != 0)
-    luaL_error(L, "%s: %I is out of range for typecode '%c'", what, x, t);
+}
+
+/* Stores the (checked) Lua value at idx into element i: 0, or -ERANGE when
+ * it does not fit the typecode (nothing stored). */
+static int put_elem(lua_State *L, mpe_value *v, size_t i, int idx) {
+  char t = mpe_value_typecode(v);
+  if (t == 'c') return mpe_value_set_int(v, i, (unsigned char)lua_tostring(L, idx)[0]);
+  if (mpe_typecode_is_float(t)) return mpe_value_set_float(v, i, (double)lua_tonumber(L, idx));
+  return mpe_value_set_int(v, i, (int64_t)lua_tointeger(L, idx));
+}
+
+/* Stores the Lua value at idx into element i, raising what does not fit. */
+static void store(lua_State *L, mpe_value *v, size_t i, int idx, const char *what) {
+  char t = mpe_value_typecode(v);
+  check_elem(L, idx, t, what, 0);
+  if (put_elem(L, v, i, idx) != 0)
+    luaL_error(L, "%s: %I is out of range for typecode '%c'", what, lua_tointeger(L, idx), t);
 }
 
 static void push_elem(lua_State *L, mpe_value *v, size_t i) {
-  if (mpe_typecode_is_float(mpe_value_typecode(v))) lua_pushnumber(L, mpe_value_get_float(v, i));
-  else lua_pushinteger(L, (lua_Integer)mpe_value_get_int(v, i));
+  char t = mpe_value_typecode(v);
+  if (t == 'c') {
+    char ch = (char)mpe_value_get_int(v, i);
+    lua_pushlstring(L, &ch, 1);
+  } else if (mpe_typecode_is_float(t)) {
+    lua_pushnumber(L, mpe_value_get_float(v, i));
+  } else {
+    lua_pushinteger(L, (lua_Integer)mpe_value_get_int(v, i));
+  }
 }
 
 /* opts at idx: {lock = true | false | Lock | RLock}; returns the lock to use
@@ -95,8 +137,9 @@ static int new_value(lua_State *L, const mpel_shared_type *t, size_t count, int 
 }
 
 static int l_value(lua_State *L) {
-  check_typecode(L, 1);
-  if (!lua_isnoneornil(L, 2)) luaL_checknumber(L, 2);
+  lua_settop(L, 3); /* the handle goes at 4 */
+  char tc = check_typecode(L, 1);
+  if (!lua_isnoneornil(L, 2)) check_elem(L, 2, tc, "Value", 0);
   new_value(L, &value_type, 1, 3);
   mpe_value *v = ((mpel_obj *)lua_touserdata(L, -1))->o;
   if (!lua_isnoneornil(L, 2)) store(L, v, 0, 2, "Value");
@@ -104,9 +147,11 @@ static int l_value(lua_State *L) {
 }
 
 static int l_array(lua_State *L) {
-  check_typecode(L, 1);
+  lua_settop(L, 3);
+  char tc = check_typecode(L, 1);
   size_t n;
   if (lua_istable(L, 2)) n = (size_t)lua_rawlen(L, 2);
+  else if (tc == 'c' && lua_type(L, 2) == LUA_TSTRING) n = lua_rawlen(L, 2); /* Array('c', "bytes") */
   else {
     lua_Integer k = luaL_checkinteger(L, 2);
     luaL_argcheck(L, k >= 0, 2, "size must be >= 0");
@@ -120,6 +165,9 @@ static int l_array(lua_State *L) {
       store(L, v, i, lua_gettop(L), "Array");
       lua_pop(L, 1);
     }
+  } else if (lua_type(L, 2) == LUA_TSTRING) {
+    const unsigned char *bytes = (const unsigned char *)lua_tostring(L, 2);
+    for (size_t i = 0; i < n; i++) mpe_value_set_int(v, i, bytes[i]);
   }
   return 1;
 }
@@ -142,8 +190,14 @@ static int get_lock(lua_State *L) {
   return 1;
 }
 
+/* add() is for numbers: a byte ('c') is a one-byte string in Lua. */
+static void check_addable(lua_State *L, mpe_value *v) {
+  if (mpe_value_typecode(v) == 'c') luaL_error(L, "%s: add needs a number typecode, not 'c'", luaL_typename(L, 1));
+}
+
 static int value_add(lua_State *L) {
   mpe_value *v = check_any(L, 1);
+  check_addable(L, v);
   if (mpe_typecode_is_float(mpe_value_typecode(v))) {
     double out;
     mpe_value_add_float(v, 0, (double)luaL_checknumber(L, 2), &out);
@@ -213,22 +267,9 @@ static int array_len(lua_State *L) {
   return 1;
 }
 
-static int array_totable(lua_State *L) {
-  mpe_value *v = check_any(L, 1);
-  mpe_lock *l = mpe_value_lock(v);
-  int take = l && !mpe_lock_held(l) && mpe_lock_acquire(l, 5) >= 0; /* a consistent copy */
-  size_t n = mpe_value_count(v);
-  lua_createtable(L, (int)n, 0);
-  for (size_t i = 0; i < n; i++) {
-    push_elem(L, v, i);
-    lua_rawseti(L, -2, (lua_Integer)i + 1);
-  }
-  if (take) mpe_lock_release(l);
-  return 1;
-}
-
 static int array_add(lua_State *L) {
   mpe_value *v = check_any(L, 1);
+  check_addable(L, v);
   size_t i = check_index(L, v, 2);
   if (mpe_typecode_is_float(mpe_value_typecode(v))) {
     double out;
@@ -273,55 +314,169 @@ static int l_stamper(lua_State *L) {
   return 1;
 }
 
-/* ---- bulk moves for the Pool's packed numbers (not part of the API) */
+/* ---- runs of elements: a:slice(i, j), a:store(list [, i]) */
 
-/* arr:_slice(first, n): a table of elements first .. first + n - 1. */
-static int a_slice(lua_State *L) {
-  mpe_value *v = check_any(L, 1);
-  lua_Integer first = luaL_checkinteger(L, 2), n = luaL_checkinteger(L, 3);
-  luaL_argcheck(L, first >= 1 && n >= 0 && (size_t)(first - 1 + n) <= mpe_value_count(v), 2, "out of range");
-  int isfloat = mpe_typecode_is_float(mpe_value_typecode(v));
-  const int64_t *qi = mpe_value_data(v);
-  const double *qd = mpe_value_data(v);
-  lua_createtable(L, (int)n, 0);
-  for (lua_Integer i = 0; i < n; i++) {
-    if (isfloat) lua_pushnumber(L, (lua_Number)qd[first - 1 + i]);
-    else lua_pushinteger(L, (lua_Integer)qi[first - 1 + i]);
-    lua_rawseti(L, -2, i + 1);
+/* Takes the Array's lock for one run of elements, unless it has none or this
+ * process holds it already (then the run is inside the caller's own update);
+ * returns the lock to release, or NULL. */
+static mpe_lock *lock_run(lua_State *L, mpe_value *v) {
+  mpe_lock *l = mpe_value_lock(v);
+  if (!l || mpe_lock_held(l)) return NULL;
+  for (;;) {
+    int rc = mpe_lock_acquire(l, 0.05); /* in slices: a signal that ends the run is seen */
+    if (rc == 0 || rc == MPE_EOWNERDEAD) return l;
+    if (rc != MPE_ETIMEDOUT && rc != -EINTR) luaL_error(L, "Array: cannot take its lock: %s", mpe_strerror(rc));
+    mpel_check_signal(L);
   }
+}
+
+/* Elements i .. j (1-based, j = i - 1 for none) as 0-based first and count;
+ * raises when the run is not inside the Array. */
+static void check_run(lua_State *L, mpe_value *v, lua_Integer i, lua_Integer j, size_t *first, size_t *count) {
+  lua_Integer n = (lua_Integer)mpe_value_count(v);
+  if (i < 1 || j > n || j < i - 1)
+    luaL_error(L, "Array: elements %I..%I out of range (1..%I)", i, j, n);
+  *first = (size_t)(i - 1);
+  *count = (size_t)(j - i + 1);
+}
+
+/* a:slice([i [, j]]): a list of elements i .. j (default 1 .. #a), read
+ * under the Array's lock if it has one. */
+static int array_slice(lua_State *L) {
+  mpe_value *v = check_any(L, 1);
+  lua_Integer i = luaL_optinteger(L, 2, 1), j = luaL_optinteger(L, 3, (lua_Integer)mpe_value_count(v));
+  size_t first, count;
+  check_run(L, v, i, j, &first, &count);
+  lua_createtable(L, count < INT_MAX ? (int)count : 0, 0);
+  mpe_lock *l = lock_run(L, v); /* nothing below raises (the table has room) */
+  char t = mpe_value_typecode(v);
+  if (t == 'd' || t == 'q' || t == 'l') { /* the Pool's packed numbers: straight reads */
+    const uint64_t *at = (const uint64_t *)mpe_value_data(v) + first;
+    for (size_t k = 0; k < count; k++) {
+      uint64_t u = __atomic_load_n(at + k, __ATOMIC_RELAXED);
+      if (t == 'd') {
+        double d;
+        memcpy(&d, &u, sizeof d);
+        lua_pushnumber(L, (lua_Number)d);
+      } else {
+        lua_pushinteger(L, (lua_Integer)u);
+      }
+      lua_rawseti(L, -2, (lua_Integer)k + 1);
+    }
+  } else {
+    for (size_t k = 0; k < count; k++) {
+      push_elem(L, v, first + k);
+      lua_rawseti(L, -2, (lua_Integer)k + 1);
+    }
+  }
+  if (l) mpe_lock_release(l);
   return 1;
 }
 
-/* arr:_store(t, first, n [, from]): t[from .. from + n - 1] (from = 1 by
- * default) into elements first ..; true if every one was a number of the
- * Array's kind (else false, and the caller sends them the ordinary way). */
-static int a_store(lua_State *L) {
+/* a:store(list [, i]): list[1 .. #list] into elements i .. (default 1),
+ * under the Array's lock if it has one. Every element is checked first: a
+ * wrong type, or a run past the end, raises with nothing stored; a number out
+ * of the typecode's range raises with the elements already written put back. */
+static int array_store(lua_State *L) {
   mpe_value *v = check_any(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
-  lua_Integer first = luaL_checkinteger(L, 3), n = luaL_checkinteger(L, 4);
-  lua_Integer from = luaL_optinteger(L, 5, 1) - 1;
-  luaL_argcheck(L, first >= 1 && n >= 0 && (size_t)(first - 1 + n) <= mpe_value_count(v), 3, "out of range");
+  lua_Integer m = (lua_Integer)lua_rawlen(L, 2), i = luaL_optinteger(L, 3, 1);
+  size_t first, count;
+  check_run(L, v, i, i + m - 1, &first, &count);
+  char t = mpe_value_typecode(v);
+  for (size_t k = 0; k < count; k++) { /* types first: nothing is written yet */
+    lua_rawgeti(L, 2, (lua_Integer)k + 1);
+    check_elem(L, -1, t, "Array:store", (lua_Integer)k + 1);
+    lua_pop(L, 1);
+  }
+  /* the old values, to put back if a number does not fit */
+  uint64_t *old = count ? lua_newuserdatauv(L, count * sizeof *old, 0) : NULL;
+  int isfloat = mpe_typecode_is_float(t);
+  mpe_lock *l = lock_run(L, v);
+  for (size_t k = 0; k < count; k++) {
+    if (isfloat) {
+      double d = mpe_value_get_float(v, first + k);
+      memcpy(&old[k], &d, sizeof d);
+    } else {
+      old[k] = (uint64_t)mpe_value_get_int(v, first + k);
+    }
+  }
+  size_t bad = count;
+  for (size_t k = 0; k < count && bad == count; k++) {
+    lua_rawgeti(L, 2, (lua_Integer)k + 1);
+    if (put_elem(L, v, first + k, -1) != 0) bad = k;
+    lua_pop(L, 1);
+  }
+  if (bad < count) {
+    for (size_t k = 0; k < bad; k++) {
+      if (isfloat) {
+        double d;
+        memcpy(&d, &old[k], sizeof d);
+        mpe_value_set_float(v, first + k, d);
+      } else {
+        mpe_value_set_int(v, first + k, (int64_t)old[k]);
+      }
+    }
+  }
+  if (l) mpe_lock_release(l);
+  if (bad < count) {
+    lua_rawgeti(L, 2, (lua_Integer)bad + 1);
+    return luaL_error(L, "Array:store: %s (list[%I]) is out of range for typecode '%c'", lua_tostring(L, -1),
+                      (lua_Integer)bad + 1, t);
+  }
+  return 0;
+}
+
+/* a:totable(): every element, as a:slice() (one consistent copy). */
+static int array_totable(lua_State *L) {
+  lua_settop(L, 1);
+  return array_slice(L);
+}
+
+/* ---- the Pool's packed numbers (module functions, not methods): only
+ * 'q' and 'd' Arrays, every run checked against the Array's bounds. */
+
+static mpe_value *check_packed(lua_State *L, size_t *first, lua_Integer n, int at_idx) {
+  mpe_value *v = check_any(L, 1);
+  char t = mpe_value_typecode(v);
+  if (t != 'q' && t != 'd') luaL_argerror(L, 1, "a 'q' or 'd' Array expected");
+  lua_Integer at = luaL_checkinteger(L, at_idx);
+  size_t count;
+  if (n < 0) luaL_argerror(L, at_idx, "negative count");
+  check_run(L, v, at, at + n - 1, first, &count);
+  return v;
+}
+
+/* mp._pack(a, t, from, n, at): t[from .. from + n - 1] into elements at ..
+ * of a; true if every one was a number of the Array's kind (integers for
+ * 'q', floats for 'd'), else false (the caller sends them the usual way). */
+static int l_pack(lua_State *L) {
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_Integer from = luaL_checkinteger(L, 3), n = luaL_checkinteger(L, 4);
+  size_t first;
+  mpe_value *v = check_packed(L, &first, n, 5);
   int isfloat = mpe_typecode_is_float(mpe_value_typecode(v));
-  int64_t *qi = mpe_value_data(v);
-  double *qd = mpe_value_data(v);
-  /* in blocks: push a block of elements, read them, drop them at once */
-  enum { BLOCK = 64 };
-  luaL_checkstack(L, BLOCK, "_store");
+  uint64_t *out = (uint64_t *)mpe_value_data(v) + first;
+  enum { BLOCK = 64 }; /* push a block of elements, read them, drop them at once */
+  luaL_checkstack(L, BLOCK, "_pack");
   int base = lua_gettop(L);
-  for (lua_Integer i = 1; i <= n; i += BLOCK) {
-    lua_Integer m = n - i + 1 < BLOCK ? n - i + 1 : BLOCK;
+  for (lua_Integer i = 0; i < n; i += BLOCK) {
+    lua_Integer m = n - i < BLOCK ? n - i : BLOCK;
     for (lua_Integer j = 0; j < m; j++) lua_rawgeti(L, 2, from + i + j);
     for (lua_Integer j = 0; j < m; j++) {
-      int at = base + 1 + (int)j, isint;
-      lua_Integer x = lua_tointegerx(L, at, &isint);
-      int ok = isfloat ? lua_type(L, at) == LUA_TNUMBER && !lua_isinteger(L, at)
-                       : isint && lua_isinteger(L, at);
-      if (!ok) {
+      int at = base + 1 + (int)j;
+      uint64_t u;
+      if (lua_type(L, at) != LUA_TNUMBER || lua_isinteger(L, at) == isfloat) {
         lua_pushboolean(L, 0);
         return 1;
       }
-      if (isfloat) qd[first - 2 + i + j] = (double)lua_tonumber(L, at);
-      else qi[first - 2 + i + j] = (int64_t)x;
+      if (isfloat) {
+        double d = (double)lua_tonumber(L, at);
+        memcpy(&u, &d, sizeof u);
+      } else {
+        u = (uint64_t)lua_tointeger(L, at);
+      }
+      __atomic_store_n(out + i + j, u, __ATOMIC_RELAXED);
     }
     lua_settop(L, base);
   }
@@ -329,27 +484,32 @@ static int a_store(lua_State *L) {
   return 1;
 }
 
-/* arr:_into(t, first, n): elements first .. first + n - 1 into t[first ..]. */
-static int a_into(lua_State *L) {
-  mpe_value *v = check_any(L, 1);
+/* mp._unpack(a, t, at, n): elements at .. at + n - 1 of a into t[at ..]. */
+static int l_unpack(lua_State *L) {
   luaL_checktype(L, 2, LUA_TTABLE);
-  lua_Integer first = luaL_checkinteger(L, 3), n = luaL_checkinteger(L, 4);
-  luaL_argcheck(L, first >= 1 && n >= 0 && (size_t)(first - 1 + n) <= mpe_value_count(v), 3, "out of range");
+  lua_Integer n = luaL_checkinteger(L, 4);
+  size_t first;
+  mpe_value *v = check_packed(L, &first, n, 3);
   int isfloat = mpe_typecode_is_float(mpe_value_typecode(v));
-  const int64_t *qi = mpe_value_data(v);
-  const double *qd = mpe_value_data(v);
-  for (lua_Integer i = first; i < first + n; i++) {
-    if (isfloat) lua_pushnumber(L, (lua_Number)qd[i - 1]);
-    else lua_pushinteger(L, (lua_Integer)qi[i - 1]);
-    lua_rawseti(L, 2, i);
+  const uint64_t *in = (const uint64_t *)mpe_value_data(v) + first;
+  for (lua_Integer k = 0; k < n; k++) {
+    uint64_t u = __atomic_load_n(in + k, __ATOMIC_RELAXED);
+    if (isfloat) {
+      double d;
+      memcpy(&d, &u, sizeof d);
+      lua_pushnumber(L, (lua_Number)d);
+    } else {
+      lua_pushinteger(L, (lua_Integer)u);
+    }
+    lua_rawseti(L, 2, (lua_Integer)first + 1 + k);
   }
   return 0;
 }
 
 static const luaL_Reg value_methods[] = {{"get_lock", get_lock}, {"add", value_add}, {NULL, NULL}};
 static const luaL_Reg array_methods[] = {
-    {"get_lock", get_lock}, {"add", array_add}, {"totable", array_totable},
-    {"_slice", a_slice},    {"_store", a_store}, {"_into", a_into}, {NULL, NULL},
+    {"get_lock", get_lock}, {"add", array_add},     {"totable", array_totable},
+    {"slice", array_slice}, {"store", array_store}, {NULL, NULL},
 };
 
 static void set_access(lua_State *L, const char *name, lua_CFunction index, lua_CFunction newindex) {
@@ -374,5 +534,8 @@ void mpel_open_value(lua_State *L) {
   lua_pop(L, 1);
   lua_pushcfunction(L, l_stamper);
   lua_setfield(L, -2, "_stamper");
-
+  lua_pushcfunction(L, l_pack);
+  lua_setfield(L, -2, "_pack");
+  lua_pushcfunction(L, l_unpack);
+  lua_setfield(L, -2, "_unpack");
 }

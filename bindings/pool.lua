@@ -17,6 +17,9 @@
 --   distinct encoding is sent to a worker once and then named by an id.
 -- * Errors carry the worker's message and traceback, and are raised where
 --   the result is read. The pool goes on serving.
+-- * A pool is used only from the process that made it: a copy of it that
+--   travelled inside a task (a closure that captures the pool) raises at
+--   once instead of feeding the real pool's queues.
 -- * The parent is single-threaded: results, callbacks (in completion order)
 --   and replacements are handled whenever the script waits on the pool (get,
 --   wait, map, imap, join, ...).
@@ -51,14 +54,88 @@ end
 
 local progress_new, progress_draw, progress_total = progress.new, progress.draw, progress.total
 
+-------------------------------------------------------------------- errors
+
+local SOURCE = "=mpengine.pool"
+
+-- Raises msg at the script's line that called the pool: the first Lua frame
+-- outside this file (a misuse is the caller's, not the pool's). If the
+-- script's frame is gone (a tail call) and the next is the module's own (the
+-- worker's loop), the message goes without a position rather than a wrong one.
+local function raise(msg)
+  local level = 2
+  while true do
+    local info = debug.getinfo(level, "S")
+    if not info then break end
+    if info.what ~= "C" and info.source ~= SOURCE then
+      if info.source:sub(1, 10) == "=mpengine." then level = 0 end
+      break
+    end
+    level = level + 1
+  end
+  error(msg, level)
+end
+
+-- The public functions run protected, so that an interruption of the run
+-- (SIGINT, SIGTERM), which the host raises at whatever line of this file is
+-- running, reads as the documented bare message; any other error passes
+-- through unchanged. Twice protected: when a wait in C raised the
+-- interruption first, the host's hook, armed by the same signal, raises it
+-- again at the next Lua instruction, which is the inner catcher's own.
+local function rethrow(ok, ...)
+  if ok then return ... end
+  local err = ...
+  if type(err) == "string" then err = err:match("^mpengine%.pool[%w_]*:%d+: (interrupted by [^\n]*)$") or err end
+  error(err, 0)
+end
+
+local function api(f)
+  local function inner(...) return rethrow(pcall(f, ...)) end
+  return function(...) return rethrow(pcall(inner, ...)) end
+end
+
+-- A task's error as raised in the parent (and given to error_callback). e is
+-- the pool's own reason (a string: the worker died, the task timed out, an
+-- item could not be sent) or what the worker sent: {msg =, tb =, value =}.
+-- A string error stays a string: its message, the task it came from, and the
+-- worker's traceback, each labelled. A non-string error value (error(123),
+-- error({code = 5})) comes back as a TaskError: the value itself in .value,
+-- that text in .message, the task's index in .task; tostring gives the text.
+local TaskError = {__name = "Pool.TaskError"}
+TaskError.__index = TaskError
+TaskError.__tostring = function(self)
+  if self.caller then return self.message .. "\n" .. self.caller end
+  return self.message
+end
+
+local function task_error(job, i, e)
+  local where = job.kind == "apply" and "Pool: the task of apply failed"
+    or ("Pool: task %d of %s failed"):format(i, job.kind)
+  if type(e) ~= "table" then return ("%s\n%s"):format(tostring(e), where) end
+  local text = ("%s\n%s; worker traceback:\n%s"):format(e.msg, where, e.tb or "")
+  if e.value == nil then return text end
+  return setmetatable({value = e.value, message = text, task = i}, TaskError)
+end
+
 -------------------------------------------------------------------- the pool
 
-local function check_pool(self, what)
-  if getmetatable(self) ~= Pool then error(("Pool expected, got %s"):format(type(self)), 3) end
-  if self.state ~= "run" then
-    error(("Pool: cannot %s: the pool is %s"):format(what, self.state), 3)
+local pool_count = 0
+
+-- Raises unless this is the process that made the pool.
+local function check_owner(self)
+  if self.pid ~= mp.getpid() then
+    if mp._pool_worker_of == self.token then raise("Pool: cannot be used from one of its own workers") end
+    raise("Pool: can only be used from the process that made it")
   end
-  if self.broken then error(self.broken, 3) end
+end
+
+local function check_pool(self, what)
+  if getmetatable(self) ~= Pool then raise(("Pool expected, got %s"):format(type(self))) end
+  check_owner(self)
+  if self.state ~= "run" then
+    raise(("Pool: cannot %s: the pool is %s"):format(what, self.state))
+  end
+  if self.broken then raise(self.broken) end
 end
 
 local function start_worker(self, slot)
@@ -66,7 +143,7 @@ local function start_worker(self, slot)
   for k = 1, STAMP do self.stamps[(slot - 1) * STAMP + k] = 0 end
   local p = mp.Process{target = worker_main, name = ("PoolWorker-%d"):format(slot), daemon = true,
                        args = {slot, inbox, self.results, self.stamps, self.initializer, self.initargs,
-                               self.maxtasks, self.memory_limit}}
+                               self.maxtasks, self.memory_limit, self.token}}
   p:start()
   -- outstanding: cid -> order sent (a set, so taking one back is O(1)); held: how many
   self.workers[slot] = {proc = p, inbox = inbox, outstanding = {}, held = 0, sent = 0, fids = {},
@@ -106,7 +183,9 @@ function mp.Pool(opts)
   if o.memory_limit ~= nil and (math.type(o.memory_limit) ~= "integer" or o.memory_limit < 1) then
     error("Pool: memory_limit must be a number of bytes > 0", 2)
   end
+  pool_count = pool_count + 1
   local self = setmetatable({
+    pid = mp.getpid(), token = ("%d.%d"):format(mp.getpid(), pool_count),
     n = n, initializer = o.initializer, initargs = o.initargs, maxtasks = maxtasks, timeout = o.timeout,
     memory_limit = o.memory_limit,
     results = mp.Queue(), stamps = mp.Array('d', n * STAMP, {lock = false}),
@@ -121,8 +200,9 @@ end
 
 -- Registers fn's encoding: an id every worker learns once.
 local function fid_of(self, fn)
-  if type(fn) ~= "function" then error(("Pool: function expected, got %s"):format(type(fn)), 3) end
-  local bytes = mp.encode(fn) -- raises with the path of what cannot travel
+  if type(fn) ~= "function" then raise(("Pool: function expected, got %s"):format(type(fn))) end
+  local ok, bytes = pcall(mp.encode, fn)
+  if not ok then raise(bytes) end -- the path of what cannot travel, at the caller's line
   local entry = self.fids[bytes]
   if not entry and self.nfids >= 512 then
     -- many distinct closures: start the registry over, in the workers too
@@ -195,6 +275,7 @@ local function task_done(job, i, ok, v)
   if job.cancelled then return end
   if ok then job.values[i] = v
   else
+    v = task_error(job, i, v)
     job.errors[i] = v
     if job.progress then job.progress.failed = job.progress.failed + 1 end
     if not job.first_error or i < job.first_index then job.first_error, job.first_index = v, i end
@@ -255,7 +336,7 @@ local function handle_result(self, m)
     if c and not c.job.cancelled and stored then
       -- the values are in the job's shared Array: straight into place
       local job = c.job
-      job.pout:_into(job.values, c.first, n)
+      mp._unpack(job.pout, job.values, c.first, n)
       job.done = job.done + n
       if job.progress then
         job.progress.done = job.done
@@ -288,6 +369,51 @@ local function handle_result(self, m)
   end
 end
 
+-- A batch a worker's inbox refused (nothing of it was sent). The worker
+-- forgets it; an item that cannot travel fails its own task, with the path
+-- of what cannot travel, and the others of the batch go back in line.
+-- Returns false if no item was to blame (the caller raises the error: an
+-- interruption, a full arena), with every chunk back in line.
+local function refused(self, w, b, job)
+  for _, cid in ipairs(b.cids) do
+    remove_outstanding(w, cid)
+    w.dispatched = w.dispatched - 1
+  end
+  w.retiring = self.maxtasks and w.dispatched >= self.maxtasks or nil
+  if b.fns then for id in pairs(b.fns) do w.fids[id] = nil end end
+  local blamed = false
+  for k = #b.cids, 1, -1 do -- to the front of the line, in order
+    local cid = b.cids[k]
+    local c = self.chunks[cid]
+    local bad = {}
+    for i = c.first, c.first + c.n - 1 do
+      local fine, why = pcall(mp.encode, job.items[i])
+      if not fine then
+        local path = job.kind == "apply" and "args" or ("list[%d]"):format(i)
+        bad[i] = tostring(why):gsub("at value", "at " .. path, 1)
+      end
+    end
+    if next(bad) then
+      blamed = true
+      self.chunks[cid] = nil
+      job.chunks_open = job.chunks_open - 1
+      for i = c.first + c.n - 1, c.first, -1 do
+        if bad[i] then task_done(job, i, false, bad[i])
+        else
+          self.next_cid = self.next_cid + 1
+          self.chunks[self.next_cid] = {job = job, first = i, n = 1}
+          job.chunks_open = job.chunks_open + 1
+          push_front(self, self.next_cid)
+        end
+      end
+    else
+      push_front(self, cid)
+    end
+  end
+  check_job_complete(self, job)
+  return blamed
+end
+
 -- Sends chunks to workers with room in their inbox: always to the one with
 -- the fewest in flight, and more than one each only while chunks are short
 -- (a long task must not hold others back while another worker is idle).
@@ -303,15 +429,19 @@ local function dispatch(self)
   local per_batch = math.max(1, depth // 2) -- two batches in flight: no idle gap
   local open = {} -- slot -> the batch being filled
   local timed = self.timeout ~= nil
+  local stop_err -- a send failed and no item was to blame: raised once all is consistent
   local function send(slot)
     local b = open[slot]
     if b then
       open[slot] = nil
+      local job = b.job
       b.job = nil -- not for the wire
-      self.workers[slot].inbox:put(b)
+      local inbox = self.workers[slot].inbox
+      local ok, err = pcall(inbox.put, inbox, b)
+      if not ok and not refused(self, self.workers[slot], b, job) then stop_err = stop_err or err end
     end
   end
-  while self.phead <= self.ptail do
+  while self.phead <= self.ptail and not stop_err do
     local w, best, slot = nil, depth, nil
     for s = 1, self.n do
       local x = self.workers[s]
@@ -326,7 +456,7 @@ local function dispatch(self)
       local job, fe = c.job, c.job.fentry
       -- packed: the chunk's numbers go into the shared Array now (a list
       -- that turns out mixed goes the ordinary way from here on)
-      local packed = job.pin and not job.unpacked and job.pin:_store(job.items, c.first, c.n, c.first)
+      local packed = job.pin and not job.unpacked and mp._pack(job.pin, job.items, c.first, c.n, c.first)
       if job.pin and not packed then job.unpacked = true end -- the Arrays stay: chunks sent still answer there
       local b = open[slot]
       if b and (b.job ~= job or (b.pin ~= nil) ~= (packed and true or false) or #b.cids >= per_batch) then
@@ -358,6 +488,7 @@ local function dispatch(self)
     end
   end
   for slot in pairs(open) do send(slot) end
+  if stop_err then error(stop_err, 0) end
 end
 
 -- A worker has gone (died, retired, or was killed for a timeout).
@@ -491,30 +622,44 @@ local function new_async(self, job)
   return setmetatable({pool = self, job = job}, AsyncResult)
 end
 
+-- A TaskError also carries where the parent read it (an uncaught error
+-- object is printed by its tostring alone).
 local function raise_task_error(err)
+  if getmetatable(err) == TaskError then
+    err.caller = debug.traceback("", 3):gsub("^\nstack traceback:\n", "caller traceback:\n", 1)
+  end
   error(err, 0)
 end
 
+local function check_timeout(timeout, what)
+  if timeout ~= nil and (type(timeout) ~= "number" or timeout ~= timeout or timeout < 0) then
+    raise(("%s: timeout must be a number of seconds >= 0"):format(what))
+  end
+end
+
 function AsyncResult:ready()
+  check_owner(self.pool)
   if not self.job.ready then pump(self.pool, function() return self.job.ready end, mp.time()) end
   return self.job.ready
 end
 
 function AsyncResult:wait(timeout)
-  if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then error("wait: bad timeout", 2) end
+  check_owner(self.pool)
+  check_timeout(timeout, "AsyncResult:wait")
   if pump(self.pool, function() return self.job.ready end, timeout and mp.time() + timeout) then return true end
   return false, "timeout"
 end
 
 function AsyncResult:successful()
-  if not self.job.ready then error("AsyncResult: not ready yet", 2) end
+  if not self.job.ready then raise("AsyncResult: not ready yet") end
   return self.job.first_error == nil
 end
 
-function AsyncResult:get(timeout)
-  if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then error("get: bad timeout", 2) end
+-- get, once the caller is known to be the pool's process.
+local function result_get(self, timeout)
+  check_timeout(timeout, "AsyncResult:get")
   if not pump(self.pool, function() return self.job.ready end, timeout and mp.time() + timeout) then
-    error(("AsyncResult: timeout after %g s waiting for the result"):format(timeout), 2)
+    raise(("AsyncResult: timeout after %g s waiting for the result"):format(timeout))
   end
   local job = self.job
   if job.first_error then raise_task_error(job.first_error) end
@@ -522,27 +667,55 @@ function AsyncResult:get(timeout)
   return job.values
 end
 
+function AsyncResult:get(timeout)
+  check_owner(self.pool)
+  return result_get(self, timeout)
+end
+
 -------------------------------------------------------------------- submitting
 
-local function parse_rest(a, b, what)
-  -- [chunksize] [, opts] in any of the accepted shapes
-  local chunksize, opts
-  if type(a) == "number" then chunksize, opts = a, b
-  elseif type(a) == "table" then opts = a
-  elseif a ~= nil then error(("Pool:%s: chunksize must be a number"):format(what), 3) end
-  if opts ~= nil and type(opts) ~= "table" then error(("Pool:%s: options must be a table"):format(what), 3) end
-  if chunksize ~= nil and (math.type(chunksize) ~= "integer" or chunksize < 1) then
-    error(("Pool:%s: chunksize must be an integer >= 1"):format(what), 3)
-  end
-  if opts then
-    for k in pairs(opts) do
-      if k ~= "callback" and k ~= "error_callback" and k ~= "progress" then
-        error(("Pool:%s: unknown option '%s' (expected callback, error_callback, progress)")
-          :format(what, tostring(k)), 3)
-      end
+-- The options each call takes, and what each must be.
+local OPTIONS = {
+  apply_async = {callback = "function", error_callback = "function"},
+  map = {callback = "function", error_callback = "function", progress = "any"},
+  imap = {progress = "any", timeout = "seconds"},
+}
+OPTIONS.map_async, OPTIONS.starmap, OPTIONS.starmap_async = OPTIONS.map, OPTIONS.map, OPTIONS.map
+OPTIONS.imap_unordered = OPTIONS.imap
+
+-- opts of call `what`: nil, or a table of known options (else raises).
+local function check_opts(opts, what)
+  if opts == nil then return nil end
+  if type(opts) ~= "table" then raise(("Pool:%s: options must be a table, got %s"):format(what, type(opts))) end
+  local allowed = OPTIONS[what]
+  for k, v in pairs(opts) do
+    local want = allowed[k]
+    if not want then
+      local names = {}
+      for name in pairs(allowed) do names[#names + 1] = name end
+      table.sort(names)
+      raise(("Pool:%s: unknown option '%s' (expected %s)"):format(what, tostring(k), table.concat(names, ", ")))
+    elseif want == "function" and type(v) ~= "function" then
+      raise(("Pool:%s: option %s must be a function, got %s"):format(what, k, type(v)))
+    elseif want == "seconds" and (type(v) ~= "number" or v ~= v or v <= 0) then
+      raise(("Pool:%s: option %s must be a number of seconds > 0"):format(what, k))
     end
   end
-  return chunksize, opts
+  return opts
+end
+
+-- [chunksize] [, opts]: a nil chunksize is the default, and a table in its
+-- place is the options.
+local function parse_rest(a, b, what)
+  local chunksize, opts = a, b
+  if type(a) == "table" then
+    if b ~= nil then raise(("Pool:%s: chunksize must be an integer >= 1, got a table"):format(what)) end
+    chunksize, opts = nil, a
+  end
+  if chunksize ~= nil and (math.type(chunksize) ~= "integer" or chunksize < 1) then
+    raise(("Pool:%s: chunksize must be an integer >= 1"):format(what))
+  end
+  return chunksize, check_opts(opts, what)
 end
 
 local function auto_chunksize(self, n)
@@ -551,10 +724,10 @@ local function auto_chunksize(self, n)
   return c < 1 and 1 or c
 end
 
-function Pool:apply_async(fn, args, opts)
-  check_pool(self, "apply_async")
-  if args ~= nil and type(args) ~= "table" then error("Pool:apply_async: args must be a table", 2) end
-  local _, o = parse_rest(opts, nil, "apply_async")
+local function apply_async(self, fn, args, opts, what)
+  check_pool(self, what)
+  if args ~= nil and type(args) ~= "table" then raise(("Pool:%s: args must be a table"):format(what)) end
+  local o = check_opts(opts, "apply_async")
   local job = new_job(self, "apply", fid_of(self, fn), true, o)
   job.progress = nil
   job.n = 1
@@ -565,22 +738,44 @@ function Pool:apply_async(fn, args, opts)
   return new_async(self, job)
 end
 
-function Pool:apply(fn, args)
-  return self:apply_async(fn, args):get()
+function Pool:apply_async(fn, args, opts)
+  return apply_async(self, fn, args, opts, "apply_async")
 end
 
--- A map-like job over a list (star: items are argument lists). An async
--- job copies the list (the caller may change it before the work is sent);
--- a blocking one reads it in place.
-local function map_job(self, kind, fn, list, star, chunksize, opts, blocking)
-  if type(list) ~= "table" then error(("Pool:%s: a list expected, got %s"):format(kind, type(list)), 3) end
-  local job = new_job(self, kind, fid_of(self, fn), star, opts)
+function Pool:apply(fn, args, extra)
+  if extra ~= nil then raise("Pool:apply: takes no options (apply_async takes callbacks)") end
+  return result_get(apply_async(self, fn, args, nil, "apply"))
+end
+
+-- A list, or an iterator function read to its end now (as Python's map
+-- consumes any iterable at once).
+local function as_list(kind, src)
+  if type(src) == "table" then return src, false end
+  if type(src) ~= "function" then
+    raise(("Pool:%s: a list or an iterator function expected, got %s"):format(kind, type(src)))
+  end
+  local list, n = {}, 0
+  while true do
+    local v = src()
+    if v == nil then return list, true end
+    n = n + 1
+    list[n] = v
+  end
+end
+
+-- A map-like job over a list or an iterator (star: items are argument
+-- lists). An async job copies a list it was given (the caller may change it
+-- before the work is sent); a blocking one reads it in place.
+local function map_job(self, kind, fn, src, star, chunksize, opts, blocking)
+  local fentry = fid_of(self, fn)
+  local list, owned = as_list(kind, src)
+  local job = new_job(self, kind, fentry, star, opts)
   local n = #list
   job.n = n
   job.values = mp._newtable(n)
   progress_total(job.progress, n)
   local cs = chunksize or progress.chunksize(job.progress, auto_chunksize(self, n), n)
-  job.items = blocking and list or table.move(list, 1, n, 1, {})
+  job.items = (blocking or owned) and list or table.move(list, 1, n, 1, {})
   -- A long list of numbers in big chunks travels packed in shared memory,
   -- written chunk by chunk as it is sent (dispatch), read and answered by the
   -- workers in place; anything else goes through the codec.
@@ -608,16 +803,19 @@ for _, kind in ipairs{"map", "starmap"} do
   Pool[kind] = function(self, fn, list, chunksize, opts)
     check_pool(self, kind)
     local cs, o = parse_rest(chunksize, opts, kind)
-    return new_async(self, map_job(self, kind, fn, list, star, cs, o, true)):get()
+    return result_get(new_async(self, map_job(self, kind, fn, list, star, cs, o, true)))
   end
 end
 
 -- imap and imap_unordered: streaming over a list or an iterator function,
 -- reading it lazily with at most a bounded number of chunks in flight.
+-- An error of the iterator ends the reading: the results of the items read
+-- before it are still given, and the step that reaches it raises it.
 local function stream(self, kind, fn, src, chunksize, opts, ordered)
   check_pool(self, kind)
   local cs, o = parse_rest(chunksize, opts, kind)
   local job = new_job(self, kind, fid_of(self, fn), false, o)
+  local step_timeout = o and o.timeout
   job.stream, job.stream_n = {}, 0
   local next_item
   if type(src) == "table" then
@@ -638,16 +836,23 @@ local function stream(self, kind, fn, src, chunksize, opts, ordered)
       return true, v
     end
   else
-    error(("Pool:%s: a list or an iterator function expected, got %s"):format(kind, type(src)), 3)
+    raise(("Pool:%s: a list or an iterator function expected, got %s"):format(kind, type(src)))
   end
   local limit = self.n * 8 -- chunks read ahead of the consumer
   local read = 0
+  local src_failed, src_error = false, nil -- the iterator raised: src_error, after the items read
   job.items = {} -- what was read and is not yet answered (bounded)
   local function refill()
     while not job.exhausted and job.chunks_open < limit do
       local got = 0
       for _ = 1, cs do
-        local more, v = next_item()
+        local fine, more, v = pcall(next_item)
+        if not fine then
+          if type(more) == "string" and more:find("interrupted by [%w ]+$") then error(more, 0) end -- the run ends now
+          src_failed, src_error = true, more
+          job.exhausted = true
+          break
+        end
         if not more then
           job.exhausted = true
           break
@@ -673,16 +878,22 @@ local function stream(self, kind, fn, src, chunksize, opts, ordered)
   end
   local closed = false
   local function iterate()
+    check_owner(self)
     if closed then return nil end
+    local deadline = step_timeout and mp.time() + step_timeout
     while true do
       refill()
       if has_output() then break end
       if finished() then
         closed = true
         finish_job(self, job)
+        if src_failed then error(src_error, 0) end
         return nil
       end
-      pump(self, function() return has_output() or (job.exhausted and job.chunks_open == 0) end)
+      if not pump(self, function() return has_output() or (job.exhausted and job.chunks_open == 0) end, deadline)
+      then
+        raise("Pool: timeout")
+      end
     end
     local i
     if ordered then i = emitted + 1
@@ -694,7 +905,7 @@ local function stream(self, kind, fn, src, chunksize, opts, ordered)
     emitted = emitted + 1
     local v, err = job.values[i], job.errors[i]
     job.values[i], job.errors[i], job.items[i] = nil, nil, nil -- bounded memory
-    if err then error(err, 0) end
+    if err then raise_task_error(err) end
     if ordered then return i, v end
     return v
   end
@@ -702,7 +913,7 @@ local function stream(self, kind, fn, src, chunksize, opts, ordered)
   local closer = setmetatable({}, {__close = function()
     if not finished() then job.cancelled = true finish_job(self, job) end
   end})
-  return iterate, nil, nil, closer
+  return api(iterate), nil, nil, closer
 end
 
 function Pool:imap(fn, src, chunksize, opts)
@@ -716,6 +927,7 @@ end
 -------------------------------------------------------------------- ending
 
 function Pool:close()
+  check_owner(self)
   if self.state == "run" then self.state = "closed" end
 end
 
@@ -735,6 +947,7 @@ end
 
 -- Kills the workers at once; unfinished jobs fail.
 function Pool:terminate()
+  check_owner(self)
   if self.state == "terminated" then return end
   self.state = "terminated"
   stop_workers(self, function(w) w.proc:kill() end)
@@ -746,7 +959,8 @@ function Pool:terminate()
 end
 
 function Pool:join()
-  if self.state == "run" then error("Pool: call close() or terminate() before join()", 2) end
+  check_owner(self)
+  if self.state == "run" then raise("Pool: call close() or terminate() before join()") end
   if self.state == "closed" then
     pump(self, function() return self.njobs == 0 end)
     stop_workers(self, function(w) w.inbox:put({quit = true}) end)
@@ -768,6 +982,15 @@ Pool.__gc = function(self)
   if self.state ~= "joined" and self.state ~= "terminated" and not mp._in_child() then
     pcall(Pool.terminate, self)
   end
+end
+
+-- Every method runs protected (see rethrow()).
+for _, class in ipairs{Pool, AsyncResult} do
+  local names = {}
+  for name, f in pairs(class) do
+    if type(f) == "function" and not name:match("^__") then names[#names + 1] = name end
+  end
+  for _, name in ipairs(names) do class[name] = api(class[name]) end
 end
 
 function Pool:__tostring()

@@ -24,14 +24,31 @@ local function explain(err)
   return err
 end
 
-local function traceback(e)
-  if type(e) ~= "string" then
-    local mt = getmetatable(e)
-    e = mt and mt.__tostring and tostring(e) or ("(error object is a %s value)"):format(type(e))
-  end
-  -- the worker's own frames only: cut where the pool called the task
-  local tb = debug.traceback(e, 2)
+local function describe(e)
+  if type(e) == "string" then return e end
+  local mt = getmetatable(e)
+  if mt and mt.__tostring then return tostring(e) end
+  if type(e) == "number" or type(e) == "boolean" then return tostring(e) end
+  return ("(error object is a %s value)"):format(type(e))
+end
+
+-- The worker's own frames only: cut where the pool called the task.
+local function frames(level)
+  local tb = debug.traceback("", level + 1):gsub("^\nstack traceback:\n", "", 1)
   return (tb:gsub("\n\t[^\n]*mpengine%.pool_worker:.*$", ""))
+end
+
+-- The initializer's error: one string.
+local function traceback(e)
+  return describe(e) .. "\nstack traceback:\n" .. frames(2)
+end
+
+-- A task's error: {msg, tb [, value]}, value when it is not a string and
+-- can travel (the parent raises it in a TaskError).
+local function task_failure(e)
+  local r = {msg = explain(describe(e)), tb = frames(2)}
+  if type(e) ~= "string" and e ~= nil and pcall(mp.encode, e) then r.value = e end
+  return r
 end
 
 -- Runs the n tasks of one chunk, items[pos+1 .. pos+n], into values[] (and
@@ -56,9 +73,9 @@ local function run_chunk(fn, star, timed, stamp, cid, items, pos, n, values, err
   end
   local from = 1
   while from <= n do
-    local ok, err = xpcall(run, traceback, from)
+    local ok, err = xpcall(run, task_failure, from)
     if ok then break end
-    errors[pos + cur] = explain(err)
+    errors[pos + cur] = type(err) == "table" and err or explain(err) -- (no handler runs for a memory error)
     from = cur + 1
   end
   stamp(0, 0)
@@ -92,8 +109,8 @@ local function run_packed(fn, msg, stamp, slot, results)
   for k = 1, #msg.cids do
     local first, n = msg.firsts[k], msg.counts[k]
     local values, errors = mp._newtable(n), {}
-    run_chunk(fn, false, msg.timed, stamp, msg.cids[k], msg.pin:_slice(first, n), 0, n, values, errors)
-    local stored = next(errors) == nil and msg.pout:_store(values, first, n)
+    run_chunk(fn, false, msg.timed, stamp, msg.cids[k], msg.pin:slice(first, first + n - 1), 0, n, values, errors)
+    local stored = next(errors) == nil and mp._pack(msg.pout, values, 1, n, first)
     r.cids[k], r.counts[k], r.stored[k] = msg.cids[k], n, stored
     if not stored then
       table.move(values, 1, n, vpos + 1, r.values)
@@ -111,7 +128,8 @@ end
 
 -- The body of every worker process. A batch is {fid, star, timed, cids,
 -- counts, items}: chunks of one job, their items laid end to end.
-local function worker_main(slot, inbox, results, stamps, init, initargs, maxtasks, memory_limit)
+local function worker_main(slot, inbox, results, stamps, init, initargs, maxtasks, memory_limit, token)
+  mp._pool_worker_of = token -- this process is a worker of that pool (pool.lua refuses to use it here)
   if memory_limit then
     memory_limit_of_this_worker = memory_limit
     local ok, why = mp._limit_memory(memory_limit)

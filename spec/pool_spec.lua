@@ -46,13 +46,17 @@ describe("Pool", function()
   it("runs callbacks in the parent, in completion order", function()
     local order = {}
     local me = mp.getpid()
-    local a = pool:apply_async(function() mp.sleep(0.2) return "slow" end, nil,
+    local release = mp.Event() -- the slow task ends only after the others did
+    local a = pool:apply_async(function() assert(release:wait(60)) return "slow" end, nil,
       {callback = function(v) order[#order + 1] = v assert(mp.getpid() == me) end})
     local b = pool:apply_async(function() return "fast" end, nil,
       {callback = function(v) order[#order + 1] = v end})
     local c = pool:apply_async(function() error("bad") end, nil,
       {error_callback = function() order[#order + 1] = "error" end})
-    a:wait(); b:wait(); c:wait()
+    b:wait(); c:wait()
+    assert.are.same({"fast", "error"}, order)
+    release:set()
+    a:wait()
     assert.are.same({"fast", "error", "slow"}, order)
     local got
     pool:map_async(function(x) return x + 1 end, {1, 2}, {callback = function(v) got = v end}):wait()
@@ -136,10 +140,10 @@ describe("Pool", function()
     local ok, err = pcall(pool.apply, pool, function() local t = nil; return t.field end)
     assert.is_false(ok)
     assert.matches("spec/pool_spec.lua:%d+: attempt to index a nil value", err)
-    assert.matches("stack traceback:", err)
+    assert.matches("\nPool: the task of apply failed; worker traceback:\n\t[^\n]*spec/pool_spec.lua:%d+", err)
     ok, err = pcall(pool.map, pool, function(x) if x == 3 then error("three") end return x end, range(5), 1)
     assert.is_false(ok)
-    assert.matches("spec/pool_spec.lua:%d+: three", err)
+    assert.matches("^spec/pool_spec.lua:%d+: three\nPool: task 3 of map failed; worker traceback:\n", err)
     local r = {}
     for _, v in pool:imap(function(x) return x end, {1, 2}) do r[#r + 1] = v end
     assert.are.same({1, 2}, r)
@@ -155,9 +159,13 @@ describe("Pool", function()
     local co = coroutine.create(print)
     assert.has_error(function() pool:apply(function() return co end) end,
       "cannot send value at value[upvalue co]: thread")
+    local line = debug.getinfo(1, "l").currentline + 1
+    local ok0, err0 = pcall(function() pool:apply(function() return co end) end)
+    assert.is_false(ok0)
+    assert.are.equal(("spec/pool_spec.lua:%d: cannot send value at value[upvalue co]: thread"):format(line), err0)
     local ok, err = pcall(pool.apply, pool, function(x) return x end, {{cb = co}})
     assert.is_false(ok)
-    assert.matches("cannot send value", err)
+    assert.matches("cannot send value at args%[1%]%.cb: thread", err)
     ok, err = pcall(pool.apply, pool, function() return coroutine.create(print) end)
     assert.is_false(ok)
     assert.matches("cannot send value at the result of task 1: thread", err)
@@ -250,7 +258,8 @@ describe("Pool", function()
     local r = p:apply_async(function() mp.sleep(0.05) return "done" end)
     assert.has_error(function() p:join() end, "Pool: call close() or terminate() before join()")
     p:close()
-    assert.has_error(function() p:apply(print, {}) end, "Pool: cannot apply_async: the pool is closed")
+    assert.has_error(function() p:apply(print, {}) end, "Pool: cannot apply: the pool is closed")
+    assert.has_error(function() p:apply_async(print, {}) end, "Pool: cannot apply_async: the pool is closed")
     p:join()
     assert.are.equal("done", r:get())
     for _, w in pairs(p.workers) do assert.is_nil(w) end
@@ -285,6 +294,221 @@ describe("Pool", function()
     for _, pid in ipairs(pids) do assert.is_false(H.alive(pid)) end
   end)
 
+  it("a pool used inside its own task raises at that call in the worker; the pool is unharmed", function()
+    local ok, err = pcall(pool.map, pool, function(x)
+      local y = pool:apply(function(y) return y end, {x})
+      return y
+    end, {1, 2, 3, 4})
+    assert.is_false(ok)
+    local line = debug.getinfo(1, "l").currentline - 4
+    assert.matches(("^spec/pool_spec.lua:%d: Pool: cannot be used from one of its own workers\nPool: task 1 of map")
+      :format(line), err)
+    -- in a tail call, the task's own line is gone: no position rather than a wrong one
+    ok, err = pcall(pool.map, pool, function(x) return pool:apply(print, {x}) end, {1, 2})
+    assert.is_false(ok)
+    assert.matches("^Pool: cannot be used from one of its own workers\n", err)
+    -- a nested apply_async is refused too, and nothing reaches the next map
+    local got = pool:map(function()
+      local sent, why = pcall(pool.apply_async, pool, function() return "nested" end)
+      return sent and "sent" or why
+    end, {1, 2}, 1)
+    for i = 1, 2 do assert.matches("Pool: cannot be used from one of its own workers", got[i]) end
+    assert.are.same({10, 20, 30}, pool:map(function(x) return 10 * x end, {1, 2, 3}))
+    -- another process than the one that made it
+    local q = mp.Queue()
+    local p = mp.Process{target = function() q:put(select(2, pcall(pool.apply, pool, print))) end}
+    p:start()
+    assert.matches("Pool: can only be used from the process that made it", q:get(30))
+    p:join()
+    assert.are.equal(7, pool:apply(function() return 7 end))
+  end)
+
+  it("an item that cannot be sent fails its own task; the pool keeps serving", function()
+    local co = coroutine.create(print)
+    local ok, err = pcall(pool.map, pool, function(x) return x end, {co})
+    assert.is_false(ok)
+    assert.matches("cannot send value at list%[1%]: thread\nPool: task 1 of map failed", err)
+    assert.are.same({1, 2}, pool:map(function(x) return x end, {1, 2}))
+    ok, err = pcall(pool.map, pool, function(x) return x end, {1, 2, co, 4, 5})
+    assert.is_false(ok)
+    assert.matches("cannot send value at list%[3%]: thread", err)
+    local steps = {}
+    for _ = 1, 5 do steps[#steps + 1] = select(2, pcall(pool.imap(pool, function(x) return x end, {1, co, 3}))) end
+    local r = pool:map_async(function(x) return x end, {co, 2})
+    assert.is_false(pcall(r.get, r, 30))
+    assert.are.same({3, 4}, pool:map(function(x) return x + 2 end, {1, 2}))
+    -- with one worker and one item, close and join return
+    local p = mp.Pool(1)
+    assert.is_false(pcall(p.map, p, function(x) return x end, {co}))
+    assert.are.equal(1, p:apply(function() return 1 end))
+    p:close()
+    p:join()
+  end)
+
+  it("imap gives the results of the items read before its iterator raised, then raises its error", function()
+    for _, kind in ipairs{"imap", "imap_unordered"} do
+      local k = -1
+      local function gen()
+        k = k + 1
+        if k == 3 then error("the generator broke") end
+        return k
+      end
+      local got = {}
+      local ok, err = pcall(function()
+        for a, b in pool[kind](pool, function(x) return x * x end, gen, 1) do got[#got + 1] = b or a end
+      end)
+      assert.is_false(ok)
+      assert.matches("spec/pool_spec.lua:%d+: the generator broke", err)
+      table.sort(got)
+      assert.are.same({0, 1, 4}, got)
+    end
+    assert.are.same({1}, pool:map(function(x) return x end, {1}))
+  end)
+
+  it("imap's timeout option raises 'Pool: timeout' at the step that waits too long; the pool goes on", function()
+    local release = mp.Event()
+    local it = pool:imap(function(x) if x == 2 then assert(release:wait(60)) end return x end, {1, 2, 3}, 1,
+      {timeout = 1})
+    assert.are.same({1, 1}, {it()})
+    local ok, err = pcall(it)
+    assert.is_false(ok)
+    assert.matches("^spec/pool_spec.lua:%d+: Pool: timeout$", err)
+    release:set()
+    assert.are.same({2, 2}, {it()})
+    assert.are.same({3, 3}, {it()})
+    assert.is_nil(it())
+    release:clear()
+    local seen = {}
+    ok, err = pcall(function()
+      for v in pool:imap_unordered(function(x) if x == 1 then assert(release:wait(60)) end return x end,
+        {1, 2}, 1, {timeout = 1}) do seen[#seen + 1] = v end
+    end)
+    assert.is_false(ok)
+    assert.matches("Pool: timeout", err)
+    assert.are.same({2}, seen)
+    release:set()
+    assert.are.same({1, 2}, pool:map(function(x) return x end, {1, 2}))
+  end)
+
+  it("map and starmap read an iterator function to its end", function()
+    local function upto(n, f)
+      local i = 0
+      return function() i = i + 1 if i <= n then return f(i) end end
+    end
+    local id = function(x) return x end
+    assert.are.same({2, 4, 6, 8, 10}, pool:map(function(x) return 2 * x end, upto(5, id)))
+    assert.are.same({2, 4, 6}, pool:map_async(function(x) return 2 * x end, upto(3, id)):get())
+    local pair = function(i) return {i, i} end
+    assert.are.same({2, 4, 6}, pool:starmap(function(a, b) return a + b end, upto(3, pair)))
+    assert.are.same({2, 4}, pool:starmap_async(function(a, b) return a + b end, upto(2, pair)):get())
+    assert.are.same({}, pool:map(id, upto(0, id)))
+    local big = pool:map(function(x) return x + 1 end, upto(5000, id)) -- packed numbers too
+    assert.are.equal(5000, #big)
+    assert.are.equal(5001, big[5000])
+  end)
+
+  it("a task's non-string error value comes back beside the traceback", function()
+    local ok, err = pcall(pool.apply, pool, function() error(123) end)
+    assert.is_false(ok)
+    assert.are.equal(123, err.value)
+    assert.are.equal(1, err.task)
+    assert.matches("^123\nPool: the task of apply failed; worker traceback:\n", tostring(err))
+    assert.matches("\ncaller traceback:\n", tostring(err))
+    ok, err = pcall(pool.apply, pool, function() error({code = 5, why = "no disk"}) end)
+    assert.is_false(ok)
+    assert.are.same({code = 5, why = "no disk"}, err.value)
+    assert.matches("^%(error object is a table value%)", tostring(err))
+    ok, err = pcall(pool.apply, pool, function()
+      error(setmetatable({}, {__tostring = function() return "a custom error" end}))
+    end)
+    assert.is_false(ok)
+    assert.matches("^a custom error\n", tostring(err))
+    ok, err = pcall(pool.map, pool, function(x) if x == 3 then error(false) end return x end, range(4), 1)
+    assert.is_false(ok)
+    assert.are.equal(false, err.value)
+    assert.are.equal(3, err.task)
+    assert.matches("^false\nPool: task 3 of map failed", tostring(err))
+    local seen
+    pool:apply_async(function() error(42) end, nil, {error_callback = function(e) seen = e end}):wait()
+    assert.are.equal(42, seen.value)
+    -- a value that cannot travel: its text still does
+    ok, err = pcall(pool.apply, pool, function() error({co = coroutine.create(print)}) end)
+    assert.is_false(ok)
+    assert.matches("^%(error object is a table value%)\nPool: the task of apply failed", err)
+  end)
+
+  it("misuse raises at the caller's line", function()
+    local function blames_caller(f, msg)
+      local ok, err = pcall(f)
+      assert.is_false(ok)
+      local line = debug.getinfo(f, "S").linedefined
+      assert.are.equal(("spec/pool_spec.lua:%d: %s"):format(line, msg), err)
+    end
+    blames_caller(function() pool:apply(5, {}) end, "Pool: function expected, got number")
+    blames_caller(function() pool:map("x", {1}) end, "Pool: function expected, got string")
+    blames_caller(function() pool:map(print, 5) end, "Pool:map: a list or an iterator function expected, got number")
+    blames_caller(function() pool:imap(print, {1}, 0) end, "Pool:imap: chunksize must be an integer >= 1")
+    blames_caller(function() pool:apply_async(print, 5) end, "Pool:apply_async: args must be a table")
+    blames_caller(function() pool:join() end, "Pool: call close() or terminate() before join()")
+    local r = pool:apply_async(function() return 1 end)
+    blames_caller(function() r:get(-1) end, "AsyncResult:get: timeout must be a number of seconds >= 0")
+    r:get()
+  end)
+
+  it("options are read in every argument shape; unknown ones raise", function()
+    local sq = function(x) return x * x end
+    local sq2 = function(x) return x * x end
+    for _, kind in ipairs{"map", "map_async", "starmap", "starmap_async"} do
+      local list = kind:match("^star") and {{1}, {2}} or {1, 2}
+      -- chunksize, options: nil then options, options alone, a number then options
+      for _, shape in ipairs{{nil, true}, {true}, {1, true}, {2, true}} do
+        local got
+        local opts = {callback = function(v) got = v end}
+        local a, b = shape[1], shape[2]
+        if a == true then a = opts else b = opts end
+        local r = pool[kind](pool, sq, list, a, b)
+        if kind:match("async") then r:wait() end
+        assert.are.same({1, 4}, got, kind)
+        opts.bogus = 1
+        local ok, err = pcall(pool[kind], pool, sq2, list, a, b)
+        assert.is_false(ok)
+        assert.matches("Pool:" .. kind .. ": unknown option 'bogus' %(expected callback, error_callback, progress%)",
+          err)
+      end
+      local r = pool[kind](pool, sq, list, nil, nil)
+      if kind:match("async") then r = r:get() end
+      assert.are.same({1, 4}, r)
+      assert.is_false(pcall(pool[kind], pool, sq, list, nil, {callback = 5}))
+      assert.is_false(pcall(pool[kind], pool, sq, list, {}, {}))
+      assert.is_false(pcall(pool[kind], pool, sq, list, "2"))
+    end
+    for _, kind in ipairs{"imap", "imap_unordered"} do
+      for _, shape in ipairs{{nil, true}, {true}, {1, true}} do
+        local opts = {timeout = 30, progress = false}
+        local a, b = shape[1], shape[2]
+        if a == true then a = opts else b = opts end
+        local n = 0
+        for _ in pool[kind](pool, sq, {1, 2, 3}, a, b) do n = n + 1 end
+        assert.are.equal(3, n)
+        opts.bogus = 1
+        local ok, err = pcall(pool[kind], pool, sq, {1}, a, b)
+        assert.is_false(ok)
+        assert.matches("Pool:" .. kind .. ": unknown option 'bogus' %(expected progress, timeout%)", err)
+      end
+      assert.is_false(pcall(pool[kind], pool, sq, {1}, nil, {timeout = -1}))
+      assert.is_false(pcall(pool[kind], pool, sq, {1}, nil, {callback = print}))
+    end
+    local got
+    pool:apply_async(sq, {3}, {callback = function(v) got = v end}):wait()
+    assert.are.equal(9, got)
+    pool:apply_async(sq, nil, nil):wait()
+    local ok, err = pcall(pool.apply_async, pool, sq, {3}, {callback = print, bogus = 1})
+    assert.is_false(ok)
+    assert.matches("Pool:apply_async: unknown option 'bogus' %(expected callback, error_callback%)", err)
+    assert.is_false(pcall(pool.apply, pool, sq, {3}, {callback = print}))
+    assert.are.equal(16, pool:apply(sq, {4}, nil))
+  end)
+
   it("defaults to MPENGINE_WORKERS, and raises on bad options", function()
     local out = H.sh("MPENGINE_WORKERS=3 " .. H.CLI .. " run spec/fixtures/pool_workers.lua")
     assert.matches("workers=3", out)
@@ -310,7 +534,8 @@ describe("Pool under mpengine run", function()
     os.execute("kill -INT " .. cli)
     local out = f:read("a")
     f:close()
-    assert.matches("interrupted by SIGINT", out)
+    assert.matches("mpengine: interrupted by SIGINT\n", out)
+    assert.not_matches("mpengine%.pool", out)
     assert.are.equal("130", out:match("rc=(%d+)"))
     for _, pid in ipairs(pids) do H.wait_until(function() return not H.alive(pid) end, 2) end
     os.remove(pidfile)

@@ -327,7 +327,7 @@ describe("Value and Array", function()
   end)
 
   it("raises on misuse", function()
-    assert.has_error(function() mp.Value('x', 1) end, "bad typecode 'x' (expected one of b B h H i I l L q Q f d)")
+    assert.has_error(function() mp.Value('x', 1) end, "bad typecode 'x' (expected one of b B h H i I l L q Q f d c)")
     assert.has_error(function() mp.Value('ii', 1) end)
     assert.has_error(function() mp.Value('i', 1.5) end, "Value: typecode 'i' holds integers, got 1.5")
     assert.has_error(function() mp.Value('i', "x") end)

@@ -380,7 +380,7 @@ MPE_API unsigned mpe_barrier_waiting(const mpe_barrier *b);
 
 typedef struct mpe_value mpe_value;
 
-/* count elements of a Python typecode: b B h H i I l L q Q f d; -EINVAL for
+/* count elements of a Python typecode: b B h H i I l L q Q f d c; -EINVAL for
  * another. lock: the lock that guards compound updates (retained), or NULL. */
 MPE_API int mpe_value_new(mpe_value **out, char typecode, size_t count, mpe_lock *lock);
 MPE_API void mpe_value_retain(mpe_value *v);

@@ -7,7 +7,8 @@
  * checks the typecode's range, and commits only a value that fits.
  *
  * Typecodes as Python's array module on 64-bit Linux: b B h H i I (8, 16,
- * 32 bits), l L q Q (64 bits), f (float), d (double). Unsigned 64-bit values
+ * 32 bits), l L q Q (64 bits), f (float), d (double), and c (a byte, as
+ * ctypes' c_char; stored as B). Unsigned 64-bit values
  * are limited to 0 .. 2^63-1, what a Lua integer holds. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -29,7 +30,7 @@ MPE__DEFINE_REFS(value, mpe_value, MPE__KIND_VALUE)
 
 static int size_of(char t) {
   switch (t) {
-  case 'b': case 'B': return 1;
+  case 'b': case 'B': case 'c': return 1;
   case 'h': case 'H': return 2;
   case 'i': case 'I': case 'f': return 4;
   case 'l': case 'L': case 'q': case 'Q': case 'd': return 8;
@@ -70,7 +71,7 @@ mpe_lock *mpe_value_lock(mpe_value *v) { return v->lock ? mpe_deref(v->lock) : N
 static int fits(char t, int64_t x) {
   switch (t) {
   case 'b': return x >= INT8_MIN && x <= INT8_MAX;
-  case 'B': return x >= 0 && x <= UINT8_MAX;
+  case 'B': case 'c': return x >= 0 && x <= UINT8_MAX;
   case 'h': return x >= INT16_MIN && x <= INT16_MAX;
   case 'H': return x >= 0 && x <= UINT16_MAX;
   case 'i': return x >= INT32_MIN && x <= INT32_MAX;
@@ -85,7 +86,7 @@ static int fits(char t, int64_t x) {
 int64_t mpe_value_get_int(mpe_value *v, size_t i) {
   switch (v->typecode) {
   case 'b': return __atomic_load_n(AT(int8_t, v, i), __ATOMIC_SEQ_CST);
-  case 'B': return __atomic_load_n(AT(uint8_t, v, i), __ATOMIC_SEQ_CST);
+  case 'B': case 'c': return __atomic_load_n(AT(uint8_t, v, i), __ATOMIC_SEQ_CST);
   case 'h': return __atomic_load_n(AT(int16_t, v, i), __ATOMIC_SEQ_CST);
   case 'H': return __atomic_load_n(AT(uint16_t, v, i), __ATOMIC_SEQ_CST);
   case 'i': return __atomic_load_n(AT(int32_t, v, i), __ATOMIC_SEQ_CST);
@@ -137,7 +138,7 @@ static uint64_t bits_of_int(int64_t x) { return (uint64_t)x; }
 static int64_t int_of_bits(char t, uint64_t b) {
   switch (t) {
   case 'b': return (int8_t)b;
-  case 'B': return (uint8_t)b;
+  case 'B': case 'c': return (uint8_t)b;
   case 'h': return (int16_t)b;
   case 'H': return (uint16_t)b;
   case 'i': return (int32_t)b;
