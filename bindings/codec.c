@@ -654,8 +654,8 @@ static _Noreturn void raise_failure(enc *e, const char *root) {
   lua_State *L = e->L;
   luaL_checkstack(L, 4, "cannot send value");
   luaL_Buffer b;
-  push_where(L);
   luaL_buffinit(L, &b);
+  push_where(L);
   luaL_addvalue(&b);
   luaL_addstring(&b, "cannot send value at ");
   luaL_addstring(&b, root);
