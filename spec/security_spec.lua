@@ -150,11 +150,11 @@ describe("references across encode and decode (issue 10, 4)", function()
     collectgarbage()
     collectgarbage()
     local used0 = mp.arena_stats()
-    local a = mp.Array('d', 1 << 16) -- 512 KiB
-    for _ = 1, 200 do assert(mp.encode({a, a})) end
-    local b = mp.decode(mp.encode(a))
-    assert.are.equal(a, b)
-    a, b = nil, nil
+    do
+      local a = mp.Array('d', 1 << 16) -- 512 KiB
+      for _ = 1, 200 do assert(mp.encode({a, a})) end
+      assert.are.equal(a, mp.decode(mp.encode(a)))
+    end
     collectgarbage()
     collectgarbage()
     assert.are.equal(used0, (mp.arena_stats()))
