@@ -81,6 +81,7 @@ mpel_wire *mpel_wire_get(lua_State *L, int allow_ends) {
   w->nends = 0;
   w->allow_ends = allow_ends;
   w->transfer = 1;
+  w->inflight = 0;
   return w;
 }
 
@@ -480,6 +481,11 @@ static int enc_userdata(enc *e, int idx) {
       if (cls->retain) { /* a reference in flight for a real send, once all encoded */
         if (lua_type(L, e->objs) == LUA_TNIL) {
           lua_newtable(L);
+          if (luaL_newmetatable(L, "mpengine.weakvalues")) { /* kept for an unsend, not alive */
+            lua_pushliteral(L, "v");
+            lua_setfield(L, -2, "__mode");
+          }
+          lua_setmetatable(L, -2);
           lua_replace(L, e->objs);
         }
         lua_pushvalue(L, idx);
@@ -717,7 +723,7 @@ void mpel_encode(lua_State *L, int idx, const char *root, mpel_wire *w) {
     raise_failure(&e, root);
   }
   if (e.ext) seal(&e, start);
-  if (w->transfer) {
+  if (w->transfer && e.nobjs) {
     for (int i = 1; i < e.nobjs; i += 2) {
       lua_rawgeti(L, e.objs, i);
       lua_rawgeti(L, e.objs, i + 1);
@@ -725,6 +731,26 @@ void mpel_encode(lua_State *L, int idx, const char *root, mpel_wire *w) {
       cls->retain(lua_touserdata(L, -2));
       lua_pop(L, 2);
     }
+    lua_pushvalue(L, e.objs); /* for mpel_wire_unsend */
+    lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.inflight");
+    w->inflight = 1;
   }
   lua_settop(L, top);
+}
+
+void mpel_wire_unsend(lua_State *L, mpel_wire *w) {
+  if (!w->inflight) return;
+  w->inflight = 0;
+  luaL_checkstack(L, 3, "cannot send value");
+  if (lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.inflight") == LUA_TTABLE) {
+    /* the message's values are still on the sender's stack: none was collected */
+    for (lua_Integer i = 1; lua_rawgeti(L, -1, i) == LUA_TUSERDATA; i += 2) {
+      lua_rawgeti(L, -2, i + 1);
+      const mpel_class *cls = lua_touserdata(L, -1);
+      cls->release(lua_touserdata(L, -2), 0);
+      lua_pop(L, 2);
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
 }

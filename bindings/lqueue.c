@@ -65,9 +65,13 @@ static int do_put(lua_State *L, double timeout, int nowait) {
   double deadline = mpel_deadline(timeout);
   int rc;
   while ((rc = mpe_queue_put(QOF(h), w->buf, w->len, 1, mpel_left(deadline))) == MPE_EINTR) {
-    if (mpel_signal) mpel_wire_done(w);
+    if (mpel_signal) {
+      mpel_wire_unsend(L, w);
+      mpel_wire_done(w);
+    }
     mpel_check_signal(L);
   }
+  if (rc != 0) mpel_wire_unsend(L, w); /* not sent: its references in flight go back */
   mpel_wire_done(w);
   if (rc == 0) {
     lua_pushboolean(L, 1);

@@ -32,6 +32,7 @@ typedef struct mpel_wire {
   int transfer;   /* a real send (a Queue put, a Pipe send): each engine object
                      in the message gets a reference in flight, which the one
                      receiver adopts (mpel_decode); 0: none is taken */
+  int inflight;   /* references in flight were taken for the message in buf */
 } mpel_wire;
 
 /* One kind of engine object (see the seam above). */
@@ -141,6 +142,8 @@ const char *mpel_put_object(mpel_wire *w, int kind, const void *payload, size_t 
  * transfer: 1 for a real send (see mpel_wire.transfer). */
 mpel_wire *mpel_wire_get(lua_State *L, int allow_ends);
 void mpel_wire_done(mpel_wire *w);
+/* The send of w's message failed: gives back its references in flight. */
+void mpel_wire_unsend(lua_State *L, mpel_wire *w);
 int mpel_wire_reserve(mpel_wire *w, size_t more);
 /* Appends the value at idx to w; raises "cannot send value at ROOT...: TYPE". */
 void mpel_encode(lua_State *L, int idx, const char *root, mpel_wire *w);

@@ -160,18 +160,42 @@ describe("references across encode and decode (issue 10, 4)", function()
     assert.are.equal(used0, (mp.arena_stats()))
   end)
 
-  it("a Pool task capturing an object does not pin it once per call", function()
-    local pool = mp.Pool(1)
-    assert.are.equal(1, pool:apply(function() return 1 end))
+  it("gives back the reference in flight of a put that fails", function()
+    collectgarbage()
+    collectgarbage()
     local used0 = mp.arena_stats()
-    local a = mp.Array('d', 1 << 16)
-    for i = 1, 100 do assert.are.equal(i, pool:apply(function(x) return x + a[1] end, {i})) end
-    pool:close()
-    pool:join()
-    a = nil
+    do
+      local q = mp.Queue(1)
+      local a = mp.Array('d', 1 << 16)
+      assert.is_true(q:put(1))
+      for _ = 1, 50 do
+        local ok, why = q:put_nowait({a, {a}})
+        assert.is_falsy(ok)
+        assert.are.equal("full", why)
+      end
+      q:close()
+      assert.has_error(function() q:put({a}) end)
+    end
     collectgarbage()
     collectgarbage()
     assert.are.equal(used0, (mp.arena_stats()))
+  end)
+
+  it("a Pool task capturing an object does not pin it once per call", function()
+    local stale
+    do
+      local pool = mp.Pool(1)
+      local a = mp.Array('d', 4)
+      stale = mp.encode(a) -- decodes only while the Array is alive
+      for i = 1, 100 do assert.are.equal(i, pool:apply(function(x) return x + a[1] end, {i})) end
+      pool:close()
+      pool:join() -- the worker gives its references back as it ends
+    end
+    collectgarbage()
+    collectgarbage()
+    local ok, err = pcall(mp.decode, stale)
+    assert.is_false(ok)
+    assert.matches("the Array it names is gone", err)
   end)
 end)
 
