@@ -110,7 +110,7 @@ void *mpel_shared_take(lua_State *L, const mpel_shared_type *t, const unsigned c
   int rc = o ? mpe_obj_claim(o, check, mpel_decoding_copy) : -ESTALE;
   if (rc == -ESTALE && mpel_decoding_copy)
     luaL_error(L, "cannot receive value: the %s it names is gone (every handle to it was released)",
-                      t->cls.name);
+               t->cls.name);
   return rc < 0 ? NULL : o;
 }
 
