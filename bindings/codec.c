@@ -466,6 +466,31 @@ static int enc_function(enc *e, int idx) {
   return 0;
 }
 
+/* Puts at slot the table that lists the objects of a message (one for the
+ * state, reused): weak, so that it keeps none alive once the message went,
+ * and emptied of the last message's. */
+static void objs_open(lua_State *L, int slot) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.inflight") != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "v");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.inflight");
+  }
+  lua_Integer n = (lua_rawgeti(L, -1, 0), lua_tointeger(L, -1));
+  lua_pop(L, 1);
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_pushnil(L);
+    lua_rawseti(L, -2, i);
+  }
+  lua_pushinteger(L, 0);
+  lua_rawseti(L, -2, 0);
+  lua_replace(L, slot);
+}
+
 static int enc_userdata(enc *e, int idx) {
   lua_State *L = e->L;
   if (lua_getmetatable(L, idx)) {
@@ -479,19 +504,13 @@ static int enc_userdata(enc *e, int idx) {
       const char *why = cls->encode(L, idx, e->w);
       if (why) return fail(e, why);
       if (cls->retain) { /* a reference in flight for a real send, once all encoded */
-        if (lua_type(L, e->objs) == LUA_TNIL) {
-          lua_newtable(L);
-          if (luaL_newmetatable(L, "mpengine.weakvalues")) { /* kept for an unsend, not alive */
-            lua_pushliteral(L, "v");
-            lua_setfield(L, -2, "__mode");
-          }
-          lua_setmetatable(L, -2);
-          lua_replace(L, e->objs);
-        }
+        if (lua_type(L, e->objs) == LUA_TNIL) objs_open(L, e->objs);
         lua_pushvalue(L, idx);
         lua_rawseti(L, e->objs, ++e->nobjs);
         lua_pushlightuserdata(L, (void *)cls);
         lua_rawseti(L, e->objs, ++e->nobjs);
+        lua_pushinteger(L, e->nobjs); /* [0]: how many, even if the encoding fails later */
+        lua_rawseti(L, e->objs, 0);
       }
       return 0;
     }
@@ -731,9 +750,7 @@ void mpel_encode(lua_State *L, int idx, const char *root, mpel_wire *w) {
       cls->retain(lua_touserdata(L, -2));
       lua_pop(L, 2);
     }
-    lua_pushvalue(L, e.objs); /* for mpel_wire_unsend */
-    lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.inflight");
-    w->inflight = 1;
+    w->inflight = 1; /* mpengine.inflight lists them, for mpel_wire_unsend */
   }
   lua_settop(L, top);
 }
@@ -744,7 +761,10 @@ void mpel_wire_unsend(lua_State *L, mpel_wire *w) {
   luaL_checkstack(L, 3, "cannot send value");
   if (lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.inflight") == LUA_TTABLE) {
     /* the message's values are still on the sender's stack: none was collected */
-    for (lua_Integer i = 1; lua_rawgeti(L, -1, i) == LUA_TUSERDATA; i += 2) {
+    lua_Integer n = (lua_rawgeti(L, -1, 0), lua_tointeger(L, -1));
+    lua_pop(L, 1);
+    for (lua_Integer i = 1; i < n; i += 2) {
+      lua_rawgeti(L, -1, i);
       lua_rawgeti(L, -2, i + 1);
       const mpel_class *cls = lua_touserdata(L, -1);
       cls->release(lua_touserdata(L, -2), 0);
