@@ -10,9 +10,7 @@
  *   2 MODULE   name: package.loaded[name] on the receiving side
  *   3 MODFIELD "mod\0key": a C function (or a module's function or
  *              userdata) by name, e.g. string.format, io.stdout
- *   4 FUNC     bin bytecode, uint64 tag, array of upvalues: a Lua function
- *              (the tag is mpe_mac of the bytecode: only code encoded in
- *              this run is loaded; debug info
+ *   4 FUNC     bin bytecode, array of upvalues: a Lua function (debug info
  *              kept, so tracebacks show file:line); an upvalue named _ENV
  *              always travels as MODULE "_G": the receiver's globals
  *   5 MTTABLE  table, metatable
@@ -20,12 +18,27 @@
  *   7 UPJOIN   u32 function id, u16 index: in place of an upvalue, "the same
  *              variable as upvalue index of that function" (closures that
  *              share a variable still share it on the other side)
+ *   8 SEAL     u64 tag: only first, see below
  *
  * Ids: tables, Lua functions and engine objects get ids 1, 2, ... in the order
  * the encoder meets them (depth first), and the decoder counts the same way,
  * so no id is written except in REF. Modules and module fields are named, not
  * counted. Nothing is sent until the whole value has encoded, so a value that
- * cannot travel raises with its path and nothing half-sent reaches a peer. */
+ * cannot travel raises with its path and nothing half-sent reaches a peer.
+ *
+ * Sealing: a message with any extension but REF reaches code or live state
+ * when decoded (it loads code, requires modules, sets metatables, names
+ * engine objects), so the encoder seals it: SEAL, the keyed tag (mpe_mac,
+ * the run's secret) of every byte after it, goes first. The decoder checks
+ * the tag before it decodes anything and refuses those extensions in a
+ * message that is not sealed by this run. Plain data (what MessagePack
+ * itself can say, shared references and cycles included) is never sealed
+ * and costs nothing extra.
+ *
+ * References: the encoder takes none, except for a real send (w->transfer:
+ * a Queue put, a Pipe send), where each engine object in the message gets
+ * one reference in flight, taken once the whole message encoded and adopted
+ * by the one receiver. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -68,6 +81,7 @@ mpel_wire *mpel_wire_get(lua_State *L, int allow_ends) {
   w->nends = 0;
   w->allow_ends = allow_ends;
   w->transfer = 1;
+  w->inflight = 0;
   return w;
 }
 
@@ -105,8 +119,11 @@ typedef struct enc {
   int rev;  /* stack index: value -> "mod" or "mod\0key" */
   int nextid;
   int depth;
+  int ext;  /* an extension but REF was written: the message is sealed */
+  int objs; /* stack index: the engine objects met, handle and class by turns */
+  int nobjs;
   const char *why;
-  char whybuf[96];
+  char whybuf[128];
   int nseg;
   char seg[MAX_SEG][SEG_LEN];
 } enc;
@@ -182,6 +199,7 @@ static void put_count(enc *e, int map, size_t n) {
 }
 
 static void put_ext(enc *e, int type, const void *p, size_t n) {
+  if (type != EXT_REF) e->ext = 1;
   if (n == 1 || n == 2 || n == 4 || n == 8 || n == 16) {
     put1(e, n == 1 ? 0xd4 : n == 2 ? 0xd5 : n == 4 ? 0xd6 : n == 8 ? 0xd7 : 0xd8);
   } else if (n < 256) {
@@ -197,6 +215,7 @@ static void put_ext(enc *e, int type, const void *p, size_t n) {
 
 /* Opens an ext32 whose length is patched by close_ext. */
 static size_t open_ext(enc *e, int type) {
+  e->ext = 1;
   put_be(e, 0xc9, 0, 4);
   put1(e, (unsigned char)type);
   return e->w->len;
@@ -312,6 +331,7 @@ static int enc_array(enc *e, int idx, lua_Unsigned n) {
     }
     i++;
     if (enc_value(e, lua_gettop(L)) != 0) {
+      luaL_checkstack(L, 1, "cannot send value"); /* every level of the way back pushes one */
       lua_pushinteger(L, (lua_Integer)i); /* the stack above is the failed value's */
       seg_key(e, lua_gettop(L));
       return -1;
@@ -399,6 +419,7 @@ static int enc_function(enc *e, int idx) {
   if (enc_seen(e, idx)) return 0;
   int fid = e->nextid; /* the id enc_seen just gave */
   if (++e->depth > MAX_DEPTH) return fail(e, "functions nested too deeply");
+  luaL_checkstack(L, 6, "cannot send value");
   size_t ext = open_ext(e, EXT_FUNC);
   put_be(e, 0xc6, 0, 4); /* bin32, length patched below */
   size_t code = e->w->len;
@@ -406,8 +427,6 @@ static int enc_function(enc *e, int idx) {
   lua_dump(L, dump_writer, e, 0); /* keep debug info: tracebacks need it */
   lua_pop(L, 1);
   patch32(e, code - 4, e->w->len - code);
-  /* the run's tag of the code: the decoder loads only code made in this run */
-  put_be(e, 0xcf, mpe_mac(e->w->buf + code, e->w->len - code), 8);
   int n = 0;
   while (lua_getupvalue(L, idx, n + 1)) {
     lua_pop(L, 1);
@@ -447,6 +466,31 @@ static int enc_function(enc *e, int idx) {
   return 0;
 }
 
+/* Puts at slot the table that lists the objects of a message (one for the
+ * state, reused): weak, so that it keeps none alive once the message went,
+ * and emptied of the last message's. */
+static void objs_open(lua_State *L, int slot) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.inflight") != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "v");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.inflight");
+  }
+  lua_Integer n = (lua_rawgeti(L, -1, 0), lua_tointeger(L, -1));
+  lua_pop(L, 1);
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_pushnil(L);
+    lua_rawseti(L, -2, i);
+  }
+  lua_pushinteger(L, 0);
+  lua_rawseti(L, -2, 0);
+  lua_replace(L, slot);
+}
+
 static int enc_userdata(enc *e, int idx) {
   lua_State *L = e->L;
   if (lua_getmetatable(L, idx)) {
@@ -456,14 +500,27 @@ static int enc_userdata(enc *e, int idx) {
     lua_pop(L, 3);
     if (cls) {
       if (enc_seen(e, idx)) return 0;
+      e->ext = 1;
       const char *why = cls->encode(L, idx, e->w);
-      return why ? fail(e, why) : 0;
+      if (why) return fail(e, why);
+      if (cls->retain) { /* a reference in flight for a real send, once all encoded */
+        if (lua_type(L, e->objs) == LUA_TNIL) objs_open(L, e->objs);
+        lua_pushvalue(L, idx);
+        lua_rawseti(L, e->objs, ++e->nobjs);
+        lua_pushlightuserdata(L, (void *)cls);
+        lua_rawseti(L, e->objs, ++e->nobjs);
+        lua_pushinteger(L, e->nobjs); /* [0]: how many, even if the encoding fails later */
+        lua_rawseti(L, e->objs, 0);
+      }
+      return 0;
     }
   }
   if (enc_named(e, idx)) return 0;
   const char *tn = NULL;
   if (luaL_getmetafield(L, idx, "__name") == LUA_TSTRING) tn = lua_tostring(L, -1);
-  if (tn) snprintf(e->whybuf, sizeof e->whybuf, "userdata (%s)", tn);
+  if (tn && strcmp(tn, LUA_FILEHANDLE) == 0)
+    snprintf(e->whybuf, sizeof e->whybuf, "userdata (%s): an open file cannot travel; open files in the child", tn);
+  else if (tn) snprintf(e->whybuf, sizeof e->whybuf, "userdata (%s)", tn);
   else snprintf(e->whybuf, sizeof e->whybuf, "userdata");
   if (tn) lua_pop(L, 1);
   return fail(e, e->whybuf);
@@ -604,6 +661,54 @@ static void rev_push(lua_State *L) {
   lua_settop(L, loaded);
 }
 
+/* Pushes "file:line: " of the script's call that is sending: the first Lua
+ * frame outside mpengine's own Lua parts (the Pool), or "". */
+static void push_where(lua_State *L) {
+  lua_Debug ar;
+  for (int level = 1; lua_getstack(L, level, &ar); level++) {
+    lua_getinfo(L, "Sl", &ar);
+    if (ar.currentline > 0 && strncmp(ar.source, "=mpengine.", 10) != 0) {
+      lua_pushfstring(L, "%s:%d: ", ar.short_src, ar.currentline);
+      return;
+    }
+  }
+  lua_pushliteral(L, "");
+}
+
+static _Noreturn void raise_failure(enc *e, const char *root) {
+  lua_State *L = e->L;
+  luaL_checkstack(L, 4, "cannot send value");
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  push_where(L);
+  luaL_addvalue(&b);
+  luaL_addstring(&b, "cannot send value at ");
+  luaL_addstring(&b, root);
+  for (int i = e->nseg - 1; i >= 0; i--) luaL_addstring(&b, e->seg[i]);
+  luaL_addstring(&b, ": ");
+  luaL_addstring(&b, e->why);
+  luaL_pushresult(&b);
+  lua_error(L);
+  abort(); /* not reached */
+}
+
+void mpel_seal_header(const void *body, size_t n, unsigned char out[MPEL_SEAL_LEN]) {
+  uint64_t tag = mpe_mac(body, n);
+  out[0] = 0xd7; /* fixext8 */
+  out[1] = EXT_SEAL;
+  for (int i = 0; i < 8; i++) out[2 + i] = (unsigned char)(tag >> (56 - 8 * i));
+}
+
+/* Seals w->buf[start..]: the seal goes first, the body moves after it. */
+static void seal(enc *e, size_t start) {
+  mpel_wire *w = e->w;
+  need(e, MPEL_SEAL_LEN);
+  memmove(w->buf + start + MPEL_SEAL_LEN, w->buf + start, w->len - start);
+  w->len += MPEL_SEAL_LEN;
+  mpel_seal_header(w->buf + start + MPEL_SEAL_LEN, w->len - start - MPEL_SEAL_LEN,
+                   (unsigned char *)w->buf + start);
+}
+
 void mpel_encode(lua_State *L, int idx, const char *root, mpel_wire *w) {
   idx = lua_absindex(L, idx);
   int t = lua_type(L, idx);
@@ -612,7 +717,7 @@ void mpel_encode(lua_State *L, int idx, const char *root, mpel_wire *w) {
     e.L = L;
     e.w = w;
     e.nseg = 0;
-    if (enc_value(&e, idx) != 0) luaL_error(L, "cannot send value at %s: %s", root, e.why);
+    if (enc_value(&e, idx) != 0) raise_failure(&e, root);
     return;
   }
   int top = lua_gettop(L);
@@ -627,21 +732,45 @@ void mpel_encode(lua_State *L, int idx, const char *root, mpel_wire *w) {
   e.rev = lua_gettop(L);
   lua_newtable(L);
   e.upids = lua_gettop(L);
+  lua_pushnil(L); /* made at the first engine object */
+  e.objs = lua_gettop(L);
   size_t start = w->len;
   size_t ends0 = w->nends;
   if (enc_value(&e, idx) != 0) {
     w->len = start;
     w->nends = ends0;
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    luaL_addstring(&b, "cannot send value at ");
-    luaL_addstring(&b, root);
-    for (int i = e.nseg - 1; i >= 0; i--) luaL_addstring(&b, e.seg[i]);
-    luaL_addstring(&b, ": ");
-    luaL_addstring(&b, e.why);
-    luaL_pushresult(&b);
-    lua_error(L);
+    raise_failure(&e, root);
+  }
+  if (e.ext) seal(&e, start);
+  if (w->transfer && e.nobjs) {
+    for (int i = 1; i < e.nobjs; i += 2) {
+      lua_rawgeti(L, e.objs, i);
+      lua_rawgeti(L, e.objs, i + 1);
+      const mpel_class *cls = lua_touserdata(L, -1);
+      cls->retain(lua_touserdata(L, -2));
+      lua_pop(L, 2);
+    }
+    w->inflight = 1; /* mpengine.inflight lists them, for mpel_wire_unsend */
   }
   lua_settop(L, top);
 }
 
+void mpel_wire_unsend(lua_State *L, mpel_wire *w) {
+  if (!w->inflight) return;
+  w->inflight = 0;
+  luaL_checkstack(L, 3, "cannot send value");
+  if (lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.inflight") == LUA_TTABLE) {
+    /* the message's values are still on the sender's stack: none was collected */
+    lua_Integer n = (lua_rawgeti(L, -1, 0), lua_tointeger(L, -1));
+    lua_pop(L, 1);
+    for (lua_Integer i = 1; i < n; i += 2) {
+      lua_rawgeti(L, -1, i);
+      lua_rawgeti(L, -2, i + 1);
+      const mpel_class *cls = lua_touserdata(L, -1);
+      cls->release(lua_touserdata(L, -2), 0);
+      lua_pop(L, 2);
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}

@@ -1,9 +1,20 @@
 /* decode.c - bytes back to Lua values: the decoder of the codec (codec.c
  * describes the format). The decoder trusts nothing: every length and count
  * is checked against the bytes left, every value counts towards the nesting
- * limit, engine object references are checked by their class, and code is
- * loaded only if it carries this run's tag. A malformed message raises
- * "cannot receive value: malformed message (...)". */
+ * limit, and engine object references are checked by their class.
+ *
+ * What a message may do depends on its seal, checked before anything is
+ * decoded. Unsealed bytes (from anywhere) give plain data only: nil,
+ * booleans, numbers, strings and fresh tables, never a metatable; any other
+ * extension is refused at once, before it has any effect. A message sealed
+ * by this run may also load code, name modules (require), set metatables on
+ * the tables it makes (never on others) and name engine objects.
+ *
+ * Memory: a table preallocates only what the bytes left could still fill
+ * across the whole message (a budget), so a small message claiming huge
+ * counts at every level of nesting costs no more than a small multiple of
+ * its size. A malformed message raises "cannot receive value: malformed
+ * message (...)". */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -21,6 +32,9 @@ typedef struct dec {
   int depth;
   mpe_pipe **ends;
   size_t nends;
+  int sealed; /* the message carries this run's seal */
+  int claim;  /* objects: take new references (else adopt the message's) */
+  uint64_t budget; /* elements tables may still preallocate */
 } dec;
 
 static _Noreturn void bad(dec *d, const char *what) {
@@ -53,7 +67,12 @@ static void dec_table(dec *d, uint64_t n, int map) {
   lua_State *L = d->L;
   if (n > (uint64_t)(d->end - d->p)) bad(d, "count beyond the message");
   luaL_checkstack(L, 4, "cannot receive value");
-  lua_createtable(L, map ? 0 : (int)n, map ? (int)n : 0);
+  /* Each element takes a byte at least (a pair two), in this table or in
+   * none other: preallocate within what the whole message can hold, and let
+   * a table that claims more grow as its elements really arrive. */
+  uint64_t per = map ? 2 : 1, room = n <= d->budget / per ? n : d->budget / per;
+  d->budget -= room * per;
+  lua_createtable(L, map ? 0 : (int)room, map ? (int)room : 0);
   reg(d);
   for (uint64_t i = 1; i <= n; i++) {
     if (map) {
@@ -120,11 +139,6 @@ static void dec_function(dec *d, uint64_t len) {
   if ((uint64_t)(end - d->p) < n) bad(d, "truncated function");
   const unsigned char *code = d->p;
   d->p += n;
-  if (end - d->p < 9 || *d->p != 0xcf) bad(d, "function without its tag");
-  d->p++;
-  uint64_t tag = take_be(d, 8);
-  if (tag != mpe_mac(code, (size_t)n))
-    luaL_error(L, "cannot receive value: a function whose code was not encoded in this run");
   load_src src = {(const char *)code, (size_t)n};
   if (n < 4 || memcmp(code, LUA_SIGNATURE, 4) != 0 || lua_load(L, load_reader, &src, "=?", "b") != LUA_OK)
     bad(d, "bad function code");
@@ -159,8 +173,23 @@ static void dec_function(dec *d, uint64_t len) {
   if (d->p != end) bad(d, "trailing bytes in a function");
 }
 
+/* An extension in a message this run did not seal: refused before it acts. */
+static _Noreturn void refuse(dec *d, int type) {
+  static const char *const what[] = {NULL, NULL, "a module", "a module field", "a function",
+                                     "a metatable", "an engine object", "a function", NULL};
+  const char *w = type > 0 && type <= EXT_SEAL && what[type] ? what[type] : NULL;
+  if (w)
+    luaL_error(d->L, "cannot receive value: the message carries %s but was not encoded by this run "
+                     "(functions, modules, metatables and engine objects decode only from a message "
+                     "this run made and sealed; plain data decodes from anywhere)", w);
+  luaL_error(d->L, "cannot receive value: the message carries extension type %d (only plain data "
+                   "decodes from a message this run did not seal)", type);
+  abort(); /* not reached */
+}
+
 static void dec_ext(dec *d, int type, uint64_t len) {
   lua_State *L = d->L;
+  if (!d->sealed && type != EXT_REF) refuse(d, type);
   if ((uint64_t)(d->end - d->p) < len) bad(d, "truncated extension");
   const unsigned char *start = d->p;
   switch (type) {
@@ -193,6 +222,10 @@ static void dec_ext(dec *d, int type, uint64_t len) {
   case EXT_MTTABLE: {
     const unsigned char *end = d->end;
     d->end = d->p + len;
+    /* the table must be one this decode makes now (a map or an array
+     * header), never a table met before nor a module */
+    unsigned char b = d->p < d->end ? *d->p : 0xc1;
+    if (!((b & 0xe0) == 0x80 || (b >= 0xdc && b <= 0xdf))) bad(d, "metatable on a table not made here");
     dec_value(d);
     if (!lua_istable(L, -1)) bad(d, "metatable on a non-table");
     dec_value(d);
@@ -209,6 +242,7 @@ static void dec_ext(dec *d, int type, uint64_t len) {
     lua_pop(L, 2);
     if (!cls) bad(d, "unknown object kind");
     d->p += len;
+    mpel_decoding_copy = d->claim; /* set for each: a module required above may have decoded too */
     if (cls->decode(L, cls, start + 1, (size_t)len - 1, d->ends, d->nends) != 0) bad(d, "object reference");
     reg(d);
     return;
@@ -288,14 +322,7 @@ static void dec_one(dec *d) {
 
 int mpel_decoding_copy;
 
-static void decode(lua_State *L, const char *buf, size_t len, mpe_pipe **ends, size_t nends);
-
-void mpel_decode(lua_State *L, const char *buf, size_t len, mpe_pipe **ends, size_t nends) {
-  mpel_decoding_copy = 0;
-  decode(L, buf, len, ends, nends);
-}
-
-static void decode(lua_State *L, const char *buf, size_t len, mpe_pipe **ends, size_t nends) {
+static void decode(lua_State *L, const char *buf, size_t len, mpe_pipe **ends, size_t nends, int claim) {
   dec d;
   memset(&d, 0, sizeof d);
   d.L = L;
@@ -303,6 +330,19 @@ static void decode(lua_State *L, const char *buf, size_t len, mpe_pipe **ends, s
   d.end = d.p + len;
   d.ends = ends;
   d.nends = nends;
+  d.claim = claim;
+  d.budget = len;
+  if (len >= MPEL_SEAL_LEN && d.p[0] == 0xd7 && d.p[1] == EXT_SEAL) {
+    unsigned char want[MPEL_SEAL_LEN];
+    mpel_seal_header(d.p + MPEL_SEAL_LEN, len - MPEL_SEAL_LEN, want);
+    unsigned diff = !mpe_initialized(); /* no key, no seal */
+    for (int i = 2; i < MPEL_SEAL_LEN; i++) diff |= want[i] ^ d.p[i];
+    if (diff)
+      luaL_error(L, "cannot receive value: the message's seal does not match: it was not encoded by "
+                    "this run, or was changed since (nothing in it was decoded)");
+    d.sealed = 1;
+    d.p += MPEL_SEAL_LEN;
+  }
   lua_newtable(L);
   d.refs = lua_gettop(L);
   dec_value(&d);
@@ -310,8 +350,10 @@ static void decode(lua_State *L, const char *buf, size_t len, mpe_pipe **ends, s
   lua_remove(L, d.refs);
 }
 
+void mpel_decode(lua_State *L, const char *buf, size_t len, mpe_pipe **ends, size_t nends) {
+  decode(L, buf, len, ends, nends, 0);
+}
+
 void mpel_decode_copy(lua_State *L, const char *buf, size_t len) {
-  mpel_decoding_copy = 1; /* reset by the next mpel_decode, even after a raise */
-  decode(L, buf, len, NULL, 0);
-  mpel_decoding_copy = 0;
+  decode(L, buf, len, NULL, 0, 1);
 }

@@ -165,10 +165,12 @@ static int l_arena_stats(lua_State *L) {
   return 2;
 }
 
-/* mp.encode(v) / mp.decode(s): the codec, for tests and for storing values. */
+/* mp.encode(v) / mp.decode(s): the codec, for tests and for storing values.
+ * Bytes take no references: each decode takes its own (see mpel_decode). */
 static int l_encode(lua_State *L) {
   luaL_checkany(L, 1);
   mpel_wire *w = mpel_wire_get(L, 0);
+  w->transfer = 0;
   mpel_encode(L, 1, "value", w);
   lua_pushlstring(L, w->buf, w->len);
   mpel_wire_done(w);
@@ -178,7 +180,7 @@ static int l_encode(lua_State *L) {
 static int l_decode(lua_State *L) {
   size_t n;
   const char *s = luaL_checklstring(L, 1, &n);
-  mpel_decode(L, s, n, NULL, 0);
+  mpel_decode_copy(L, s, n);
   return 1;
 }
 

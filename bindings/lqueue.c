@@ -1,11 +1,10 @@
 /* lqueue.c - mp.Queue, mp.JoinableQueue and mp.SimpleQueue over the
  * engine's shared-memory queue.
  *
- * A handle holds one reference to the engine queue; a message in flight that
- * names a queue holds another (taken by the encoder, adopted by the decoder),
- * so a Queue sent through a Queue is the same queue on the other side and is
- * never freed under a reader. The handle keeps a reusable receive buffer, so
- * a get of a small value allocates nothing but the value itself. */
+ * The three are shared objects like the others (lshared.c: references,
+ * the wire, ==), one wire kind with a variant each. A handle also keeps a
+ * reusable receive buffer, so a get of a small value allocates nothing but
+ * the value itself. */
 #include <string.h>
 
 #include "mpe_lua.h"
@@ -14,34 +13,29 @@ enum { PLAIN = 0, JOINABLE = 1, SIMPLE = 2 };
 static const char *const class_names[] = {"Queue", "JoinableQueue", "SimpleQueue"};
 
 typedef struct lqueue {
-  mpe_queue *q;
+  mpel_obj base; /* first: a shared-object handle (o: the mpe_queue) */
   int variant;
   mpe_qmsg m;
 } lqueue;
 
-static const char QUEUE_KEY = 'q'; /* marks the three queue metatables */
+#define QOF(h) ((mpe_queue *)(h)->base.o)
+#define VARIANT(h) ((h)->variant)
 
 static lqueue *check_q(lua_State *L, int idx) {
-  lqueue *h = lua_touserdata(L, idx);
-  if (h && lua_getmetatable(L, idx)) {
-    int ok = lua_rawgetp(L, -1, &QUEUE_KEY) == LUA_TBOOLEAN;
-    lua_pop(L, 2);
-    if (ok) {
-      if (!h->q) luaL_error(L, "%s is released", class_names[h->variant]);
-      return h;
-    }
+  lqueue *h = (lqueue *)mpel_test_shared_any(L, idx);
+  if (h && h->base.t->cls.kind == MPEL_QUEUE) {
+    if (!h->base.o) luaL_error(L, "%s is released", class_names[VARIANT(h)]);
+    return h;
   }
   luaL_typeerror(L, idx, "Queue");
   return NULL;
 }
 
+static const mpel_shared_type queue_types[3];
+
 static void push_queue(lua_State *L, mpe_queue *q, int variant) {
-  lqueue *h = lua_newuserdatauv(L, sizeof *h, 0);
-  memset(h, 0, sizeof *h);
-  h->q = q;
+  lqueue *h = (lqueue *)mpel_push_shared_sized(L, &queue_types[variant], q, sizeof(lqueue));
   h->variant = variant;
-  luaL_setmetatable(L, class_names[variant]);
-  mpel_track(L, -1);
 }
 
 static int new_queue(lua_State *L, int variant) {
@@ -65,21 +59,25 @@ static int do_put(lua_State *L, double timeout, int nowait) {
   lqueue *h = check_q(L, 1);
   luaL_checkany(L, 2);
   if (lua_isnil(L, 2)) return luaL_argerror(L, 2, "cannot put nil");
-  if (mpe_queue_is_closed(h->q)) return luaL_error(L, "%s is closed", class_names[h->variant]);
+  if (mpe_queue_is_closed(QOF(h))) return luaL_error(L, "%s is closed", class_names[VARIANT(h)]);
   mpel_wire *w = mpel_wire_get(L, 0);
   mpel_encode(L, 2, "item", w);
   double deadline = mpel_deadline(timeout);
   int rc;
-  while ((rc = mpe_queue_put(h->q, w->buf, w->len, 1, mpel_left(deadline))) == MPE_EINTR) {
-    if (mpel_signal) mpel_wire_done(w);
+  while ((rc = mpe_queue_put(QOF(h), w->buf, w->len, 1, mpel_left(deadline))) == MPE_EINTR) {
+    if (mpel_signal) {
+      mpel_wire_unsend(L, w);
+      mpel_wire_done(w);
+    }
     mpel_check_signal(L);
   }
+  if (rc != 0) mpel_wire_unsend(L, w); /* not sent: its references in flight go back */
   mpel_wire_done(w);
   if (rc == 0) {
     lua_pushboolean(L, 1);
     return 1;
   }
-  if (rc == MPE_ECLOSED) return luaL_error(L, "%s is closed", class_names[h->variant]);
+  if (rc == MPE_ECLOSED) return luaL_error(L, "%s is closed", class_names[VARIANT(h)]);
   if (rc == MPE_ETIMEDOUT) return mpel_push_reason(L, nowait ? MPE_EFULL : rc);
   return mpel_fail(L, "put", rc);
 }
@@ -91,7 +89,7 @@ static int do_get(lua_State *L, double timeout, int nowait) {
   lqueue *h = check_q(L, 1);
   double deadline = mpel_deadline(timeout);
   int rc;
-  while ((rc = mpe_queue_get(h->q, mpel_left(deadline), &h->m)) == MPE_EINTR) mpel_check_signal(L);
+  while ((rc = mpe_queue_get(QOF(h), mpel_left(deadline), &h->m)) == MPE_EINTR) mpel_check_signal(L);
   if (rc == MPE_ETIMEDOUT) return mpel_push_reason(L, nowait ? MPE_EEMPTY : rc);
   if (rc == MPE_ECLOSED) return mpel_push_reason(L, rc);
   if (rc < 0) return mpel_fail(L, "get", rc);
@@ -104,29 +102,29 @@ static int q_get(lua_State *L) { return do_get(L, mpel_opt_timeout(L, 2), 0); }
 static int q_get_nowait(lua_State *L) { return do_get(L, 0, 1); }
 
 static int q_qsize(lua_State *L) {
-  lua_pushinteger(L, (lua_Integer)mpe_queue_size(check_q(L, 1)->q));
+  lua_pushinteger(L, (lua_Integer)mpe_queue_size(QOF(check_q(L, 1))));
   return 1;
 }
 
 static int q_empty(lua_State *L) {
-  lua_pushboolean(L, mpe_queue_size(check_q(L, 1)->q) == 0);
+  lua_pushboolean(L, mpe_queue_size(QOF(check_q(L, 1))) == 0);
   return 1;
 }
 
 static int q_full(lua_State *L) {
-  mpe_queue *q = check_q(L, 1)->q;
+  mpe_queue *q = QOF(check_q(L, 1));
   size_t max = mpe_queue_maxsize(q);
   lua_pushboolean(L, max > 0 && mpe_queue_size(q) >= max);
   return 1;
 }
 
 static int q_maxsize(lua_State *L) {
-  lua_pushinteger(L, (lua_Integer)mpe_queue_maxsize(check_q(L, 1)->q));
+  lua_pushinteger(L, (lua_Integer)mpe_queue_maxsize(QOF(check_q(L, 1))));
   return 1;
 }
 
 static int q_close(lua_State *L) {
-  mpe_queue_close(check_q(L, 1)->q);
+  mpe_queue_close(QOF(check_q(L, 1)));
   return 0;
 }
 
@@ -145,7 +143,7 @@ static int q_iter(lua_State *L) {
 
 static int q_task_done(lua_State *L) {
   lqueue *h = check_q(L, 1);
-  if (mpe_queue_task_done(h->q) != 0) return luaL_error(L, "task_done() called more times than items were put");
+  if (mpe_queue_task_done(QOF(h)) != 0) return luaL_error(L, "task_done() called more times than items were put");
   return 0;
 }
 
@@ -154,40 +152,34 @@ static int q_join(lua_State *L) {
   double timeout = mpel_opt_timeout(L, 2);
   double deadline = mpel_deadline(timeout);
   int rc;
-  while ((rc = mpe_queue_join(h->q, mpel_left(deadline))) == MPE_EINTR) mpel_check_signal(L);
+  while ((rc = mpe_queue_join(QOF(h), mpel_left(deadline))) == MPE_EINTR) mpel_check_signal(L);
   return mpel_push_bool(L, rc == 0); /* false, "timeout" when it timed out */
 }
 
 static int q_gc(lua_State *L) {
   lqueue *h = lua_touserdata(L, 1);
   mpe_qmsg_free(&h->m);
-  if (h->q) mpe_queue_free(h->q);
-  h->q = NULL;
-  return 0;
+  return mpel_shared_gc(L);
 }
 
 static int q_is_closed(lua_State *L) {
-  lua_pushboolean(L, mpe_queue_is_closed(check_q(L, 1)->q));
+  lua_pushboolean(L, mpe_queue_is_closed(QOF(check_q(L, 1))));
   return 1;
 }
 
 static int q_tostring(lua_State *L) {
   lqueue *h = check_q(L, 1);
-  lua_pushfstring(L, "%s (%I items%s)", class_names[h->variant], (lua_Integer)mpe_queue_size(h->q),
-                  mpe_queue_is_closed(h->q) ? ", closed" : "");
+  lua_pushfstring(L, "%s (%I items%s)", class_names[VARIANT(h)], (lua_Integer)mpe_queue_size(QOF(h)),
+                  mpe_queue_is_closed(QOF(h)) ? ", closed" : "");
   return 1;
 }
 
+/* The wire: the variant, then the shared objects' form. */
 static const char *queue_encode(lua_State *L, int idx, mpel_wire *w) {
   lqueue *h = lua_touserdata(L, idx);
-  if (!h->q) return "Queue (released)";
-  unsigned char p[9];
-  uint64_t ref = mpe_queue_ref(h->q);
-  p[0] = (unsigned char)h->variant;
-  memcpy(p + 1, &ref, 8);
-  const char *why = mpel_put_object(w, MPEL_QUEUE, p, sizeof p);
-  if (!why && w->transfer) mpe_queue_retain(h->q); /* the reference in flight */
-  return why;
+  if (!h->base.o) return "Queue (released)";
+  unsigned char variant = (unsigned char)h->variant;
+  return mpel_shared_put(w, &h->base, &variant, 1);
 }
 
 static int queue_decode(lua_State *L, const mpel_class *cls, const unsigned char *p, size_t len,
@@ -195,29 +187,19 @@ static int queue_decode(lua_State *L, const mpel_class *cls, const unsigned char
   (void)cls;
   (void)ends;
   (void)nends;
-  uint64_t ref;
-  if (len != 9 || p[0] > SIMPLE) return -1;
-  memcpy(&ref, p + 1, 8);
-  mpe_queue *q = mpe_queue_from_ref(ref);
+  if (len < 1 || p[0] > SIMPLE) return -1;
+  mpe_queue *q = mpel_shared_take(L, &queue_types[p[0]], p + 1, len - 1);
   if (!q) return -1;
-  if (mpel_decoding_copy) mpe_queue_retain(q);
-  push_queue(L, q, p[0]); /* adopts the reference in flight */
+  push_queue(L, q, p[0]); /* owns the reference taken or adopted */
   return 0;
 }
 
-static void queue_retain(void *ud) {
-  lqueue *h = ud;
-  if (h->q) mpe_queue_retain(h->q);
-}
-
-static void queue_release(void *ud, int forget) {
-  lqueue *h = ud;
-  if (h->q) mpe_queue_free(h->q);
-  if (forget) h->q = NULL;
-}
-
-static const mpel_class queue_class = {"Queue", MPEL_QUEUE, queue_encode, queue_decode,
-                                       queue_retain, queue_release};
+MPEL_SHARED_WRAPPERS(queue, mpe_queue)
+#define QUEUE_TYPE(name)                                                                     \
+  {{name, MPEL_QUEUE, queue_encode, queue_decode, mpel_shared_retain, mpel_shared_release}, \
+   MPEL_SHARED_FUNCS(queue), 0, NULL}
+static const mpel_shared_type queue_types[3] = {QUEUE_TYPE("Queue"), QUEUE_TYPE("JoinableQueue"),
+                                                QUEUE_TYPE("SimpleQueue")};
 
 static const luaL_Reg simple_methods[] = {
     {"put", q_put},     {"get", q_get},   {"empty", q_empty},
@@ -238,13 +220,11 @@ void mpel_open_queue(lua_State *L) {
       if (v != SIMPLE) luaL_setfuncs(L, queue_methods, 0);
       if (v == JOINABLE) luaL_setfuncs(L, joinable_methods, 0);
       lua_setfield(L, -2, "__index");
-      lua_pushboolean(L, 1);
-      lua_rawsetp(L, -2, &QUEUE_KEY);
+      mpel_shared_metatable(L, &queue_types[v]);
       lua_pushcfunction(L, q_gc);
       lua_setfield(L, -2, "__gc");
       lua_pushcfunction(L, q_tostring);
       lua_setfield(L, -2, "__tostring");
-      mpel_register_class(L, &queue_class);
     }
     lua_pop(L, 1);
   }

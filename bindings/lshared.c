@@ -1,12 +1,18 @@
 /* lshared.c - handles for the engine objects that live in the arena.
  *
- * Locks, semaphores, events, conditions, barriers and shared values all
- * follow one pattern: a userdata {object, type} holding one reference; the
- * wire form is {type's kind, 64-bit arena reference}; a message in flight
- * holds a reference of its own (taken by the encoder, adopted by the
- * decoder); the parent takes a reference for a child before forking it
- * (retain), which the child gives back when it ends normally (release).
- * Only the methods differ, and they live in lsync.c and lvalue.c. */
+ * Queues, locks, semaphores, events, conditions, barriers and shared values
+ * all follow one pattern: a userdata {object, type} holding one reference;
+ * two handles of one object are == (__eq); the wire form is {type's kind,
+ * [variant,] 64-bit arena reference, 64-bit check (mpe_obj_check)}, which
+ * names that very allocation, so a reference to a freed object, or bytes
+ * made to look like one, never become a handle. A real send's message holds
+ * a reference in flight (taken by the codec once the message encoded,
+ * adopted by the decoder); any other decode takes a new reference, only
+ * while the object is alive (mpe_obj_claim). The parent takes a reference
+ * for a child before forking it (retain), which the child gives back when
+ * it ends normally (release). Only the methods differ, and they live in
+ * lqueue.c, lsync.c and lvalue.c. */
+#include <errno.h>
 #include <string.h>
 
 #include "mpe_lua.h"
@@ -14,7 +20,12 @@
 static const char TYPE_KEY = 't'; /* metatable field: the mpel_shared_type */
 
 mpel_obj *mpel_push_shared(lua_State *L, const mpel_shared_type *t, void *o) {
-  mpel_obj *h = lua_newuserdatauv(L, sizeof *h, t->nuv);
+  return mpel_push_shared_sized(L, t, o, sizeof(mpel_obj));
+}
+
+mpel_obj *mpel_push_shared_sized(lua_State *L, const mpel_shared_type *t, void *o, size_t size) {
+  mpel_obj *h = lua_newuserdatauv(L, size, t->nuv);
+  if (size > sizeof *h) memset(h + 1, 0, size - sizeof *h);
   h->o = o;
   h->t = t;
   luaL_setmetatable(L, t->cls.name);
@@ -28,6 +39,14 @@ mpel_obj *mpel_test_shared(lua_State *L, int idx, const mpel_shared_type *t) {
   const void *mt_type = lua_rawgetp(L, -1, &TYPE_KEY) == LUA_TLIGHTUSERDATA ? lua_touserdata(L, -1) : NULL;
   lua_pop(L, 2);
   return mt_type == t ? h : NULL;
+}
+
+mpel_obj *mpel_test_shared_any(lua_State *L, int idx) {
+  mpel_obj *h = lua_touserdata(L, idx);
+  if (!h || !lua_getmetatable(L, idx)) return NULL;
+  int is = lua_rawgetp(L, -1, &TYPE_KEY) == LUA_TLIGHTUSERDATA;
+  lua_pop(L, 2);
+  return is ? h : NULL;
 }
 
 mpel_obj *mpel_fast_shared(lua_State *L, int idx) {
@@ -45,11 +64,18 @@ mpel_obj *mpel_check_shared(lua_State *L, int idx, const mpel_shared_type *t) {
   return h;
 }
 
-static int shared_gc(lua_State *L) {
+int mpel_shared_gc(lua_State *L) {
   mpel_obj *h = lua_touserdata(L, 1);
   if (h->o) h->t->obj_free(h->o);
   h->o = NULL;
   return 0;
+}
+
+/* Two handles are equal when they hold the same object. */
+static int shared_eq(lua_State *L) {
+  mpel_obj *a = mpel_test_shared_any(L, 1), *b = mpel_test_shared_any(L, 2);
+  lua_pushboolean(L, a && b && a->o && a->o == b->o);
+  return 1;
 }
 
 static int shared_tostring(lua_State *L) {
@@ -58,27 +84,44 @@ static int shared_tostring(lua_State *L) {
   return 1;
 }
 
+const char *mpel_shared_put(mpel_wire *w, const mpel_obj *h, const void *prefix, size_t npre) {
+  unsigned char p[32];
+  uint64_t ref = h->t->obj_ref(h->o), check = mpe_obj_check(h->o);
+  if (npre > sizeof p - 16) return "object reference too long";
+  if (npre) memcpy(p, prefix, npre);
+  memcpy(p + npre, &ref, 8);
+  memcpy(p + npre + 8, &check, 8);
+  return mpel_put_object(w, h->t->cls.kind, p, npre + 16);
+}
+
 const char *mpel_shared_encode(lua_State *L, int idx, mpel_wire *w) {
   mpel_obj *h = lua_touserdata(L, idx);
   if (!h->o) return "released object";
-  uint64_t ref = h->t->obj_ref(h->o);
-  const char *why = mpel_put_object(w, h->t->cls.kind, &ref, sizeof ref);
-  if (!why && w->transfer) h->t->obj_retain(h->o); /* the reference in flight */
-  return why;
+  return mpel_shared_put(w, h, NULL, 0);
+}
+
+void *mpel_shared_take(lua_State *L, const mpel_shared_type *t, const unsigned char *p, size_t len) {
+  uint64_t ref, check;
+  if (len != 16) return NULL;
+  memcpy(&ref, p, 8);
+  memcpy(&check, p + 8, 8);
+  void *o = t->obj_from_ref(ref);
+  /* adopting: the message's reference keeps it alive; else take one, if alive */
+  int rc = o ? mpe_obj_claim(o, check, mpel_decoding_copy) : -ESTALE;
+  if (rc == -ESTALE && mpel_decoding_copy)
+    luaL_error(L, "cannot receive value: the %s it names is gone (every handle to it was released)",
+               t->cls.name);
+  return rc < 0 ? NULL : o;
 }
 
 int mpel_shared_decode(lua_State *L, const mpel_class *cls, const unsigned char *p, size_t len,
-                         mpe_pipe **ends, size_t nends) {
+                       mpe_pipe **ends, size_t nends) {
   (void)ends;
   (void)nends;
   const mpel_shared_type *t = (const mpel_shared_type *)cls;
-  uint64_t ref;
-  if (len != sizeof ref) return -1;
-  memcpy(&ref, p, sizeof ref);
-  void *o = t->obj_from_ref(ref);
+  void *o = mpel_shared_take(L, t, p, len);
   if (!o) return -1;
-  if (mpel_decoding_copy) t->obj_retain(o);
-  mpel_push_shared(L, t, o); /* adopts the reference in flight */
+  mpel_push_shared(L, t, o); /* owns the reference taken or adopted */
   return 0;
 }
 
@@ -96,6 +139,18 @@ void mpel_shared_release(void *ud, int forget) {
 }
 
 
+void mpel_shared_metatable(lua_State *L, const mpel_shared_type *t) {
+  lua_pushlightuserdata(L, (void *)t);
+  lua_rawsetp(L, -2, &TYPE_KEY);
+  lua_pushcfunction(L, mpel_shared_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, shared_eq);
+  lua_setfield(L, -2, "__eq");
+  lua_pushcfunction(L, shared_tostring);
+  lua_setfield(L, -2, "__tostring");
+  mpel_register_class(L, &t->cls);
+}
+
 void mpel_shared_open(lua_State *L, const mpel_shared_type *t, const luaL_Reg *methods,
                       lua_CFunction index, lua_CFunction ctor) {
   if (luaL_newmetatable(L, t->cls.name)) {
@@ -107,13 +162,7 @@ void mpel_shared_open(lua_State *L, const mpel_shared_type *t, const luaL_Reg *m
       lua_pushcfunction(L, index);
     }
     lua_setfield(L, -2, "__index");
-    lua_pushlightuserdata(L, (void *)t);
-    lua_rawsetp(L, -2, &TYPE_KEY);
-    lua_pushcfunction(L, shared_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, shared_tostring);
-    lua_setfield(L, -2, "__tostring");
-    mpel_register_class(L, &t->cls);
+    mpel_shared_metatable(L, t);
   }
   lua_pop(L, 1);
   lua_pushcfunction(L, ctor);

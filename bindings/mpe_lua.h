@@ -29,7 +29,10 @@ typedef struct mpel_wire {
   mpe_pipe *ends[MPEL_MAX_ENDS];
   size_t nends;
   int allow_ends; /* the channel can carry pipe ends (a Pipe, a Process) */
-  int transfer;   /* a real send: shared objects get a reference in flight */
+  int transfer;   /* a real send (a Queue put, a Pipe send): each engine object
+                     in the message gets a reference in flight, which the one
+                     receiver adopts (mpel_decode); 0: none is taken */
+  int inflight;   /* references in flight were taken for the message in buf */
 } mpel_wire;
 
 /* One kind of engine object (see the seam above). */
@@ -51,9 +54,11 @@ typedef struct mpel_class {
   void (*release)(void *ud, int forget);
 } mpel_class;
 
-/* Engine objects that live in the arena (locks, values, ...) share one
- * handle layout and one way onto the wire: a reference the receiver checks
- * with from_ref. Each type wraps its engine functions in these four. */
+/* Engine objects that live in the arena (queues, locks, values, ...) share
+ * one handle layout and one way onto the wire: a reference and its check
+ * (mpe_obj_check), which the receiver verifies. Each type wraps its engine
+ * functions in these four. */
+struct mpel_obj;
 typedef struct mpel_shared_type {
   mpel_class cls; /* first: the codec sees the class */
   void (*obj_retain)(void *o);
@@ -68,6 +73,23 @@ typedef struct mpel_obj {
   void *o;
   const mpel_shared_type *t;
 } mpel_obj;
+
+/* The shared-object handle at idx, of any type, or NULL. */
+mpel_obj *mpel_test_shared_any(lua_State *L, int idx);
+/* Makes the metatable at the top of the stack one of t's handles (its type,
+ * __gc, __eq, __tostring) and registers t's class. */
+void mpel_shared_metatable(lua_State *L, const mpel_shared_type *t);
+/* For types whose handle holds more (a Queue): pushes a handle of size bytes
+ * (an mpel_obj first, the rest zeroed); the __gc to call last. */
+mpel_obj *mpel_push_shared_sized(lua_State *L, const mpel_shared_type *t, void *o, size_t size);
+int mpel_shared_gc(lua_State *L);
+/* The wire form with a prefix of the type's own (a Queue's variant):
+ * appends {kind, prefix, reference, check} for the handle h; and gives the
+ * object of {reference, check} at p (what follows the prefix) with one
+ * reference for the caller's new handle (adopted or taken, as
+ * mpel_decoding_copy says), NULL if malformed; raises if it is gone. */
+const char *mpel_shared_put(mpel_wire *w, const mpel_obj *h, const void *prefix, size_t npre);
+void *mpel_shared_take(lua_State *L, const mpel_shared_type *t, const unsigned char *p, size_t len);
 
 const char *mpel_shared_encode(lua_State *L, int idx, mpel_wire *w);
 int mpel_shared_decode(lua_State *L, const mpel_class *cls, const unsigned char *p, size_t len,
@@ -120,15 +142,21 @@ const char *mpel_put_object(mpel_wire *w, int kind, const void *payload, size_t 
  * transfer: 1 for a real send (see mpel_wire.transfer). */
 mpel_wire *mpel_wire_get(lua_State *L, int allow_ends);
 void mpel_wire_done(mpel_wire *w);
+/* The send of w's message failed: gives back its references in flight. */
+void mpel_wire_unsend(lua_State *L, mpel_wire *w);
 int mpel_wire_reserve(mpel_wire *w, size_t more);
 /* Appends the value at idx to w; raises "cannot send value at ROOT...: TYPE". */
 void mpel_encode(lua_State *L, int idx, const char *root, mpel_wire *w);
-/* Pushes the value encoded in buf; ends[] may be claimed (set to NULL). Raises
- * on malformed input. A message adopts the references it carries; a stored
- * encoding decoded many times (mpel_decode_copy) takes new ones instead. */
+/* Pushes the value encoded in buf; ends[] may be claimed (set to NULL).
+ * Raises on malformed input, and on code, modules, metatables or objects in
+ * a message this run did not seal. mpel_decode adopts the references in
+ * flight of a real send (decode such a message once); mpel_decode_copy
+ * takes new ones, to objects still alive, so any bytes (mp.decode, a stored
+ * encoding) decode any number of times. */
 void mpel_decode(lua_State *L, const char *buf, size_t len, mpe_pipe **ends, size_t nends);
 void mpel_decode_copy(lua_State *L, const char *buf, size_t len);
-/* 1 while mpel_decode_copy runs: object decoders take a new reference. */
+/* Set by the decoder before each object decoder runs: 1 take a new
+ * reference (mpe_obj_claim), 0 adopt the message's. */
 extern int mpel_decoding_copy;
 
 /* ---- module helpers (lmodule.c) */

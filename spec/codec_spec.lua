@@ -149,6 +149,51 @@ describe("codec", function()
     assert.are.equal("1two", out)
   end)
 
+  it("seals exactly the messages that carry more than plain data", function()
+    local sealed = {function() end, {string}, {string.format}, setmetatable({}, {}), mp.Lock(), {mp.Queue()}}
+    for _, v in ipairs(sealed) do
+      local s = mp.encode(v)
+      assert.are.equal("\xd7\x08", s:sub(1, 2))
+      assert.is_not_nil(mp.decode(s))
+      assert.has_error(function() mp.decode(s:sub(11)) end) -- the body alone
+    end
+    local shared = {1}
+    for _, v in ipairs{1, "s", {1, {2}}, {a = shared, b = shared}} do
+      assert.are_not.equal("\xd7", mp.encode(v):sub(1, 1))
+    end
+  end)
+
+  it("decodes large and nested tables exactly within its memory budget", function()
+    local big, nested = {}, {}
+    for i = 1, 20000 do big[i] = i end
+    for i = 1, 200 do nested[i] = {i, {x = i, y = {i}}, ("s"):rep(i % 7)} end
+    local m = {}
+    for i = 1, 5000 do m["k" .. i] = {i} end
+    assert.are.same(big, rt(big))
+    assert.are.same(nested, rt(nested))
+    assert.are.same(m, rt(m))
+    assert.are.same({{}, {{}}, {a = {}}}, rt({{}, {{}}, {a = {}}}))
+  end)
+
+  it("raises at one level past the nesting limit, for tables and functions (issue 10, 5)", function()
+    for _, n in ipairs{100, 121, 122, 300} do
+      local t = {}
+      local c = t
+      for _ = 1, n do c[1] = {} c = c[1] end
+      local f = function() return 0 end
+      for _ = 1, n do local g = f f = function() return g() end end
+      for _, v in ipairs{t, f, {k = t}} do
+        local ok, err = pcall(mp.encode, v)
+        if n == 100 then assert.is_true(ok, err) end
+        if n > 120 then
+          assert.is_false(ok)
+          assert.matches("nested too deeply", err)
+        end
+      end
+    end
+    collectgarbage()
+  end)
+
   it("refuses a malformed message with a clear error", function()
     for _, bad in ipairs{"", "\xc1", "\x92\x01", "\xd6\x01\0\0\0\9", "\xdb\xff\xff\xff\xff"} do
       local ok, err = pcall(mp.decode, bad)

@@ -115,6 +115,18 @@ MPE_API void mpe_arena_stats(size_t *used, size_t *size);
 MPE_API uint64_t mpe_ref(const void *p);
 MPE_API void *mpe_deref(uint64_t ref);
 
+/* Shared objects (queues, locks, values, ... below) named across processes
+ * safely. mpe_<type>_ref gives an object's place in the arena, which a later
+ * object may take once this one is freed; mpe_obj_check gives a 64-bit check
+ * of this very allocation, keyed with the run's secret, so (ref, check)
+ * names one object for its whole life and can be neither reused nor forged
+ * (bytes written to look like an object do not have it). */
+MPE_API uint64_t mpe_obj_check(const void *obj);
+/* For obj from mpe_<type>_from_ref: 0 if check names it and it is still
+ * alive, after taking a new reference to it when retain is set (atomically:
+ * never one to an object that is being freed); -ESTALE if it is gone. */
+MPE_API int mpe_obj_claim(void *obj, uint64_t check, int retain);
+
 /* -------------------------------------------------------------- processes */
 
 typedef struct mpe_process mpe_process;

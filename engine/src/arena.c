@@ -158,13 +158,25 @@ void *mpe_deref(uint64_t ref) {
 
 /* ------------------------------------------------ shared objects' header */
 
+/* A fresh serial for the object at o: keyed, so nobody can predict it; the
+ * pid, a count and the clock make the input new every time. */
+static uint32_t new_serial(const void *o) {
+  static uint64_t count;
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  uint64_t in[4] = {mpe_ref(o), (uint64_t)mpe__self_pid(), ++count,
+                    (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec};
+  uint32_t s = (uint32_t)mpe__siphash(arena->key, in, sizeof in);
+  return s ? s : 1;
+}
+
 void *mpe__obj_new(size_t size, uint32_t kind) {
   mpe__obj *o = mpe_alloc(size);
   if (!o) return NULL;
   memset(o, 0, size);
   o->magic = MPE__OBJ_MAGIC;
   o->kind = kind;
-  atomic_init(&o->refs, 1);
+  atomic_init(&o->life, (uint64_t)new_serial(o) << 32 | 1);
   return o;
 }
 
@@ -175,17 +187,44 @@ void *mpe__obj_from_ref(uint64_t ref, uint32_t kind) {
   block_hdr *b = (block_hdr *)((char *)arena + ref - HDR);
   if (b->magic != BLOCK_MAGIC || b->cls >= NCLASSES) return NULL;
   mpe__obj *o = (mpe__obj *)((char *)arena + ref);
-  if (o->magic != MPE__OBJ_MAGIC || o->kind != kind || atomic_load(&o->refs) == 0) return NULL;
+  if (o->magic != MPE__OBJ_MAGIC || o->kind != kind || (uint32_t)atomic_load(&o->life) == 0) return NULL;
   return o;
 }
 
-void mpe__obj_retain(void *p) { atomic_fetch_add(&((mpe__obj *)p)->refs, 1); }
+void mpe__obj_retain(void *p) {
+  uint64_t before = atomic_fetch_add(&((mpe__obj *)p)->life, 1);
+  MPE__CHECK((uint32_t)before != 0 && (uint32_t)before != UINT32_MAX);
+}
 
 int mpe__obj_release(void *p) {
   mpe__obj *o = p;
-  uint32_t before = atomic_fetch_sub(&o->refs, 1);
-  MPE__CHECK(before > 0);
-  if (before != 1) return 0;
+  uint64_t before = atomic_fetch_sub(&o->life, 1);
+  MPE__CHECK((uint32_t)before > 0);
+  if ((uint32_t)before != 1) return 0;
   o->magic = 0;
+  atomic_store(&o->life, 0); /* the serial is forgotten: no check matches again */
   return 1;
+}
+
+static uint64_t obj_check(const mpe__obj *o, uint32_t serial) {
+  uint64_t in[3] = {mpe_ref(o), serial, o->kind};
+  return mpe__siphash(arena->key, in, sizeof in);
+}
+
+uint64_t mpe_obj_check(const void *p) {
+  const mpe__obj *o = p;
+  return obj_check(o, (uint32_t)(atomic_load(&o->life) >> 32));
+}
+
+int mpe_obj_claim(void *p, uint64_t check, int retain) {
+  mpe__obj *o = p;
+  uint64_t life = atomic_load(&o->life);
+  for (;;) {
+    uint32_t refs = (uint32_t)life, serial = (uint32_t)(life >> 32);
+    if (refs == 0 || serial == 0 || obj_check(o, serial) != check) return -ESTALE;
+    if (!retain) return 0;
+    if (refs == UINT32_MAX) return -EOVERFLOW;
+    /* the whole word: fails if the object was freed (and its place reused) meanwhile */
+    if (atomic_compare_exchange_weak(&o->life, &life, life + 1)) return 0;
+  }
 }

@@ -37,8 +37,10 @@ enum { MPE__KIND_QUEUE = 1, MPE__KIND_LOCK, MPE__KIND_SEM, MPE__KIND_EVENT,
 typedef struct mpe__obj {
   uint32_t magic;
   uint32_t kind;
-  _Atomic uint32_t refs;
-  uint32_t pad;
+  /* One word, so that taking a reference also checks the allocation: the
+   * references (low 32 bits) and this allocation's serial (high 32 bits,
+   * random, never nonzero while alive and never on the wire). */
+  _Atomic uint64_t life;
 } mpe__obj;
 
 /* Allocates size bytes (header included), zeroed, with one reference. */

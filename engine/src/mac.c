@@ -2,10 +2,12 @@
  *
  * mpe_init draws a 128-bit key from the kernel (getrandom) and keeps it in
  * the arena header, so every process of the run shares it and nothing
- * outside the run knows it. The Lua codec tags the bytecode of every function
- * it encodes and refuses to load code whose tag does not match: only code
- * made in this run is ever loaded, so a forged or damaged message cannot
- * feed the Lua VM arbitrary bytecode (which it does not verify). */
+ * outside the run knows it. The Lua codec seals every message that carries
+ * code, modules, metatables or engine objects with a tag of all its bytes,
+ * and decodes those only from a message whose tag matches: a forged or
+ * damaged message cannot feed the Lua VM arbitrary bytecode (which it does
+ * not verify) nor reach live state. Shared objects' checks (arena.c) are
+ * keyed the same way. */
 #include <string.h>
 
 #include "internal.h"
