@@ -202,7 +202,7 @@ end
 local function fid_of(self, fn)
   if type(fn) ~= "function" then raise(("Pool: function expected, got %s"):format(type(fn))) end
   local ok, bytes = pcall(mp.encode, fn)
-  if not ok then raise(bytes) end -- the path of what cannot travel, at the caller's line
+  if not ok then error(bytes, 0) end -- the codec names the caller's line and the path
   local entry = self.fids[bytes]
   if not entry and self.nfids >= 512 then
     -- many distinct closures: start the registry over, in the workers too
