@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "../engine/src/spin.h" /* the waiters' spin policy (internal) */
 
 static int put_u64(mpe_queue *q, uint64_t v, double timeout) {
   return mpe_queue_put(q, &v, sizeof v, 0, timeout);
@@ -260,6 +261,51 @@ TEST(test_killed_producer_and_consumer_leave_a_contiguous_run) {
   mpe_qmsg_free(&m);
 }
 
+/* With more processes wanting to run than there are CPUs, a waiter does not
+ * spin at all: it looks once and goes to sleep. */
+static _Atomic int *busy_stop;
+static int busy(void *arg) {
+  _Atomic int *started = arg;
+  atomic_fetch_add(started, 1);
+  while (!atomic_load(busy_stop)) {
+  }
+  return 0;
+}
+static int looks;
+static int never_ready(void *arg) {
+  (void)arg;
+  looks++;
+  return 0;
+}
+
+TEST(test_no_spin_without_a_free_cpu) {
+  _Atomic int *flags = mpe_alloc(2 * sizeof *flags);
+  CHECK(flags != NULL);
+  atomic_store(&flags[0], 0);
+  atomic_store(&flags[1], 0);
+  busy_stop = &flags[1];
+  int n = mpe_cpu_count();
+  mpe_process *p[64];
+  CHECK(n < 64);
+  for (int i = 0; i < n; i++) CHECK_RC(mpe_process_spawn(&p[i], busy, &flags[0], NULL), 0);
+  while (atomic_load(&flags[0]) < n) mpe_sleep(0.001, NULL);
+  /* n busy processes and this one: no CPU is free (the sample may be 2 ms old) */
+  mpe_sleep(0.005, NULL);
+  CHECK(!mpe__cpu_free());
+  long old = mpe_spin_set(1000000); /* even with a 1 ms budget */
+  mpe__spin s = {0};
+  looks = 0;
+  CHECK(mpe__spin_wait(&s, never_ready, NULL) == 0);
+  CHECK(looks == 1);
+  mpe_spin_set(old);
+  atomic_store(&flags[1], 1);
+  for (int i = 0; i < n; i++) {
+    CHECK_RC(mpe_process_wait(p[i], 60), 0);
+    mpe_process_free(p[i]);
+  }
+  mpe_free(flags);
+}
+
 TEST(test_refs) {
   mpe_queue *q;
   CHECK_RC(mpe_queue_new(&q, 0), 0);
@@ -284,6 +330,7 @@ int main(void) {
   RUN(test_producers_consumers_every_item_once);
   RUN(test_killed_holders_leave_the_queue_usable);
   RUN(test_refs);
+  RUN(test_no_spin_without_a_free_cpu);
   size_t used1;
   mpe_arena_stats(&used1, NULL);
   printf("arena in use: %zu bytes before, %zu after\n", used0, used1);

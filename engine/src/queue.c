@@ -35,6 +35,7 @@
 
 #include "futex.h"
 #include "mutex.h"
+#include "spin.h"
 
 #define RING_MIN ((size_t)64 * 1024)
 #define INLINE_MAX ((size_t)16 * 1024)
@@ -160,30 +161,26 @@ size_t mpe_queue_size(const mpe_queue *q) { return count((mpe_queue *)q); }
 size_t mpe_queue_maxsize(const mpe_queue *q) { return (size_t)q->maxsize; }
 int mpe_queue_is_closed(const mpe_queue *q) { return atomic_load(&q->closed) != 0; }
 
-static int can_get(mpe_queue *q) {
-  return wpos(atomic_load(&q->headw)) != wpos(atomic_load(&q->tailw)) || atomic_load(&q->closed);
+static int can_get(void *q) {
+  mpe_queue *mq = q;
+  return wpos(atomic_load(&mq->headw)) != wpos(atomic_load(&mq->tailw)) || atomic_load(&mq->closed);
 }
-static int can_put(mpe_queue *q) {
-  return !q->maxsize || count(q) < q->maxsize || atomic_load(&q->closed);
+static int can_put(void *q) {
+  mpe_queue *mq = q;
+  return !mq->maxsize || count(mq) < mq->maxsize || atomic_load(&mq->closed);
 }
 
-/* Called holding m; returns holding it. Spins, then sleeps until seq moves.
- * seq is read before ready() is looked at, and a waker changes the state
- * before it bumps seq: a change made after the caller looked either shows
- * in ready() or makes the futex wait return at once. */
+/* Called holding m; returns holding it. Spins (spin.c), then sleeps until
+ * seq moves. seq is read before ready() is looked at, and a waker changes
+ * the state before it bumps seq: a change made after the caller looked
+ * either shows in ready() or makes the futex wait return at once. */
 static int wait_on(mpe_queue *q, mpe__mutex *m, _Atomic uint32_t *seq, _Atomic uint32_t *waiters,
-                   const mpe__deadline *d, int (*ready)(mpe_queue *)) {
+                   const mpe__deadline *d, int (*ready)(void *), mpe__spin *spin) {
   if (mpe__deadline_ms(d) == 0) return MPE_ETIMEDOUT;
   uint32_t seen = atomic_load(seq);
   mpe__mutex_unlock(m);
-  long spin = mpe__spin_ns();
   int rc = 0;
-  if (spin > 0) {
-    double until = mpe_time() + (double)spin * 1e-9;
-    int i = 0;
-    while (!ready(q) && ((++i & 63) || mpe_time() < until)) mpe__cpu_relax();
-  }
-  if (!ready(q)) {
+  if (!mpe__spin_wait(spin, ready, q)) {
     atomic_fetch_add(waiters, 1);
     rc = mpe__futex_wait(seq, seen, d);
     atomic_fetch_sub(waiters, 1);
@@ -290,7 +287,8 @@ int mpe_queue_put(mpe_queue *q, const void *buf, size_t len, uint32_t tag, doubl
     else if (has_room(q)) break;
     else if (late) rc = MPE_ETIMEDOUT;
     else {
-      rc = wait_on(q, &q->plock, &q->put_seq, &q->put_waiters, &d, can_put);
+      static mpe__spin spin;
+      rc = wait_on(q, &q->plock, &q->put_seq, &q->put_waiters, &d, can_put, &spin);
       if (rc == MPE_ETIMEDOUT) late = 1, rc = 0; /* look once more */
     }
   }
@@ -342,7 +340,8 @@ int mpe_queue_get(mpe_queue *q, double timeout, mpe_qmsg *m) {
       if (head == wpos(atomic_load(&q->tail_seen))) rc = MPE_ECLOSED;
     } else if (late) rc = MPE_ETIMEDOUT;
     else {
-      rc = wait_on(q, &q->clock, &q->get_seq, &q->get_waiters, &d, can_get);
+      static mpe__spin spin;
+      rc = wait_on(q, &q->clock, &q->get_seq, &q->get_waiters, &d, can_get, &spin);
       if (rc == MPE_ETIMEDOUT) late = 1, rc = 0;
     }
   }
