@@ -16,7 +16,10 @@
  * 2. The budget adapts, as glibc's adaptive mutex does: a spin that ended
  *    in a sleep anyway halves it (down to SPIN_MIN), a spin that succeeded
  *    lets it grow back towards the cap (MPENGINE_SPIN_US, 20 us by default).
- * 3. While spinning, the waiter yields the CPU every 64 rounds, so a peer
+ * 3. The spinner looks at the shared word with growing gaps (1, 2, 4 ... 64
+ *    pauses, about 2 us at most), so it does not keep pulling the cache line
+ *    from the writer it waits for: every look moves the line, and the writer
+ *    then pays to take it back. It yields the CPU every 8 looks, so a peer
  *    that the scheduler placed on the same CPU gets to run.
  *
  * The state is per waiting place and per process (queue get, queue put...),
@@ -31,6 +34,7 @@
 
 #define SPIN_MIN 1000L  /* ns */
 #define SAMPLE 0.002    /* s between two reads of /proc/loadavg */
+#define MAX_GAP 64      /* pauses between two looks at the shared word */
 
 static double sampled_at = -1;
 static int free_cpu = 1;
@@ -63,6 +67,7 @@ int mpe__spin_wait(mpe__spin *s, int (*ready)(void *), void *arg) {
   if (cap <= 0 || !mpe__cpu_free()) return 0;
   if (s->budget_ns <= 0 || s->budget_ns > cap) s->budget_ns = cap;
   double t0 = mpe_time(), until = t0 + (double)s->budget_ns * 1e-9;
+  unsigned gap = 1; /* pauses between two looks: doubles up to MAX_GAP */
   for (unsigned i = 1;; i++) {
     if (ready(arg)) {
       long took = (long)((mpe_time() - t0) * 1e9);
@@ -70,8 +75,9 @@ int mpe__spin_wait(mpe__spin *s, int (*ready)(void *), void *arg) {
       s->budget_ns = grown < cap ? grown : cap;
       return 1;
     }
-    mpe__cpu_relax();
-    if ((i & 63) == 0) {
+    for (unsigned k = 0; k < gap; k++) mpe__cpu_relax();
+    if (gap < MAX_GAP) gap *= 2;
+    if ((i & 7) == 0) {
       if (mpe_time() > until) break;
       sched_yield();
     }
