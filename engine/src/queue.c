@@ -82,8 +82,9 @@ struct mpe_queue {
   _Atomic uint64_t tail_seen;
   _Atomic uint32_t put_seq;
   char pad2[LINE - 28];
-  /* join: touched by getters only through task_done */
-  _Atomic int64_t unfinished;
+  /* join: messages marked done; unfinished = puts - done (mod 2^32), so a
+   * put is counted in the same store that publishes it */
+  _Atomic uint32_t done;
   _Atomic uint32_t join_seq;
 };
 
@@ -114,7 +115,7 @@ static int take(mpe__mutex *m) {
 
 int mpe_queue_new(mpe_queue **out, size_t maxsize) {
   _Static_assert(offsetof(mpe_queue, plock) == LINE && offsetof(mpe_queue, clock) == 2 * LINE &&
-                     offsetof(mpe_queue, unfinished) == 3 * LINE,
+                     offsetof(mpe_queue, done) == 3 * LINE,
                  "one cache line per side");
   mpe_queue *q = mpe__obj_new(sizeof *q, MPE__KIND_QUEUE);
   if (!q) return mpe_initialized() ? -ENOMEM : MPE_ENOINIT;
@@ -256,7 +257,6 @@ static int append(mpe_queue *q, int kind, const void *data, size_t len, uint32_t
     else *(uint64_t *)(r + 1) = block;
     atomic_store_explicit(&q->tailw, mkw(wcnt(tw) + 1, at + (uint32_t)need),
                           memory_order_release); /* the commit */
-    atomic_fetch_add(&q->unfinished, 1);
     return 0;
   }
 }
@@ -374,13 +374,18 @@ void mpe_queue_close(mpe_queue *q) {
   mpe__seq_signal(&q->put_seq, &q->put_waiters, INT32_MAX);
 }
 
+/* Messages put and not yet marked done. */
+static uint32_t unfinished(mpe_queue *q) {
+  uint32_t done = atomic_load(&q->done);
+  return wcnt(atomic_load(&q->tailw)) - done;
+}
+
 int mpe_queue_task_done(mpe_queue *q) {
-  int64_t before = atomic_fetch_sub(&q->unfinished, 1);
-  if (before <= 0) {
-    atomic_fetch_add(&q->unfinished, 1);
-    return -EINVAL;
-  }
-  if (before == 1) mpe__seq_signal(&q->join_seq, &q->join_waiters, INT32_MAX);
+  uint32_t done = atomic_load(&q->done);
+  do {
+    if (wcnt(atomic_load(&q->tailw)) == done) return -EINVAL;
+  } while (!atomic_compare_exchange_weak(&q->done, &done, done + 1));
+  if (wcnt(atomic_load(&q->tailw)) == done + 1) mpe__seq_signal(&q->join_seq, &q->join_waiters, INT32_MAX);
   return 0;
 }
 
@@ -388,7 +393,7 @@ int mpe_queue_join(mpe_queue *q, double timeout) {
   mpe__deadline d = mpe__deadline_in(timeout);
   for (;;) {
     uint32_t seen = atomic_load(&q->join_seq);
-    if (atomic_load(&q->unfinished) <= 0) return 0;
+    if (unfinished(q) == 0) return 0;
     if (mpe__deadline_ms(&d) == 0) return MPE_ETIMEDOUT;
     atomic_fetch_add(&q->join_waiters, 1);
     int rc = mpe__futex_wait(&q->join_seq, seen, &d);
