@@ -92,7 +92,8 @@ end
 
 -- Prints rows {name, ours, python, unit, higher_is_better, target, floor,
 -- bytes_per_op}: each figure beside Python's and beside the machine's floor
--- ("x floor": how many times the floor's cost ours is). With
+-- ("x floor": how many times the floor's cost ours is). floor is a number,
+-- or a kind for B.floor (the report can then recompute it). With
 -- MPENGINE_BENCH_OUT set, also appends each row as a JSON line to that file
 -- (the report reads them).
 function B.report(title, rows)
@@ -103,6 +104,8 @@ function B.report(title, rows)
   local f = out and assert(io.open(out, "a"))
   for _, r in ipairs(rows) do
     local name, ours, py, unit, higher, target, floor, bytes = table.unpack(r, 1, 8)
+    local kind
+    if type(floor) == "string" then kind, floor = floor, B.floor(floor) end
     local ratio, far = "-", "-"
     if py and py == py and py > 0 and ours > 0 then
       ratio = ("%.1fx"):format(higher and ours / py or py / ours)
@@ -118,7 +121,7 @@ function B.report(title, rows)
       far, target or ""))
     if f then
       f:write(cjson.encode{title = title, name = name, ours = ours, python = py or cjson.null,
-        unit = unit, higher = higher and true or false, floor = floor or cjson.null,
+        unit = unit, higher = higher and true or false, floor = floor or cjson.null, floor_kind = kind,
         bytes = bytes or cjson.null}, "\n")
     end
   end
