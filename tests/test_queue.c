@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "../engine/src/spin.h" /* the waiters' spin policy (internal) */
 
 static int put_u64(mpe_queue *q, uint64_t v, double timeout) {
   return mpe_queue_put(q, &v, sizeof v, 0, timeout);
@@ -198,6 +199,113 @@ TEST(test_killed_holders_leave_the_queue_usable) {
   mpe_queue_free(shared);
 }
 
+/* A producer and a consumer churn on their own; each is killed at a random
+ * point (inside a put, a get, or a growth of the ring, each side's commit
+ * included). What is left must be a contiguous run of the producer's
+ * numbers: a get removes only the oldest, a put adds only after the newest,
+ * and neither leaves half a record. */
+static int produce_numbers(void *arg) {
+  uint64_t round = (uint64_t)(uintptr_t)arg;
+  char buf[1000];
+  for (uint64_t i = 0;; i++) {
+    uint64_t v = round << 32 | i;
+    size_t n = sizeof v + (size_t)(i * 37 % (sizeof buf - sizeof v)); /* sizes vary: the ring grows */
+    memcpy(buf, &v, sizeof v);
+    memset(buf + sizeof v, (int)(i & 0xff), n - sizeof v);
+    if (mpe_queue_put(shared, buf, n, (uint32_t)n, -1) != 0) return 1;
+  }
+}
+
+static int consume_numbers(void *arg) {
+  (void)arg;
+  mpe_qmsg m = {0};
+  for (;;)
+    if (mpe_queue_get(shared, -1, &m) != 0) return 2;
+}
+
+TEST(test_killed_producer_and_consumer_leave_a_contiguous_run) {
+  mpe_qmsg m = {0};
+  for (uint64_t round = 0; round < 100; round++) {
+    CHECK_RC(mpe_queue_new(&shared, round % 3 == 0 ? 50 : 0), 0);
+    mpe_process *pr, *co;
+    CHECK_RC(mpe_process_spawn(&pr, produce_numbers, (void *)(uintptr_t)round, NULL), 0);
+    CHECK_RC(mpe_process_spawn(&co, consume_numbers, NULL, NULL), 0);
+    mpe_sleep(0.001 + (double)(round % 5) * 0.0009, NULL);
+    mpe_process *first = round % 2 ? pr : co, *second = round % 2 ? co : pr;
+    CHECK_RC(mpe_process_signal(first, SIGKILL), 0);
+    mpe_sleep((double)(round % 3) * 0.0005, NULL);
+    CHECK_RC(mpe_process_signal(second, SIGKILL), 0);
+    CHECK_RC(mpe_process_wait(pr, 10), 0);
+    CHECK_RC(mpe_process_wait(co, 10), 0);
+    mpe_process_free(pr);
+    mpe_process_free(co);
+    size_t size = mpe_queue_size(shared), drained = 0;
+    uint64_t prev = 0;
+    int rc;
+    while ((rc = mpe_queue_get(shared, 0, &m)) == 0) {
+      uint64_t v;
+      CHECK(m.len == m.tag && m.len >= sizeof v);
+      memcpy(&v, m.data, sizeof v);
+      CHECK(v >> 32 == round);
+      for (size_t k = sizeof v; k < m.len; k++) CHECK((unsigned char)m.data[k] == (v & 0xff));
+      CHECK(drained == 0 || v == prev + 1); /* no hole, no duplicate */
+      prev = v;
+      drained++;
+    }
+    CHECK(rc == MPE_ETIMEDOUT && drained == size && mpe_queue_size(shared) == 0);
+    CHECK_RC(mpe_queue_put(shared, "alive", 6, 2, 5), 0); /* both locks still work */
+    CHECK_RC(mpe_queue_get(shared, 5, &m), 0);
+    CHECK(m.tag == 2 && strcmp(m.data, "alive") == 0);
+    mpe_queue_free(shared);
+  }
+  mpe_qmsg_free(&m);
+}
+
+/* With more processes wanting to run than there are CPUs, a waiter does not
+ * spin at all: it looks once and goes to sleep. */
+static _Atomic int *busy_stop;
+static int busy(void *arg) {
+  _Atomic int *started = arg;
+  atomic_fetch_add(started, 1);
+  while (!atomic_load(busy_stop)) {
+  }
+  return 0;
+}
+static int looks;
+static int never_ready(void *arg) {
+  (void)arg;
+  looks++;
+  return 0;
+}
+
+TEST(test_no_spin_without_a_free_cpu) {
+  _Atomic int *flags = mpe_alloc(2 * sizeof *flags);
+  CHECK(flags != NULL);
+  atomic_store(&flags[0], 0);
+  atomic_store(&flags[1], 0);
+  busy_stop = &flags[1];
+  int n = mpe_cpu_count();
+  mpe_process *p[64];
+  CHECK(n < 64);
+  for (int i = 0; i < n; i++) CHECK_RC(mpe_process_spawn(&p[i], busy, &flags[0], NULL), 0);
+  while (atomic_load(&flags[0]) < n) mpe_sleep(0.001, NULL);
+  /* n busy processes and this one: no CPU is free (the sample may be 2 ms old) */
+  mpe_sleep(0.005, NULL);
+  CHECK(!mpe__cpu_free());
+  long old = mpe_spin_set(1000000); /* even with a 1 ms budget */
+  mpe__spin s = {0};
+  looks = 0;
+  CHECK(mpe__spin_wait(&s, never_ready, NULL) == 0);
+  CHECK(looks == 1);
+  mpe_spin_set(old);
+  atomic_store(&flags[1], 1);
+  for (int i = 0; i < n; i++) {
+    CHECK_RC(mpe_process_wait(p[i], 60), 0);
+    mpe_process_free(p[i]);
+  }
+  mpe_free(flags);
+}
+
 TEST(test_refs) {
   mpe_queue *q;
   CHECK_RC(mpe_queue_new(&q, 0), 0);
@@ -222,9 +330,12 @@ int main(void) {
   RUN(test_producers_consumers_every_item_once);
   RUN(test_killed_holders_leave_the_queue_usable);
   RUN(test_refs);
+  RUN(test_no_spin_without_a_free_cpu);
   size_t used1;
   mpe_arena_stats(&used1, NULL);
   printf("arena in use: %zu bytes before, %zu after\n", used0, used1);
   CHECK(used1 <= used0 + 4096); /* at most what killed holders were holding */
+  /* Last: a process killed inside a growth of the ring leaks that ring. */
+  RUN(test_killed_producer_and_consumer_leave_a_contiguous_run);
   return 0;
 }

@@ -45,22 +45,87 @@ function B.python(code)
   return cjson.decode(json)
 end
 
--- Prints rows {name, ours, python, unit, higher_is_better, target}.
+-- The machine's floors (tests/probe.c): cache-line, futex and pipe round
+-- trips in ns, fork+waitpid in ns, memcpy in GB/s. Read from
+-- MPENGINE_FLOORS (a JSON object, as the report passes it), else measured
+-- by running the probe: MPENGINE_PROBE, or tests/probe beside the running
+-- mpengine command, or build/tests/probe. Nil and why when there is none.
+local floors, floors_why
+function B.floors()
+  if floors or floors_why then return floors, floors_why end
+  local json = os.getenv("MPENGINE_FLOORS")
+  if not json then
+    local probe = os.getenv("MPENGINE_PROBE")
+    if not probe then
+      local p = io.popen("readlink /proc/$PPID/exe 2>/dev/null")
+      local exe = p:read("l") or ""
+      p:close()
+      for _, cand in ipairs{(exe:match("^(.*)/[^/]*$") or ".") .. "/tests/probe", "build/tests/probe"} do
+        local f = io.open(cand)
+        if f then f:close() probe = cand break end
+      end
+    end
+    if probe then
+      local p = io.popen(probe .. " 2>/dev/null")
+      json = p:read("a")
+      p:close()
+    end
+  end
+  local ok, t = pcall(cjson.decode, json and json:match("%b{}") or "")
+  if ok and type(t) == "table" then floors = t else floors_why = "no probe (build the tests)" end
+  return floors, floors_why
+end
+
+-- The floor of a workload, in the unit its row uses, from the floors f.
+-- kind: "handoff" (one cache line one way per operation: M/s), "futex",
+-- "pipe", "fork" (round trips: us), "copy2" (two copies of the bytes: GB/s).
+function B.floor(kind)
+  local f = B.floors()
+  if not f then return nil end
+  if kind == "handoff" then return 2e3 / f.cacheline_rt_ns end
+  if kind == "futex" then return f.futex_rt_ns / 1e3 end
+  if kind == "pipe" then return f.pipe_rt_ns / 1e3 end
+  if kind == "fork" then return f.fork_wait_ns / 1e3 end
+  if kind == "copy2" then return f.memcpy_gbps / 2 end
+  return nil
+end
+
+-- Prints rows {name, ours, python, unit, higher_is_better, target, floor,
+-- bytes_per_op}: each figure beside Python's and beside the machine's floor
+-- ("x floor": how many times the floor's cost ours is). floor is a number,
+-- or a kind for B.floor (the report can then recompute it). With
+-- MPENGINE_BENCH_OUT set, also appends each row as a JSON line to that file
+-- (the report reads them).
 function B.report(title, rows)
   print(("\n%s"):format(title))
-  print(("%-34s %14s %14s %9s  %s"):format("measure", "mpengine", "python", "ratio", "target"))
+  print(("%-34s %14s %14s %9s %14s %8s  %s"):format("measure", "mpengine", "python", "ratio",
+    "floor", "x floor", "target"))
+  local out = os.getenv("MPENGINE_BENCH_OUT")
+  local f = out and assert(io.open(out, "a"))
   for _, r in ipairs(rows) do
-    local name, ours, py, unit, higher, target = table.unpack(r)
-    local ratio = "-"
+    local name, ours, py, unit, higher, target, floor, bytes = table.unpack(r, 1, 8)
+    local kind
+    if type(floor) == "string" then kind, floor = floor, B.floor(floor) end
+    local ratio, far = "-", "-"
     if py and py == py and py > 0 and ours > 0 then
       ratio = ("%.1fx"):format(higher and ours / py or py / ours)
+    end
+    if floor and floor > 0 and ours > 0 then
+      far = ("%.1fx"):format(higher and floor / ours or ours / floor)
     end
     local function fmt(v)
       if not v or v ~= v then return "n/a" end
       return ("%.3f %s"):format(v, unit)
     end
-    print(("%-34s %14s %14s %9s  %s"):format(name, fmt(ours), fmt(py), ratio, target or ""))
+    print(("%-34s %14s %14s %9s %14s %8s  %s"):format(name, fmt(ours), fmt(py), ratio, fmt(floor),
+      far, target or ""))
+    if f then
+      f:write(cjson.encode{title = title, name = name, ours = ours, python = py or cjson.null,
+        unit = unit, higher = higher and true or false, floor = floor or cjson.null, floor_kind = kind,
+        bytes = bytes or cjson.null}, "\n")
+    end
   end
+  if f then f:close() end
 end
 
 return B

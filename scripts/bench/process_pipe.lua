@@ -116,10 +116,12 @@ function M.main(rounds)
   local py, why = B.python(PY:format(rounds))
   if not py then print("python: " .. why) py = {} end
   B.report(("processes and pipes (%d CPUs)"):format(mp.cpu_count()), {
-    {"start+join, median", sj * 1e6, py.start_join and py.start_join * 1e6, "us", false, "<= 500 us"},
-    {"pipe round trip, median", rt * 1e6, py.round_trip and py.round_trip * 1e6, "us", false, ""},
-    {"pipe 64 KiB messages", bw64, py.bw64k, "GB/s", true, ""},
-    {"pipe 1 MiB messages", bw1m, py.bw1m, "GB/s", true, ">= 1.5 GB/s"},
+    {"start+join, median", sj * 1e6, py.start_join and py.start_join * 1e6, "us", false,
+     "<= 1.5x fork+waitpid", "fork"},
+    {"pipe round trip, median", rt * 1e6, py.round_trip and py.round_trip * 1e6, "us", false, "",
+     "pipe"},
+    {"pipe 64 KiB messages", bw64, py.bw64k, "GB/s", true, "", "copy2", 65536},
+    {"pipe 1 MiB messages", bw1m, py.bw1m, "GB/s", true, ">= 1.5 GB/s", "copy2", 1 << 20},
   })
 end
 
