@@ -1,8 +1,12 @@
 /* test_sync.c - locks, semaphores, events, conditions, barriers and shared
- * values through the public header, across processes, with killed holders. */
+ * values through the public header, across processes, with killed holders
+ * and a contender that cannot read /proc. */
+#define _GNU_SOURCE /* unshare */
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -258,6 +262,132 @@ TEST(test_barrier) {
   mpe_barrier_free(bar);
 }
 
+static int take_and_give_back(void *arg) {
+  mpe_sem *s = arg;
+  if (mpe_sem_acquire(s, 10) != 0) return 1;
+  return mpe_sem_release(s) == 0 ? 0 : 2;
+}
+
+static int take_and_leave_forgetting(void *arg) {
+  if (mpe_sem_acquire(arg, 10) != 0) return 1;
+  if (mpe_sem_release(arg) != 0) return 2;
+  if (mpe_sem_acquire(arg, 10) != 0) return 3;
+  mpe_sem_release(arg);
+  mpe_sem_forget_process(arg); /* what the binding does when a child ends */
+  return 0;
+}
+
+/* 100 holders one after another (more than the 32 slots), then a killed
+ * holder's permit still comes back. */
+TEST(test_semaphore_any_number_of_holders) {
+  mpe_sem *s;
+  CHECK_RC(mpe_sem_new(&s, 1, 1), 0);
+  for (int i = 0; i < 100; i++) {
+    mpe_process *p;
+    int code = -1;
+    CHECK_RC(mpe_process_spawn(&p, i % 2 ? take_and_give_back : take_and_leave_forgetting, s, NULL), 0);
+    CHECK_RC(mpe_process_wait(p, 30), 0);
+    CHECK(mpe_process_exitcode(p, &code) == 1 && code == 0);
+    mpe_process_free(p);
+  }
+  CHECK(mpe_sem_value(s) == 1);
+  CHECK(pipe(fds) == 0);
+  mpe_process *p;
+  mpe_spawn_options o = {.keep_fds = fds, .nkeep_fds = 2};
+  CHECK_RC(mpe_process_spawn(&p, take_permit_and_report, s, &o), 0);
+  char c;
+  CHECK(read(fds[0], &c, 1) == 1);
+  CHECK_RC(mpe_process_signal(p, SIGKILL), 0);
+  CHECK_RC(mpe_process_wait(p, 10), 0);
+  CHECK_RC(mpe_sem_acquire(s, 10), 0); /* the killed holder's permit */
+  CHECK_RC(mpe_sem_release(s), 0);
+  mpe_process_free(p);
+  close(fds[0]);
+  close(fds[1]);
+  mpe_sem_free(s);
+}
+
+/* ------------------------------------------- a contender without /proc */
+
+static mpe_lock *np_lock;
+static mpe_sem *np_sem;
+static int np_go[2], np_back[2];
+
+static int holds_both(void *arg) {
+  (void)arg;
+  if (mpe_lock_acquire(np_lock, -1) != 0 || mpe_sem_acquire(np_sem, -1) != 0) return 1;
+  char c = 'h';
+  if (write(np_back[1], &c, 1) != 1) return 2;
+  for (;;) pause();
+}
+
+/* In a mount namespace of its own, /proc is an empty tmpfs. 0, or -errno. */
+static int hide_proc(void) {
+  if (unshare(CLONE_NEWNS) != 0 && unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0) return -errno;
+  if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) return -errno;
+  if (mount("none", "/proc", "tmpfs", 0, "size=16k") != 0) return -errno;
+  return 0;
+}
+
+/* Phase one: the holder lives; 0 or the failed step. */
+static int contend_while_alive(void) {
+  if (access("/proc/self/stat", F_OK) == 0) return 10; /* /proc must be empty here */
+  /* the holder is alive: no failed read may count as its death */
+  if (mpe_lock_acquire(np_lock, 0) != MPE_ETIMEDOUT) return 11;
+  if (mpe_lock_acquire(np_lock, 0.3) != MPE_ETIMEDOUT) return 12;
+  if (mpe_sem_acquire(np_sem, 0.3) != MPE_ETIMEDOUT) return 13;
+  return 0;
+}
+
+static int contends_without_proc(void *arg) {
+  (void)arg;
+  int rc = hide_proc();
+  char c = rc == 0 ? 'n' : 's'; /* s: this system cannot hide /proc */
+  if (write(np_back[1], &c, 1) != 1 || rc != 0) return rc == 0 ? 9 : 0;
+  rc = contend_while_alive();
+  c = rc == 0 ? 'w' : 'f';
+  if (write(np_back[1], &c, 1) != 1 || rc != 0) return rc ? rc : 14;
+  if (read(np_go[0], &c, 1) != 1) return 15;
+  /* now it is dead: evidence without /proc */
+  if (mpe_lock_acquire(np_lock, 10) != MPE_EOWNERDEAD) return 16;
+  if (mpe_sem_acquire(np_sem, 10) != 0) return 17;
+  return mpe_lock_release(np_lock) == 0 ? 0 : 18;
+}
+
+TEST(test_no_proc_is_no_evidence_of_death) {
+  CHECK_RC(mpe_lock_new(&np_lock, 0), 0);
+  CHECK_RC(mpe_sem_new(&np_sem, 1, 0), 0);
+  CHECK(pipe(np_go) == 0 && pipe(np_back) == 0);
+  int keep[] = {np_go[0], np_go[1], np_back[0], np_back[1]};
+  mpe_spawn_options o = {.keep_fds = keep, .nkeep_fds = 4};
+  mpe_process *h, *w;
+  CHECK_RC(mpe_process_spawn(&h, holds_both, NULL, &o), 0);
+  char c;
+  CHECK(read(np_back[0], &c, 1) == 1 && c == 'h');
+  CHECK_RC(mpe_process_spawn(&w, contends_without_proc, NULL, &o), 0);
+  CHECK(read(np_back[0], &c, 1) == 1);
+  if (c == 's') {
+    printf("skip test_no_proc_is_no_evidence_of_death: cannot make a mount namespace here\n");
+  } else {
+    CHECK(read(np_back[0], &c, 1) == 1);
+    if (c == 'w') {
+      CHECK_RC(mpe_process_signal(h, SIGKILL), 0);
+      CHECK_RC(mpe_process_wait(h, 10), 0); /* reaped: no such process */
+      CHECK(write(np_go[1], "k", 1) == 1);
+    }
+  }
+  int code = -1;
+  CHECK_RC(mpe_process_wait(w, 60), 0);
+  CHECK(mpe_process_exitcode(w, &code) == 1);
+  if (code != 0) fprintf(stderr, "contender without /proc failed at step %d\n", code);
+  CHECK(code == 0);
+  mpe_process_free(w);
+  mpe_process_free(h);
+  for (int i = 0; i < 4; i++) close(keep[i]);
+  mpe_sem_free(np_sem);
+  mpe_lock_free(np_lock);
+}
+
 TEST(test_values) {
   mpe_value *v;
   CHECK_RC(mpe_value_new(&v, 'x', 1, NULL), -EINVAL);
@@ -319,6 +449,8 @@ int main(void) {
   RUN(test_event);
   RUN(test_condition);
   RUN(test_barrier);
+  RUN(test_semaphore_any_number_of_holders);
+  RUN(test_no_proc_is_no_evidence_of_death);
   RUN(test_values);
   RUN(test_atomic_add_across_processes);
   size_t used;
