@@ -115,6 +115,7 @@ int mpe__mutex_lock(mpe__mutex *m, const mpe__deadline *d, int interruptible) {
     if (mpe__deadline_ms(d) == 0) return MPE_ETIMEDOUT;
     mpe__deadline slice;
     mpe__slice_end(d, WATCH, &slice);
+    if (interruptible && mpe__stop_requested()) return MPE_EINTR;
     atomic_fetch_add(&m->waiters, 1);
     int rc = mpe__futex_wait(&m->word, w, &slice);
     atomic_fetch_sub(&m->waiters, 1);

@@ -14,7 +14,8 @@ typedef struct mpe__mutex {
 
 void mpe__mutex_init(mpe__mutex *m);
 /* 0; MPE_EOWNERDEAD (locked: the previous owner died holding it);
- * MPE_ETIMEDOUT; MPE_EINTR (only when interruptible). d NULL: no limit. */
+ * MPE_ETIMEDOUT; MPE_EINTR (only when interruptible: a signal handler ran,
+ * or the host's stop flag is set). d NULL: no limit. */
 int mpe__mutex_lock(mpe__mutex *m, const mpe__deadline *d, int interruptible);
 /* One try: 0, MPE_ETIMEDOUT when another process holds it, or (check_dead:
  * look whether the owner is dead) MPE_EOWNERDEAD. */

@@ -130,13 +130,12 @@ int mpe_sem_acquire(mpe_sem *s, double timeout) {
     uint32_t seen = atomic_load(&s->seq);
     mpe__mutex_unlock(&s->m);
     if (mpe__deadline_ms(&d) == 0) return MPE_ETIMEDOUT;
-    mpe__deadline slice;
-    mpe__slice_end(&d, WATCH, &slice);
+    double t0 = mpe_time();
     atomic_fetch_add(&s->waiters, 1);
-    int rc = mpe__futex_wait(&s->seq, seen, &slice);
+    int rc = mpe__futex_wait_step(&s->seq, seen, &d, WATCH);
     atomic_fetch_sub(&s->waiters, 1);
-    if (rc == MPE_EINTR) return rc;
-    if (rc == MPE_ETIMEDOUT) looked = 0; /* look for dead holders again */
+    if (rc == MPE_EINTR) return rc; /* nothing taken: call again */
+    if (mpe_time() - t0 >= WATCH) looked = 0; /* look for dead holders again */
   }
 }
 
