@@ -6,6 +6,7 @@
  * so a Queue sent through a Queue is the same queue on the other side and is
  * never freed under a reader. The handle keeps a reusable receive buffer, so
  * a get of a small value allocates nothing but the value itself. */
+#include <errno.h>
 #include <string.h>
 
 #include "mpe_lua.h"
@@ -52,6 +53,10 @@ static int new_queue(lua_State *L, int variant) {
   }
   mpe_queue *q;
   int rc = mpe_queue_new(&q, (size_t)maxsize);
+  if (rc == -ENOMEM) { /* garbage handles may hold queues: Lua's GC cannot see the arena */
+    lua_gc(L, LUA_GCCOLLECT);
+    rc = mpe_queue_new(&q, (size_t)maxsize);
+  }
   if (rc < 0) return mpel_fail(L, class_names[variant], rc);
   push_queue(L, q, variant);
   return 1;

@@ -133,6 +133,14 @@ typedef struct mpe_spawn_options {
   size_t nkeep_fds;
 } mpe_spawn_options;
 
+/* Starts the reference ledger of the next child: the references taken with
+ * the mpe_*_retain functions from now until the next mpe_process_spawn are
+ * the child's, and so are the objects the child creates. The child gives
+ * them back as usual (mpe_*_free); whatever it has not given back when its
+ * parent reaps it (it was killed, or ended without) the parent gives back
+ * then. References that reach the child in messages are not counted. 0, or
+ * -ENOMEM: the child then runs without a ledger. */
+MPE_API int mpe_spawn_refs_begin(void);
 /* Forks a child that runs fn(arg) and leaves with its return value via
  * _exit(). The child dies with its parent (SIGKILL on parent death), starts
  * with the parent's signal mask and default signal handlers (ignored signals
