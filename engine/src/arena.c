@@ -84,6 +84,7 @@ typedef struct arena_hdr {
   _Atomic size_t used;
   mpe__mutex lock;
   uint32_t serial; /* the last allocation's serial */
+  uint32_t repairs; /* times repair() ran (for tests) */
   uint64_t nonempty[NBINS / 64];
   uint64_t bins[NBINS]; /* head of each free list */
   unsigned char key[16]; /* the run's secret (mac.c) */
@@ -226,6 +227,7 @@ static void repair(void) {
     off += size;
   }
   atomic_store(&arena->used, used);
+  arena->repairs++;
 }
 
 static void alock(void) {
@@ -342,11 +344,11 @@ uint32_t mpe__block_serial(const void *p) {
   return b->serial;
 }
 
-int mpe__arena_check(size_t *nfree, size_t *largest_free) {
+int mpe__arena_check(size_t *nfree, size_t *largest_free, size_t *nused, unsigned *repairs) {
   /* Walks the blocks under the lock and checks every invariant above. */
   if (!arena) return MPE_ENOINIT;
   alock();
-  uint64_t top = atomic_load(&arena->top), used = 0, nf = 0, big = 0, inlists = 0;
+  uint64_t top = atomic_load(&arena->top), used = 0, nf = 0, nu = 0, big = 0, inlists = 0;
   int prev_free = 0, ok = 1;
   for (uint64_t off = START; ok && off < top;) {
     uint64_t w = word_of(off), size = w & ~(uint64_t)FLAGS;
@@ -355,6 +357,7 @@ int mpe__arena_check(size_t *nfree, size_t *largest_free) {
     if (!ok) break;
     if (w & USED) {
       used += size;
+      nu++;
       prev_free = 0;
     } else {
       ok = !prev_free && off + size < top && *(uint64_t *)((char *)arena + off + size - 8) == size;
@@ -375,6 +378,8 @@ int mpe__arena_check(size_t *nfree, size_t *largest_free) {
   aunlock();
   if (nfree) *nfree = (size_t)nf;
   if (largest_free) *largest_free = (size_t)big;
+  if (nused) *nused = (size_t)nu;
+  if (repairs) *repairs = arena->repairs;
   return ok ? 0 : -EFAULT;
 }
 
