@@ -20,21 +20,31 @@
  * neighbours, and any freed memory serves a request of any size. Large
  * freed blocks give their pages back to the system (MADV_REMOVE).
  *
+ * Small blocks (up to QUICK_MAX) are merged lazily: mpe_free puts one on an
+ * exact-size LIFO quick list, still "in use" for the tiling (flag QUICK),
+ * and mpe_alloc of that size takes it back: the common small free/alloc
+ * touches no neighbour. The quick lists are merged in (consolidate()) before
+ * any request over SMALL_MAX and whenever a request finds no room, so they
+ * never make a request fail.
+ *
  * Robustness: a process killed inside the allocator must leave it usable.
  * The tiling is what every other field is rebuilt from, and each step keeps
- * it whole with one store: a split writes the remainder's header inside the
+ * it whole with one store (putting a block on a quick list, or taking it
+ * off, is one store of its flags): a split writes the remainder's header inside the
  * block first, then commits size and "in use" with one store to the block's
  * header word; a merge is one store of the merged size; growing or lowering
  * top is one store. The lists, footers, "previous is free" flags and the
- * `used` count are derived: the next locker sees MPE_EOWNERDEAD and repair()
+ * `used` count are derived (repair() merges QUICK blocks as free ones): the next locker sees MPE_EOWNERDEAD and repair()
  * rebuilds them from one walk over the blocks (also merging neighbours the
  * dead left unmerged). What can be lost is the block the dead was taking.
  *
  * Invariants (outside the lock, or after repair()): blocks tile [START,
  * top); sizes are multiples of 16 and >= MIN_BLOCK; no two free blocks are
- * neighbours and the block before top is in use; every free block is in the
- * list bin_of(size) and has its footer; PREV_FREE is set exactly on blocks
- * after a free one; `used` is the sum of the in-use blocks' sizes. */
+ * neighbours and the block before top is in use (a QUICK block counts as in
+ * use); every free block is in the list bin_of(size) and has its footer;
+ * every QUICK block is on the quick list of its size; PREV_FREE is set
+ * exactly on blocks after a free one; `used` is the sum of the sizes of the
+ * blocks in use and not QUICK. */
 #define _GNU_SOURCE
 #include "mutex.h"
 
@@ -55,7 +65,10 @@
 #define NBINS 256
 #define USED 1u
 #define PREV_FREE 2u
+#define QUICK 4u /* in use for the tiling, free for its owner: on a quick list */
 #define FLAGS 15u
+#define QUICK_MAX 512 /* blocks up to this size are freed to quick lists */
+#define NQUICK (QUICK_MAX / 16 - 2)
 #define RELEASE_BYTES ((size_t)32 << 20) /* below this, keep pages: re-faulting costs more */
 
 /* A block's header. Layout (16 bytes, so payloads stay 16-byte aligned):
@@ -63,10 +76,11 @@
  *   bytes 4-7   serial  in use: the run-wide number of this allocation
  *                       (1, 2, ... wrapping past 0); free: 0
  *   bytes 8-15  word    size in bytes (header included, multiple of 16)
- *                       | USED (bit 0) | PREV_FREE (bit 1)
+ *                       | USED (bit 0) | PREV_FREE (bit 1) | QUICK (bit 2)
  * The payload follows. A free block's payload starts with the offsets of
  * the next and previous free block of its list (0 ends a list), and its
- * last 8 bytes hold its size (the footer). */
+ * last 8 bytes hold its size (the footer). A block on a quick list has
+ * USED | QUICK and its payload starts with the next block of that list. */
 typedef struct block_hdr {
   uint32_t magic;
   uint32_t serial;
@@ -85,6 +99,8 @@ typedef struct arena_hdr {
   mpe__mutex lock;
   uint32_t serial; /* the last allocation's serial */
   uint32_t repairs; /* times repair() ran (for tests) */
+  uint64_t nquick; /* blocks on the quick lists */
+  uint64_t quick[NQUICK]; /* head of each quick list (linked through the payload) */
   uint64_t nonempty[NBINS / 64];
   uint64_t bins[NBINS]; /* head of each free list */
   unsigned char key[16]; /* the run's secret (mac.c) */
@@ -194,14 +210,20 @@ static uint64_t find_fit(uint64_t need) {
 
 /* After a locker died: rebuild the lists, flags, footers and `used` from
  * the tiling, merging free neighbours, and lower top over a free tail. */
-static void repair(void) {
+__attribute__((cold, noinline)) static void repair(void) {
   memset(arena->bins, 0, sizeof arena->bins);
   memset(arena->nonempty, 0, sizeof arena->nonempty);
+  memset(arena->quick, 0, sizeof arena->quick);
+  arena->nquick = 0;
   uint64_t top = atomic_load(&arena->top), last_free = 0, used = 0;
   for (uint64_t off = START; off < top;) {
     block_hdr *b = blk(off);
     uint64_t w = word_of(off), size = w & ~(uint64_t)FLAGS;
     MPE__CHECK(b->magic == BLOCK_MAGIC && size >= MIN_BLOCK && (size & 15) == 0 && size <= top - off);
+    if (w & QUICK) { /* free for its owner: free */
+      w = size | (w & PREV_FREE);
+      set_word(off, w);
+    }
     if (w & USED) {
       used += size;
       last_free = 0;
@@ -230,11 +252,62 @@ static void repair(void) {
   arena->repairs++;
 }
 
+/* top and used change only under the lock; readers outside it look only. */
+static uint64_t get_top(void) { return atomic_load_explicit(&arena->top, memory_order_relaxed); }
+static void set_top(uint64_t t) { atomic_store_explicit(&arena->top, t, memory_order_release); }
+static void add_used(int64_t d) {
+  atomic_store_explicit(&arena->used, atomic_load_explicit(&arena->used, memory_order_relaxed) + (size_t)d,
+                        memory_order_relaxed);
+}
+
 static void alock(void) {
   if (mpe__mutex_lock(&arena->lock, NULL, 0) == MPE_EOWNERDEAD) repair();
 }
 
 static void aunlock(void) { mpe__mutex_unlock(&arena->lock); }
+
+/* Locked: frees the block at off (in use, or QUICK and off its list) and
+ * merges it with free neighbours. */
+static void release(uint64_t off) {
+  uint64_t w = word_of(off), size = w & ~(uint64_t)FLAGS;
+  set_word(off, size | (w & PREV_FREE)); /* the commit: free */
+  uint64_t top = get_top(), next = off + size;
+  if (next < top && !(word_of(next) & USED)) { /* merge with the next block */
+    uint64_t nsize = size_of(next);
+    bin_remove(next, nsize);
+    size += nsize;
+    set_word(off, size | (w & PREV_FREE)); /* the commit */
+  }
+  if (w & PREV_FREE) { /* merge with the previous block */
+    uint64_t psize = *(uint64_t *)((char *)arena + off - 8), prev = off - psize;
+    MPE__CHECK(psize >= MIN_BLOCK && prev >= START && size_of(prev) == psize && !(word_of(prev) & USED));
+    bin_remove(prev, psize);
+    size += psize;
+    off = prev;
+    set_word(off, size | (word_of(off) & PREV_FREE)); /* the commit */
+  }
+  if (off + size == top) {
+    set_top(off); /* the commit: back to fresh space */
+  } else {
+    set_footer(off, size);
+    set_word(off + size, word_of(off + size) | PREV_FREE);
+    bin_insert(off, size);
+  }
+}
+
+/* Locked: merges every block of the quick lists in. */
+static void consolidate(void) {
+  for (unsigned i = 0; i < NQUICK; i++) {
+    uint64_t off = arena->quick[i];
+    arena->quick[i] = 0;
+    while (off) {
+      uint64_t next = links(off)->next; /* read before the merge writes over it */
+      release(off);
+      off = next;
+    }
+  }
+  arena->nquick = 0;
+}
 
 void *mpe_alloc(size_t n) {
   if (!arena || n > arena->size) return NULL;
@@ -243,6 +316,17 @@ void *mpe_alloc(size_t n) {
   uint64_t off;
   alock();
   uint32_t serial = ++arena->serial ? arena->serial : ++arena->serial;
+  if (need <= QUICK_MAX && (off = arena->quick[(need >> 4) - 3]) != 0) {
+    arena->quick[(need >> 4) - 3] = links(off)->next;
+    arena->nquick--;
+    blk(off)->serial = serial;
+    set_word(off, word_of(off) & ~(uint64_t)QUICK); /* the commit */
+    add_used((int64_t)need);
+    aunlock();
+    return (char *)arena + off + HDR;
+  }
+  if (arena->nquick && (need > SMALL_MAX || (!find_fit(need) && need > arena->size - get_top())))
+    consolidate();
   off = find_fit(need);
   if (off) {
     uint64_t w = word_of(off), size = w & ~(uint64_t)FLAGS;
@@ -260,10 +344,10 @@ void *mpe_alloc(size_t n) {
       need = size;
       set_word(off, size | USED | (w & PREV_FREE)); /* the commit */
       uint64_t next = off + size;
-      if (next < atomic_load(&arena->top)) set_word(next, word_of(next) & ~(uint64_t)PREV_FREE);
+      if (next < get_top()) set_word(next, word_of(next) & ~(uint64_t)PREV_FREE);
     }
   } else {
-    off = atomic_load(&arena->top);
+    off = get_top();
     if (need > arena->size - off) {
       aunlock();
       return NULL;
@@ -272,9 +356,9 @@ void *mpe_alloc(size_t n) {
     b->magic = BLOCK_MAGIC;
     b->serial = serial;
     set_word(off, need | USED); /* the block before top is never free */
-    atomic_store(&arena->top, off + need); /* the commit */
+    set_top(off + need); /* the commit */
   }
-  atomic_fetch_add(&arena->used, need);
+  add_used((int64_t)need);
   aunlock();
   return (char *)arena + off + HDR;
 }
@@ -284,8 +368,22 @@ void mpe_free(void *p) {
   MPE__CHECK(arena && (char *)p > (char *)arena && (char *)p < (char *)arena + arena->size);
   uint64_t off = (uint64_t)((char *)p - (char *)arena) - HDR;
   uint64_t size = size_of(off);
-  MPE__CHECK(blk(off)->magic == BLOCK_MAGIC && (word_of(off) & USED) && size >= MIN_BLOCK);
+  MPE__CHECK(blk(off)->magic == BLOCK_MAGIC && (word_of(off) & (USED | QUICK)) == USED && size >= MIN_BLOCK);
   mpe__ledger_forget(off + HDR);
+  if (size <= QUICK_MAX) {
+    alock();
+    uint64_t w = word_of(off);
+    MPE__CHECK((w & (USED | QUICK)) == USED); /* freed twice */
+    blk(off)->serial = 0;
+    set_word(off, w | QUICK); /* the commit */
+    unsigned i = (unsigned)(size >> 4) - 3;
+    links(off)->next = arena->quick[i];
+    arena->quick[i] = off;
+    arena->nquick++;
+    add_used(-(int64_t)size);
+    aunlock();
+    return;
+  }
   if (size >= RELEASE_BYTES) {
     /* Give the pages back to the system while the block is still ours. */
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
@@ -295,32 +393,10 @@ void mpe_free(void *p) {
   }
   alock();
   uint64_t w = word_of(off);
-  MPE__CHECK(w & USED); /* freed twice */
+  MPE__CHECK((w & (USED | QUICK)) == USED); /* freed twice */
   blk(off)->serial = 0;
-  set_word(off, size | (w & PREV_FREE)); /* the commit: free */
-  atomic_fetch_sub(&arena->used, size);
-  uint64_t top = atomic_load(&arena->top), next = off + size;
-  if (next < top && !(word_of(next) & USED)) { /* merge with the next block */
-    uint64_t nsize = size_of(next);
-    bin_remove(next, nsize);
-    size += nsize;
-    set_word(off, size | (w & PREV_FREE)); /* the commit */
-  }
-  if (w & PREV_FREE) { /* merge with the previous block */
-    uint64_t psize = *(uint64_t *)((char *)arena + off - 8), prev = off - psize;
-    MPE__CHECK(psize >= MIN_BLOCK && prev >= START && size_of(prev) == psize && !(word_of(prev) & USED));
-    bin_remove(prev, psize);
-    size += psize;
-    off = prev;
-    set_word(off, size | (word_of(off) & PREV_FREE)); /* the commit */
-  }
-  if (off + size == top) {
-    atomic_store(&arena->top, off); /* the commit: back to fresh space */
-  } else {
-    set_footer(off, size);
-    set_word(off + size, word_of(off + size) | PREV_FREE);
-    bin_insert(off, size);
-  }
+  add_used(-(int64_t)size);
+  release(off);
   aunlock();
 }
 
@@ -345,22 +421,25 @@ uint32_t mpe__block_serial(const void *p) {
 }
 
 int mpe__arena_check(size_t *nfree, size_t *largest_free, size_t *nused, unsigned *repairs) {
-  /* Walks the blocks under the lock and checks every invariant above. */
+  /* Merges the quick lists in, then walks the blocks under the lock and
+   * checks every invariant above. */
   if (!arena) return MPE_ENOINIT;
   alock();
-  uint64_t top = atomic_load(&arena->top), used = 0, nf = 0, nu = 0, big = 0, inlists = 0;
+  consolidate();
+  uint64_t top = get_top(), used = 0, nf = 0, nu = 0, big = 0, inlists = 0;
   int prev_free = 0, ok = 1;
   for (uint64_t off = START; ok && off < top;) {
     uint64_t w = word_of(off), size = w & ~(uint64_t)FLAGS;
     ok = blk(off)->magic == BLOCK_MAGIC && size >= MIN_BLOCK && (size & 15) == 0 && size <= top - off &&
-         !!(w & PREV_FREE) == prev_free;
+         !!(w & PREV_FREE) == prev_free && !(w & QUICK);
     if (!ok) break;
     if (w & USED) {
       used += size;
       nu++;
       prev_free = 0;
     } else {
-      ok = !prev_free && off + size < top && *(uint64_t *)((char *)arena + off + size - 8) == size;
+      ok = !prev_free && off + size < top && *(uint64_t *)((char *)arena + off + size - 8) == size &&
+           blk(off)->serial == 0;
       prev_free = 1;
       nf++;
       if (size > big) big = size;
@@ -401,7 +480,7 @@ void *mpe__obj_from_ref(uint64_t ref, uint32_t kind) {
    * arena, on a live block, with the right kind and references left. */
   if (!arena || ref < START + HDR || ref >= atomic_load(&arena->top) || (ref & 15) != 0) return NULL;
   uint64_t off = ref - HDR;
-  if (blk(off)->magic != BLOCK_MAGIC || !(word_of(off) & USED)) return NULL;
+  if (blk(off)->magic != BLOCK_MAGIC || (word_of(off) & (USED | QUICK)) != USED) return NULL;
   mpe__obj *o = (mpe__obj *)((char *)arena + ref);
   if (o->magic != MPE__OBJ_MAGIC || o->kind != kind || atomic_load(&o->refs) == 0) return NULL;
   return o;

@@ -58,9 +58,9 @@ int mpe__obj_release(void *o);
 /* Block serial of an mpe_alloc'd pointer: the run-wide number of its
  * allocation, never 0 while it is in use (arena.c). */
 uint32_t mpe__block_serial(const void *p);
-/* Walks the arena and checks its invariants: 0, or -EFAULT. Counts the free
- * blocks, the largest, the blocks in use, and the repairs after dead lockers
- * so far (for tests). */
+/* Merges the blocks kept for quick reuse, walks the arena and checks its
+ * invariants: 0, or -EFAULT. Counts the free blocks, the largest, the blocks
+ * in use, and the repairs after dead lockers so far (for tests). */
 int mpe__arena_check(size_t *nfree, size_t *largest_free, size_t *nused, unsigned *repairs);
 
 /* Reference ledgers (ledger.c): what a child holds, given back by its parent
