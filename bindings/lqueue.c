@@ -207,6 +207,7 @@ static int queue_decode(lua_State *L, const mpel_class *cls, const unsigned char
   if (!q) return -1;
   if (mpel_decoding_copy) mpe_queue_retain(q);
   push_queue(L, q, p[0]); /* adopts the reference in flight */
+  mpe_obj_held(q);        /* ours now: if we are killed, our parent gives it back */
   return 0;
 }
 

@@ -15,7 +15,8 @@ describe("arena", function()
   end)
 
   it("gets back all that killed children and killed Pool workers held", function()
-    -- 40 children killed holding two inherited and two of their own objects,
+    -- 40 children killed holding two inherited objects, two of their own and
+    -- a Queue received in a message,
     -- then 60 tasks timing out in a Pool (a worker killed and replaced each):
     -- in a 2 MiB arena, where the old leak (~128 KiB a kill) ran out at ~15.
     local out, rc = run("2M", "arena_killed.lua")

@@ -16,8 +16,9 @@
  * process holds, never more. References are fungible (a message in flight
  * holds one that another process gives back later), so a child may give
  * back more than its ledger counts; that only takes the count to zero.
- * References that reach a child in messages are not counted: if the child
- * is killed, those stay taken (the README says so). Order: the count goes
+ * References that reach a child in messages count once the binding says
+ * the process holds them (mpe_obj_held, when a handle adopts one); those it
+ * does not report stay taken if the child is killed. Order: the count goes
  * up after the reference is taken and down before it is given back, so a
  * process killed in between leaves a ledger that counts less, not more.
  *
@@ -137,6 +138,10 @@ static void bump(ledger *l, uint64_t ref, int delta) {
 
 void mpe__ledger_note(const void *obj, int delta) {
   if (mine && !settling) bump(mine, mpe_ref(obj), delta);
+}
+
+void mpe_obj_held(const void *obj) {
+  if (obj) mpe__ledger_note(obj, 1);
 }
 
 void mpe__ledger_forget(uint64_t ref) {
