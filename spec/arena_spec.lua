@@ -1,6 +1,7 @@
 -- arena_spec.lua - the shared arena from Lua: freed memory serves any size,
 -- and killed processes give back what they held.
 local H = require "helpers"
+local mp = require "mpengine"
 
 local function run(size, script, ...)
   return H.sh(("MPENGINE_ARENA_SIZE=%s %s run spec/fixtures/%s %s"):format(size, H.CLI, script,
@@ -8,6 +9,18 @@ local function run(size, script, ...)
 end
 
 describe("arena", function()
+  it("is not held by joined processes: join drops the child from the module's list", function()
+    -- the objects a child's target captured live as long as its handle
+    local p = mp.Process{target = function() end}
+    p:start()
+    assert.is_true(p:join(30))
+    local weak = setmetatable({p}, {__mode = "v"})
+    p = nil -- luacheck: ignore 311
+    collectgarbage()
+    collectgarbage()
+    assert.is_nil(weak[1])
+  end)
+
   it("serves a message larger than any it held before, once those are drained", function()
     local out, rc = run("64M", "arena_fragments.lua")
     assert.are.equal(0, rc, out)
