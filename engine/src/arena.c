@@ -29,14 +29,15 @@
  *
  * Robustness: a process killed inside the allocator must leave it usable.
  * The tiling is what every other field is rebuilt from, and each step keeps
- * it whole with one store (putting a block on a quick list, or taking it
- * off, is one store of its flags): a split writes the remainder's header inside the
+ * it whole with one store: a split writes the remainder's header inside the
  * block first, then commits size and "in use" with one store to the block's
  * header word; a merge is one store of the merged size; growing or lowering
- * top is one store. The lists, footers, "previous is free" flags and the
- * `used` count are derived (repair() merges QUICK blocks as free ones): the next locker sees MPE_EOWNERDEAD and repair()
- * rebuilds them from one walk over the blocks (also merging neighbours the
- * dead left unmerged). What can be lost is the block the dead was taking.
+ * top is one store; putting a block on a quick list, or taking it off, is
+ * one store of its flags. The lists, footers, "previous is free" flags and
+ * the `used` count are derived: the next locker sees MPE_EOWNERDEAD and
+ * repair() rebuilds them from one walk over the blocks (merging QUICK
+ * blocks as free ones, and neighbours the dead left unmerged). What can be
+ * lost is the block the dead was taking or giving back.
  *
  * Invariants (outside the lock, or after repair()): blocks tile [START,
  * top); sizes are multiples of 16 and >= MIN_BLOCK; no two free blocks are
