@@ -93,6 +93,9 @@ void mpel_track(lua_State *L, int idx) {
 }
 
 void mpel_handles_fork(lua_State *L, int how) {
+  /* The references taken for a child go in its ledger: if it is killed,
+   * this process gives them back when it reaps it. */
+  if (how == MPEL_FOR_CHILD) mpe_spawn_refs_begin();
   if (lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.handles") != LUA_TTABLE) {
     lua_pop(L, 1);
     return;

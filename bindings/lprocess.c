@@ -194,6 +194,13 @@ static int p_join(lua_State *L) {
   int rc;
   while ((rc = mpe_process_wait(p->h, mpel_left(deadline))) == MPE_EINTR) mpel_check_signal(L);
   if (rc < 0 && rc != MPE_ETIMEDOUT) return mpel_fail(L, "join", rc);
+  if (rc == 0) { /* joined: no longer an active child (as Python's join) */
+    push_children(L);
+    lua_pushvalue(L, 1);
+    lua_pushnil(L);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+  }
   return mpel_push_bool(L, rc == 0); /* false, "timeout" when it timed out */
 }
 

@@ -159,6 +159,20 @@ typedef struct mpe_spawn_options {
   size_t nkeep_fds;
 } mpe_spawn_options;
 
+/* Starts the reference ledger of the next child: the references taken with
+ * the mpe_*_retain functions from now until the next mpe_process_spawn are
+ * the child's, and so are the objects the child creates. The child gives
+ * them back as usual (mpe_*_free); whatever it has not given back when its
+ * parent reaps it (it was killed, or ended without) the parent gives back
+ * then (references that reach it later count once it says so: mpe_obj_held).
+ * Nothing but those references may be taken between this call and the spawn.
+ * 0, or -ENOMEM: the child then runs without a ledger. */
+MPE_API int mpe_spawn_refs_begin(void);
+/* Tells the ledger that this process now holds one more reference to the
+ * shared object obj (a queue, lock, value, ...) that it did not create or
+ * inherit: one adopted from a message, say. Call it after the reference is
+ * this process's; it is given back by the parent if this child is killed. */
+MPE_API void mpe_obj_held(const void *obj);
 /* Forks a child that runs fn(arg) and leaves with its return value via
  * _exit(). The child dies with its parent (SIGKILL on parent death), starts
  * with the parent's signal mask and default signal handlers (ignored signals

@@ -32,6 +32,7 @@ struct mpe_process {
   int code;       /* exit code, or -signal */
   int daemon;
   int detached;   /* owned by the engine: freed once reaped */
+  uint64_t ledger; /* the child's references (ledger.c), settled when reaped */
   mpe_process *prev, *next;
 };
 
@@ -84,6 +85,8 @@ static void unlink_child(mpe_process *p) {
 static void record_status(mpe_process *p, int status) {
   p->code = WIFSIGNALED(status) ? -WTERMSIG(status) : WEXITSTATUS(status);
   p->exited = 1;
+  mpe__ledger_settle(p->ledger); /* what the child did not give back */
+  p->ledger = 0;
   if (p->pidfd >= 0) close(p->pidfd);
   p->pidfd = -1;
   unlink_child(p);
@@ -115,6 +118,7 @@ void mpe__processes_after_fork(void) {
     if (p->pidfd >= 0) close(p->pidfd);
     p->pidfd = -1;
     p->foreign = 1;
+    p->ledger = 0; /* our parent settles it */
     p->prev = p->next = NULL;
   }
   children = NULL;
@@ -167,6 +171,7 @@ int mpe_process_spawn(mpe_process **out, mpe_entry_fn fn, void *arg,
   if (pid < 0) {
     int e = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
+    mpe__ledger_discard_pending();
     free(p);
     return -e;
   }
@@ -175,6 +180,7 @@ int mpe_process_spawn(mpe_process **out, mpe_entry_fn fn, void *arg,
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent) _exit(128 + SIGKILL);
     in_child = 1;
+    mpe__ledger_after_fork();
     /* The parent's handlers belong to the parent's state: a signal caught by
      * one of them here (a SIGTERM sent right after fork) would be swallowed.
      * Start from default dispositions, while signals are still blocked;
@@ -195,6 +201,7 @@ int mpe_process_spawn(mpe_process **out, mpe_entry_fn fn, void *arg,
   }
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   p->pid = pid;
+  p->ledger = mpe__ledger_take_pending();
   p->daemon = opts ? opts->daemon : 0;
   p->pidfd = (int)syscall(SYS_pidfd_open, pid, 0); /* close-on-exec by design */
   if (p->pidfd < 0) p->pidfd = -1;                    /* old kernel: poll waitpid */
