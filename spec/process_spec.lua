@@ -34,16 +34,18 @@ describe("Process", function()
   end)
 
   it("sets exitcode 1 on a Lua error and os.exit(n) to n", function()
-    local p = mp.Process{target = function() error("boom") end}
-    -- keep the expected traceback out of the test output
-    local q = mp.Process{target = function() os.exit(7) end}
-    local t = mp.Process{target = function() os.exit(true) end}
-    io.stderr:flush()
-    p:start(); q:start(); t:start()
-    p:join(); q:join(); t:join()
-    assert.are.equal(1, p.exitcode)
-    assert.are.equal(7, q.exitcode)
-    assert.are.equal(0, t.exitcode)
+    -- in a run of its own, so that the failing child's report is captured
+    local out, rc = H.sh(H.CLI .. [[ run -e '
+      local mp = require "mpengine"
+      local p = mp.Process{target = function() error("boom") end}
+      local q = mp.Process{target = function() os.exit(7) end}
+      local t = mp.Process{target = function() os.exit(true) end}
+      p:start(); q:start(); t:start()
+      p:join(); q:join(); t:join()
+      print("exitcodes", p.exitcode, q.exitcode, t.exitcode)']])
+    assert.are.equal(0, rc)
+    assert.matches("exitcodes\t1\t7\t0", out)
+    assert.matches("Process Process%-1 %(pid %d+%) failed:\n%(command line%):3: boom", out)
   end)
 
   it("reports -N when killed by signal N, with terminate and kill", function()
@@ -161,6 +163,12 @@ describe("Process", function()
     local out, rc = H.run("spec/fixtures/grandchild.lua")
     assert.are.equal(0, rc)
     assert.matches("^1\n2\n3\n4\n5\ngrandchild done\nchild exitcode=0\n$", out)
+  end)
+
+  it("a child that fails kills the children it started, and reaps them before it ends", function()
+    local out, rc = H.run("spec/fixtures/failing_parent.lua")
+    assert.are.equal(0, rc)
+    assert.matches("child exitcode=1\ngrandchild gone=true\n", out)
   end)
 
   it("start() reaps ended children: 400 never joined under ulimit -n 64", function()
