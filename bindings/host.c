@@ -125,14 +125,16 @@ static void push_contents(lua_State *L, FILE *f, const char *what) {
   }
 }
 
-/* Pushes a short, quoted picture of the value at idx for a message. */
+/* Pushes a short picture of the value at idx for a message: a string
+ * quoted (cut at 40 bytes), a number as Lua writes it, else its type. */
 static const char *describe(lua_State *L, int idx) {
   if (lua_type(L, idx) == LUA_TSTRING) {
     size_t n;
     const char *s = lua_tolstring(L, idx, &n);
-    return lua_pushfstring(L, "\"%s%s\"", n > 40 ? lua_pushlstring(L, s, 40) : s, n > 40 ? "..." : "");
+    if (n <= 40) return lua_pushfstring(L, "\"%s\"", s);
+    return lua_pushfstring(L, "\"%s...\"", lua_pushlstring(L, s, 40));
   }
-  if (lua_type(L, idx) == LUA_TNUMBER) return lua_pushstring(L, luaL_tolstring(L, idx, NULL));
+  if (lua_type(L, idx) == LUA_TNUMBER) return luaL_tolstring(L, idx, NULL);
   return lua_pushfstring(L, "a %s", luaL_typename(L, idx));
 }
 
