@@ -165,6 +165,19 @@ describe("Process", function()
     assert.matches("^1\n2\n3\n4\n5\ngrandchild done\nchild exitcode=0\n$", out)
   end)
 
+  it("os.exit(n) in a child also joins the children it started", function()
+    local out, rc = H.sh(H.CLI .. [[ run -e '
+      local mp = require "mpengine"
+      local p = mp.Process{target = function()
+        mp.Process{target = function() mp.sleep(0.1) print("grandchild done") end}:start()
+        os.exit(5)
+      end}
+      p:start(); p:join()
+      print("exitcode", p.exitcode)']])
+    assert.are.equal(0, rc)
+    assert.are.equal("grandchild done\nexitcode\t5\n", out)
+  end)
+
   it("a child that fails kills the children it started, and reaps them before it ends", function()
     local out, rc = H.run("spec/fixtures/failing_parent.lua")
     assert.are.equal(0, rc)
