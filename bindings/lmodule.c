@@ -146,15 +146,6 @@ static int l_cpu_count(lua_State *L) {
   return 1;
 }
 
-static int l_current_process(lua_State *L) {
-  lua_createtable(L, 0, 2);
-  lua_pushstring(L, mpel_process_name);
-  lua_setfield(L, -2, "name");
-  lua_pushinteger(L, (lua_Integer)getpid());
-  lua_setfield(L, -2, "pid");
-  return 1;
-}
-
 static int l_getpid(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)getpid());
   return 1;
@@ -274,7 +265,6 @@ static const luaL_Reg funcs[] = {
     {"sleep", l_sleep},
     {"time", l_time},
     {"cpu_count", l_cpu_count},
-    {"current_process", l_current_process},
     {"getpid", l_getpid},
     {"arena_stats", l_arena_stats},
     {"encode", l_encode},

@@ -177,8 +177,12 @@ MPE_API void mpe_obj_held(const void *obj);
  * _exit(). The child dies with its parent (SIGKILL on parent death), starts
  * with the parent's signal mask and default signal handlers (ignored signals
  * stay ignored), keeps no descriptor of the engine it was
- * not given, and flushes stdio before leaving. opts may be NULL (keep no
- * pipe ends). On success *out owns the handle (free with mpe_process_free). */
+ * not given, and, once fn returns, joins its own children as
+ * mpe_process_join_all(-1) does and flushes stdio before leaving. Children
+ * of the caller that have ended are reaped first (mpe_process_reap), so
+ * starting children forever holds descriptors only for the running ones.
+ * opts may be NULL (keep no pipe ends). On success *out owns the handle
+ * (free with mpe_process_free). */
 MPE_API int mpe_process_spawn(mpe_process **out, mpe_entry_fn fn, void *arg,
                               const mpe_spawn_options *opts);
 /* Pid of the child. */
@@ -189,7 +193,8 @@ MPE_API int mpe_process_wait(mpe_process *p, double timeout);
 /* Non-blocking: 1 and *code set (exit code, or -N for signal N) once the
  * child has exited (reaping it if needed), 0 while it runs. */
 MPE_API int mpe_process_exitcode(mpe_process *p, int *code);
-/* Sends sig to a running child; 0 if it has already exited. */
+/* Sends sig to a running child; 0 if it has already exited. Never signals
+ * a pid <= 0 (-ESRCH). */
 MPE_API int mpe_process_signal(mpe_process *p, int sig);
 /* Releases the handle; a child still running is killed and reaped first. */
 MPE_API void mpe_process_free(mpe_process *p);

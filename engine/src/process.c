@@ -7,7 +7,14 @@
  *
  * Invariants: a handle is in the list while its child is ours and unreaped;
  * `exited` is set exactly once, when the child is reaped; a child forgets the
- * list it inherited (those processes are its siblings, not its children). */
+ * list it inherited (those processes are its siblings, not its children).
+ *
+ * Lifetimes, as Python's: spawn first reaps the children that have ended, so
+ * a program that starts children forever holds a descriptor only for those
+ * still running; and a child whose function returns joins its own children
+ * (SIGTERM to daemon ones) before it leaves, since leaving would kill them
+ * (PR_SET_PDEATHSIG). No pid <= 0 is ever signalled: kill() would take it
+ * for a process group or for every process we may signal. */
 #define _GNU_SOURCE
 #include "internal.h"
 
@@ -156,6 +163,7 @@ static void close_other_fds(const mpe_spawn_options *opts) {
 
 int mpe_process_spawn(mpe_process **out, mpe_entry_fn fn, void *arg,
                       const mpe_spawn_options *opts) {
+  mpe_process_reap(); /* ended children give their pidfds back */
   mpe_process *p = calloc(1, sizeof *p);
   if (!p) return -ENOMEM;
   p->pidfd = -1;
@@ -195,6 +203,7 @@ int mpe_process_spawn(mpe_process **out, mpe_entry_fn fn, void *arg,
     if (!opts || !opts->inherit_fds) close_other_fds(opts);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     int code = fn(arg);
+    mpe_process_join_all(-1); /* our own children end before we do */
     fflush(NULL);
     /* _exit: the parent's atexit handlers and stdio buffers are not ours. */
     _exit(code & 255);
@@ -241,13 +250,14 @@ int mpe_process_exitcode(mpe_process *p, int *code) {
 int mpe_process_signal(mpe_process *p, int sig) {
   int r = try_reap(p);
   if (r != 0) return r > 0 ? 0 : r;
+  if (p->pid <= 0) return -ESRCH;
   if (kill(p->pid, sig) < 0) return errno == ESRCH ? 0 : -errno;
   return 0;
 }
 
 void mpe_process_free(mpe_process *p) {
   if (!p) return;
-  if (!p->exited && !p->foreign) {
+  if (!p->exited && !p->foreign && p->pid > 0) {
     kill(p->pid, SIGKILL);
     while (mpe_process_wait(p, -1) == MPE_EINTR) {
     }
@@ -260,7 +270,7 @@ void mpe_process_free(mpe_process *p) {
 int mpe_process_signal_all(int sig) {
   int n = 0;
   for (mpe_process *p = children; p; p = p->next)
-    if (!p->exited && kill(p->pid, sig) == 0) n++;
+    if (!p->exited && p->pid > 0 && kill(p->pid, sig) == 0) n++;
   return n;
 }
 
@@ -284,7 +294,7 @@ void mpe_process_detach(mpe_process *p) {
 
 int mpe_process_join_all(double timeout) {
   for (mpe_process *p = children; p; p = p->next)
-    if (p->daemon && !p->exited) kill(p->pid, SIGTERM);
+    if (p->daemon && !p->exited && p->pid > 0) kill(p->pid, SIGTERM);
   mpe__deadline d = mpe__deadline_in(timeout);
   while (children) {
     mpe_process *p = children;
@@ -295,7 +305,7 @@ int mpe_process_join_all(double timeout) {
   int killed = 0;
   while (children) {
     mpe_process *p = children;
-    kill(p->pid, SIGKILL);
+    if (p->pid > 0) kill(p->pid, SIGKILL);
     killed++;
     while (mpe_process_wait(p, -1) == MPE_EINTR) {
     }
