@@ -45,6 +45,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -60,7 +62,8 @@
 #define MAX_ENDS    64
 #define MAX_FDS     (2 * MAX_ENDS)
 #define SOCKBUF     (4 << 20)
-#define WATCH_MS    20 /* a receiver stuck in a frame looks at its sender this often */
+#define WATCH_MS    20    /* a receiver stuck in a frame looks at its sender this often */
+#define OPEN_BYTES  65536 /* read before signals are blocked: a longer copy could hide one */
 
 enum { CAN_SEND = 1, CAN_RECV = 2 };
 
@@ -612,9 +615,10 @@ static int rx_done(mpe_pipe *p, mpe_msg *m) {
   return 1;
 }
 
-/* Reads as far as the socket allows without blocking: 1 a whole frame is in
- * *m, 0 nothing more to read now, < 0 an error. */
-static int rx_step(mpe_pipe *p, size_t maxlen, mpe_msg *m) {
+/* Reads as far as the socket allows without blocking, and (budget) at most
+ * *budget bytes of payload: 1 a whole frame is in *m, 0 nothing more to read
+ * now (or the budget is spent), < 0 an error. */
+static int rx_step(mpe_pipe *p, size_t maxlen, mpe_msg *m, size_t *budget) {
   rx_state *r = &p->pm->rx[p->side];
   page_side *mine = &p->pm->pg->side[p->side];
   for (;;) {
@@ -631,8 +635,10 @@ static int rx_step(mpe_pipe *p, size_t maxlen, mpe_msg *m) {
       struct iovec iov[2];
       int k = 0;
       if (off < nd) iov[k++] = (struct iovec){r->dirs + off, nd - off};
-      size_t poff = off > nd ? off - nd : 0;
-      iov[k++] = (struct iovec){r->data + poff, r->h.len - poff};
+      size_t poff = off > nd ? off - nd : 0, want = r->h.len - poff;
+      if (budget && *budget == 0) return 0;
+      if (budget && want > *budget) want = *budget;
+      iov[k++] = (struct iovec){r->data + poff, want};
       struct msghdr msg;
       memset(&msg, 0, sizeof msg);
       msg.msg_iov = iov;
@@ -655,6 +661,7 @@ static int rx_step(mpe_pipe *p, size_t maxlen, mpe_msg *m) {
       }
     } else {
       r->got += (size_t)n;
+      if (budget) *budget -= (size_t)n < *budget ? (size_t)n : *budget;
     }
   }
 }
@@ -680,23 +687,51 @@ static int rx_wait(mpe_pipe *p, const mpe__deadline *d, double timeout, size_t m
   rx_state *r = &p->pm->rx[p->side];
   /* First spin briefly on non-blocking reads: a peer on another CPU usually
    * answers within microseconds, and a sleeping receiver costs a cross-CPU
-   * wake-up (about 20 us on a small VM). Then wait in the kernel, in poll():
-   * in slices while a frame is half read, to look at its sender. */
+   * wake-up (about 20 us on a small VM). A small message is read here whole;
+   * a big one goes on below, where a signal cannot slip by unseen. */
   double until =
       timeout != 0 && !r->active && mpe__spin_ns() > 0 ? mpe_time() + (double)mpe__spin_ns() * 1e-9 : 0;
+  size_t budget = OPEN_BYTES;
   for (;;) {
-    int rc = rx_step(p, maxlen, m);
+    int rc = rx_step(p, maxlen, m, &budget);
     if (rc != 0) return rc > 0 ? 0 : rc;
-    if (until > 0 && !r->active && mpe_time() < until) continue;
-    until = 0;
+    if (until == 0 || r->active || budget == 0 || mpe_time() >= until) break;
+  }
+  if (budget > 0 && mpe__deadline_ms(d) == 0) return MPE_ETIMEDOUT; /* nothing more is there */
+  /* Then wait in the kernel, in ppoll(), in slices while a frame is half
+   * read, to look at its sender. Signals are blocked but in ppoll: one that
+   * comes while we read (a long copy) or look at the sender is not lost, it
+   * ends the next ppoll, so the first SIGINT ends the wait. */
+  sigset_t block, old;
+  sigfillset(&block);
+  static const int faults[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT};
+  for (size_t i = 0; i < sizeof faults / sizeof *faults; i++)
+    sigdelset(&block, faults[i]);
+  pthread_sigmask(SIG_BLOCK, &block, &old);
+  int rc;
+  for (;;) {
+    rc = rx_step(p, maxlen, m, NULL);
+    if (rc != 0) {
+      rc = rc > 0 ? 0 : rc;
+      break;
+    }
     int ms = mpe__deadline_ms(d);
-    if (ms == 0) return MPE_ETIMEDOUT;
+    if (ms == 0) {
+      rc = MPE_ETIMEDOUT;
+      break;
+    }
     if (r->active && (ms < 0 || ms > WATCH_MS)) ms = WATCH_MS;
     struct pollfd pf = {.fd = p->fd, .events = POLLIN};
-    int n = poll(&pf, 1, ms);
-    if (n < 0) return errno == EINTR ? MPE_EINTR : -errno;
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    int n = ppoll(&pf, 1, ms < 0 ? NULL : &ts, &old);
+    if (n < 0) {
+      rc = errno == EINTR ? MPE_EINTR : -errno;
+      break;
+    }
     if (n == 0 && r->active) sender_gone(p); /* if so, the next step sees the stream broken */
   }
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  return rc;
 }
 
 int mpe_pipe_recv_max(mpe_pipe *p, double timeout, size_t maxlen, mpe_msg *m) {
