@@ -20,6 +20,20 @@
 
 enum { TAG_VALUE = 1, TAG_BYTES = 2 };
 
+/* Waits are cut in slices this long (seconds), so that a signal the engine
+ * could not see (it came just before the wait began) still ends the call;
+ * a message half read at the end of a slice is finished by the next one. */
+#define SLICE 0.1
+
+/* The engine's wait in slices: its code once done, or the deadline passed. */
+static double slice_left(double deadline) {
+  double left = mpel_left(deadline);
+  return left < 0 || left > SLICE ? SLICE : left;
+}
+static int slice_again(int rc, double deadline) {
+  return rc == MPE_EINTR || (rc == MPE_ETIMEDOUT && (deadline < 0 || mpel_left(deadline) > 0));
+}
+
 typedef struct lconn {
   mpe_pipe *p;
 } lconn;
@@ -128,10 +142,11 @@ static int recv_frame(lua_State *L, int raw) {
   if (!mpe_pipe_can_recv(c->p)) return luaL_error(L, "Connection is write-only");
   double deadline = mpel_deadline(timeout);
   mpe_msg *m = push_msgbox(L);
-  mpel_check_signal(L);
   int rc;
-  while ((rc = mpe_pipe_recv_max(c->p, mpel_left(deadline), maxlen, m)) == MPE_EINTR)
+  do {
     mpel_check_signal(L);
+    rc = mpe_pipe_recv_max(c->p, slice_left(deadline), maxlen, m);
+  } while (slice_again(rc, deadline));
   if (rc == MPE_ETIMEDOUT) return mpel_push_reason(L, rc);
   if (rc == MPE_ECLOSED) return push_closed(L, c, 0);
   if (rc == -EMSGSIZE)
@@ -156,8 +171,10 @@ static int c_poll(lua_State *L) {
   if (!mpe_pipe_can_recv(c->p)) return luaL_error(L, "Connection is write-only");
   double deadline = mpel_deadline(timeout);
   int rc;
-  while ((rc = mpe_pipe_poll(c->p, mpel_left(deadline))) == MPE_EINTR)
+  do {
     mpel_check_signal(L);
+    rc = mpe_pipe_poll(c->p, slice_left(deadline));
+  } while (rc == MPE_EINTR || (rc == 0 && slice_again(MPE_ETIMEDOUT, deadline)));
   if (rc < 0) return mpel_fail(L, "poll", rc);
   lua_pushboolean(L, rc > 0);
   return 1;
