@@ -458,7 +458,7 @@ static int tx_write(mpe_pipe *p, mpe_pipe *const *ends) {
     c->cmsg_level = SOL_SOCKET;
     c->cmsg_type = SCM_RIGHTS;
     c->cmsg_len = CMSG_LEN(sizeof(int) * 2 * t->nends);
-    int fds[MAX_FDS];
+    int fds[MAX_FDS] = {0};
     for (size_t i = 0; i < t->nends; i++) {
       fds[2 * i] = ends[i]->fd;
       fds[2 * i + 1] = ends[i]->pm->memfd;
