@@ -71,17 +71,30 @@ static int push_closed(lua_State *L, lconn *c, int sending) {
   return 3;
 }
 
+/* A value's frame that will not go out whole: its references in flight go
+ * back (nobody will adopt them), and the wire is done with. */
+static void give_back(lua_State *L, mpel_wire *w) {
+  if (!w) return;
+  mpel_wire_unsend(L, w);
+  mpel_wire_done(w);
+}
+
+/* Sends one frame. w: the wire of an encoded value (NULL for bytes). */
 static int send_frame(lua_State *L, lconn *c, const char *buf, size_t len, uint32_t tag,
-                      mpe_pipe *const *ends, size_t nends) {
-  if (!mpe_pipe_can_send(c->p)) return luaL_error(L, "Connection is read-only");
-  mpel_check_signal(L); /* one that came while we encoded */
+                      mpe_pipe *const *ends, size_t nends, mpel_wire *w) {
+  if (mpel_signal) { /* one that came while we encoded: nothing went yet */
+    give_back(L, w);
+    mpel_check_signal(L);
+  }
   int rc;
   while ((rc = mpe_pipe_send(c->p, buf, len, tag, ends, nends)) == MPE_EINTR) {
     if (mpel_signal) {
       mpe_pipe_abort(c->p); /* what went of the message cannot be taken back */
+      give_back(L, w);
       mpel_check_signal(L);
     }
   }
+  if (rc < 0 && w) mpel_wire_unsend(L, w); /* not sent whole: nobody adopts them */
   if (rc == MPE_ECLOSED) return push_closed(L, c, 1);
   if (rc < 0) return mpel_fail(L, "send", rc);
   lua_pushboolean(L, 1);
@@ -92,9 +105,10 @@ static int c_send(lua_State *L) {
   lconn *c = check_open(L, 1);
   luaL_checkany(L, 2);
   if (lua_isnil(L, 2)) return luaL_argerror(L, 2, "cannot send nil");
+  if (!mpe_pipe_can_send(c->p)) return luaL_error(L, "Connection is read-only");
   mpel_wire *w = mpel_wire_get(L, 1);
   mpel_encode(L, 2, "value", w);
-  int n = send_frame(L, c, w->buf, w->len, TAG_VALUE, w->ends, w->nends);
+  int n = send_frame(L, c, w->buf, w->len, TAG_VALUE, w->ends, w->nends, w);
   mpel_wire_done(w);
   return n;
 }
@@ -110,7 +124,8 @@ static int c_send_bytes(lua_State *L) {
   size_t from = (size_t)i - 1;
   lua_Integer n = luaL_optinteger(L, 4, (lua_Integer)(len - from));
   luaL_argcheck(L, n >= 0 && (lua_Unsigned)n <= len - from, 4, "size out of range");
-  return send_frame(L, c, s + from, (size_t)n, TAG_BYTES, NULL, 0);
+  if (!mpe_pipe_can_send(c->p)) return luaL_error(L, "Connection is read-only");
+  return send_frame(L, c, s + from, (size_t)n, TAG_BYTES, NULL, 0, NULL);
 }
 
 /* A received message while it is decoded: freed even if decoding raises. */
