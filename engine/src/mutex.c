@@ -33,6 +33,7 @@
 #include <unistd.h>
 
 #include "futex.h"
+#include "spin.h"
 
 #define WATCH 0.01 /* our critical sections are short: an owner this slow is suspect */
 
@@ -74,6 +75,11 @@ int mpe__pid_dead(pid_t pid, unsigned long long start) {
   return start != 0 && now != start; /* the pid names another process now */
 }
 
+/* The spin's ready(): a relaxed read, so looking does not take the line. */
+static int word_free(void *m) {
+  return atomic_load_explicit(&((mpe__mutex *)m)->word, memory_order_relaxed) == 0;
+}
+
 static int gone(uint32_t pid) { return mpe__pid_dead((pid_t)pid, 0); }
 
 int mpe__mutex_trylock(mpe__mutex *m, int check_dead) {
@@ -88,21 +94,13 @@ int mpe__mutex_lock(mpe__mutex *m, const mpe__deadline *d, int interruptible) {
   uint32_t me = (uint32_t)mpe__self_pid(), w = 0;
   if (atomic_compare_exchange_strong(&m->word, &w, me)) return 0;
   MPE__CHECK(w != me); /* re-locking would wait forever: callers check first */
-  long spin = mpe__spin_ns();
-  if (spin > 0) {
-    double until = 0;
-    for (unsigned i = 1;; i++) {
-      if (atomic_load_explicit(&m->word, memory_order_relaxed) == 0) {
-        w = 0;
-        if (atomic_compare_exchange_strong(&m->word, &w, me)) return 0;
-      }
-      mpe__cpu_relax();
-      if ((i & 63) == 0) {
-        double now = mpe_time();
-        if (until == 0) until = now + (double)spin * 1e-9;
-        else if (now > until) break;
-      }
-    }
+  /* Spin first (spin.c: only while a CPU is free, with growing gaps between
+   * looks, so a holder that takes the mutex again at once keeps the line for
+   * several critical sections instead of handing it over each time). */
+  static mpe__spin spin;
+  for (int t = 0; t < 4 && mpe__spin_wait(&spin, word_free, m); t++) {
+    w = 0;
+    if (atomic_compare_exchange_strong(&m->word, &w, me)) return 0;
   }
   mpe__deadline forever = {1, {0, 0}};
   if (!d) d = &forever;
