@@ -36,6 +36,8 @@
 #include "spin.h"
 
 #define WATCH 0.01 /* our critical sections are short: an owner this slow is suspect */
+/* waiters' top bit: a release woke a sleeper that has not run yet */
+#define WAKING 0x80000000u
 
 void mpe__mutex_init(mpe__mutex *m) {
   atomic_init(&m->word, 0);
@@ -116,6 +118,8 @@ int mpe__mutex_lock(mpe__mutex *m, const mpe__deadline *d, int interruptible) {
     if (interruptible && mpe__stop_requested()) return MPE_EINTR;
     atomic_fetch_add(&m->waiters, 1);
     int rc = mpe__futex_wait(&m->word, w, &slice);
+    /* awake: the next release may wake another sleeper */
+    atomic_fetch_and(&m->waiters, ~WAKING);
     atomic_fetch_sub(&m->waiters, 1);
     if (rc == MPE_EINTR && interruptible) return rc;
     if (rc == MPE_ETIMEDOUT && atomic_load(&m->word) == w && gone(w)) {
@@ -128,5 +132,10 @@ int mpe__mutex_lock(mpe__mutex *m, const mpe__deadline *d, int interruptible) {
 void mpe__mutex_unlock(mpe__mutex *m) {
   uint32_t me = (uint32_t)mpe__self_pid();
   MPE__CHECK(atomic_exchange(&m->word, 0) == me);
-  if (atomic_load(&m->waiters) > 0) mpe__futex_wake(&m->word, 1);
+  /* One wake-up at a time: until the sleeper it woke runs, later releases
+   * (the same holder taking it again and again) make no system call. */
+  uint32_t n = atomic_load(&m->waiters);
+  if (n != 0 && !(n & WAKING) && !(atomic_fetch_or(&m->waiters, WAKING) & WAKING) &&
+      mpe__futex_wake(&m->word, 1) == 0)
+    atomic_fetch_and(&m->waiters, ~WAKING); /* no one was asleep yet: no wake-up is on its way */
 }
