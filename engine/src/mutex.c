@@ -2,9 +2,10 @@
  *
  * The word holds 0 or the owner's pid: acquiring is one compare-and-swap
  * 0 -> pid, releasing one store of 0 (and a futex wake only if someone
- * sleeps). Waiters first spin on a plain read of the word (so they do not
- * steal its cache line from the owner), then sleep on the futex in slices of
- * WATCH seconds. When a sleeper wakes with the word still naming the same
+ * sleeps and no wake-up is on its way already). Waiters first spin by the
+ * shared policy (spin.c: only while a CPU is free, reading the word with
+ * growing gaps, so a holder that takes it again keeps its cache line), then
+ * sleep on the futex in slices of WATCH seconds. When a sleeper wakes with the word still naming the same
  * owner, it looks whether that process is dead (mpe__pid_dead); if so it
  * takes the mutex over with a compare-and-swap and tells its caller
  * MPE_EOWNERDEAD, so the caller can repair what the dead owner was changing.
