@@ -66,8 +66,14 @@ void mpel_push_lock(lua_State *L, mpe_lock *l) {
 }
 
 static mpe_lock *check_lock(lua_State *L, int idx) {
-  mpel_obj *h = mpel_fast_shared(L, idx);
-  if (h) return h->o;
+  /* The hot path, a method called on a handle of its own class (upvalue 1
+   * is the class's metatable): the metatable stays on the stack, under the
+   * method's results. */
+  mpel_obj *h = lua_touserdata(L, idx);
+  if (h && lua_getmetatable(L, idx)) {
+    if (lua_rawequal(L, -1, lua_upvalueindex(1)) && h->o) return h->o;
+    lua_pop(L, 1);
+  }
   mpe_lock *l = mpel_test_lock(L, idx);
   if (!l) luaL_typeerror(L, idx, "Lock");
   return l;
@@ -125,6 +131,7 @@ static int push_acquired(lua_State *L, int rc, double timeout, const char *what)
 static const char *lock_name(mpe_lock *l) { return mpe_lock_is_recursive(l) ? "RLock" : "Lock"; }
 
 static int lock_acquire(lua_State *L) {
+  lua_settop(L, 2); /* check_lock may leave one value above the arguments */
   mpe_lock *l = check_lock(L, 1);
   double timeout = mpel_opt_timeout(L, 2);
   return push_acquired(L, acquire_lock(L, l, timeout), timeout, lock_name(l));

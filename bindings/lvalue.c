@@ -212,8 +212,20 @@ static int value_add(lua_State *L) {
   return 1;
 }
 
+/* The metamethods' own check (the hot path of v.value): the handle's
+ * metatable is the one in upvalue 2 (the handle's class), which is left on
+ * the stack under the results. Anything else takes check_any. */
+static mpe_value *check_own(lua_State *L) {
+  mpel_obj *h = lua_touserdata(L, 1);
+  if (h && lua_getmetatable(L, 1)) {
+    if (lua_rawequal(L, -1, lua_upvalueindex(2)) && h->o) return h->o;
+    lua_pop(L, 1);
+  }
+  return check_any(L, 1);
+}
+
 static int value_index(lua_State *L) {
-  mpe_value *v = check_any(L, 1);
+  mpe_value *v = check_own(L);
   if (lua_rawequal(L, 2, lua_upvalueindex(1))) { /* "value", the hot path */
     push_elem(L, v, 0);
     return 1;
@@ -231,9 +243,16 @@ static int value_index(lua_State *L) {
 }
 
 static int value_newindex(lua_State *L) {
-  mpe_value *v = check_any(L, 1);
+  mpe_value *v = check_own(L);
   if (!lua_rawequal(L, 2, lua_upvalueindex(1)))
     return luaL_error(L, "Value: cannot set field '%s' (only value)", luaL_tolstring(L, 2, NULL));
+  /* an integer into an integer typecode: one conversion, one engine call */
+  char t = mpe_value_typecode(v);
+  if (t != 'c' && !mpe_typecode_is_float(t) && lua_type(L, 3) == LUA_TNUMBER) {
+    int isint;
+    lua_Integer x = lua_tointegerx(L, 3, &isint);
+    if (isint && mpe_value_set_int(v, 0, (int64_t)x) == 0) return 0;
+  }
   store(L, v, 0, 3, "Value");
   return 0;
 }
@@ -248,7 +267,7 @@ static size_t check_index(lua_State *L, mpe_value *v, int idx) {
 }
 
 static int array_index(lua_State *L) {
-  mpe_value *v = check_any(L, 1);
+  mpe_value *v = check_own(L);
   if (lua_type(L, 2) == LUA_TNUMBER) {
     push_elem(L, v, check_index(L, v, 2));
     return 1;
@@ -257,7 +276,7 @@ static int array_index(lua_State *L) {
 }
 
 static int array_newindex(lua_State *L) {
-  mpe_value *v = check_any(L, 1);
+  mpe_value *v = check_own(L);
   store(L, v, check_index(L, v, 2), 3, "Array");
   return 0;
 }
@@ -513,12 +532,15 @@ static const luaL_Reg array_methods[] = {
 };
 
 static void set_access(lua_State *L, const char *name, lua_CFunction index, lua_CFunction newindex) {
+  /* upvalues: 1 the key "value", 2 the metatable (check_own) */
   luaL_getmetatable(L, name);
   lua_pushliteral(L, "value");
-  lua_pushcclosure(L, index, 1);
+  lua_pushvalue(L, -2);
+  lua_pushcclosure(L, index, 2);
   lua_setfield(L, -2, "__index");
   lua_pushliteral(L, "value");
-  lua_pushcclosure(L, newindex, 1);
+  lua_pushvalue(L, -2);
+  lua_pushcclosure(L, newindex, 2);
   lua_setfield(L, -2, "__newindex");
   lua_pop(L, 1);
 }

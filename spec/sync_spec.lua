@@ -401,6 +401,50 @@ describe("Value and Array", function()
     local v = mp.Value('i', 0)
     assert.has_error(function() v.other = 1 end)
   end)
+
+  it("v.value and a lock's methods check what they are called on, and what they are given", function()
+    local v, a, l, r = mp.Value('i', 7), mp.Array('i', 2), mp.Lock(), mp.RLock()
+    -- the metamethods, taken out and called on the wrong object
+    local vmt, amt = getmetatable(v), getmetatable(a)
+    assert.are.equal(7, vmt.__index(v, "value"))
+    assert.has_error(function() return vmt.__index(l, "value") end)
+    assert.has_error(function() return vmt.__index(io.stdout, "value") end)
+    assert.has_error(function() vmt.__newindex(l, "value", 1) end)
+    assert.are.equal(0, vmt.__index(a, "value")) -- an Array is a Value too: its first element
+    amt.__newindex(v, 1, 8) -- and a Value an Array of one
+    assert.are.equal(8, amt.__index(v, 1))
+    assert.has_error(function() amt.__newindex(v, 2, 1) end, "Array index 2 out of range (1..1)")
+    -- a Lock's method on an RLock, on something else, on a dropped handle
+    assert.are.same({true}, {l.acquire(r)})
+    assert.is_true(r:locked())
+    r:release()
+    assert.has_error(function() l.acquire(v) end)
+    assert.has_error(function() l.release(io.stdout) end)
+    assert.has_error(function() r.locked(nil) end)
+    -- arguments after the handle are still read where they are
+    assert.is_true(l:acquire(nil))
+    assert.are.same({false, "timeout"}, {l:acquire(0)})
+    l:release()
+    -- what a store accepts: integers, integral floats and numeric strings for
+    -- integer typecodes, with the same errors as before
+    v.value = 3.0
+    assert.are.equal(3, v.value)
+    assert.is_true(math.type(v.value) == "integer")
+    v.value = "5"
+    assert.are.equal(5, v.value)
+    assert.has_error(function() v.value = 1.5 end, "Value: typecode 'i' holds integers, got 1.5")
+    assert.has_error(function() v.value = 2 ^ 31 end)
+    assert.has_error(function() v.value = 1 << 40 end, "Value: 1099511627776 is out of range for typecode 'i'")
+    assert.has_error(function() v.value = {} end, "Value: number expected, got table")
+    assert.are.equal(5, v.value)
+    local d, c = mp.Value('d', 0), mp.Value('c', "a")
+    d.value = 2
+    assert.are.equal(2.0, d.value)
+    assert.is_true(math.type(d.value) == "float")
+    assert.has_error(function() c.value = 98 end)
+    c.value = "b"
+    assert.are.equal("b", c.value)
+  end)
 end)
 
 describe("every primitive is an engine object", function()

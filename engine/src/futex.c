@@ -49,8 +49,9 @@ int mpe__futex_wait_step(_Atomic uint32_t *word, uint32_t seen, const mpe__deadl
   return rc;
 }
 
-void mpe__futex_wake(_Atomic uint32_t *word, int n) {
-  syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, n, NULL, NULL, 0);
+int mpe__futex_wake(_Atomic uint32_t *word, int n) {
+  long r = syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, n, NULL, NULL, 0);
+  return r > 0 ? (int)r : 0;
 }
 
 void mpe__seq_signal(_Atomic uint32_t *seq, _Atomic uint32_t *waiters, int n) {

@@ -17,8 +17,8 @@ int mpe__futex_wait(_Atomic uint32_t *word, uint32_t seen, const mpe__deadline *
 int mpe__futex_wait_step(_Atomic uint32_t *word, uint32_t seen, const mpe__deadline *d, double slice);
 /* 1 once the flag given to mpe_interrupt_flag is set. */
 int mpe__stop_requested(void);
-/* Wakes up to n sleepers on word (INT32_MAX: all). */
-void mpe__futex_wake(_Atomic uint32_t *word, int n);
+/* Wakes up to n sleepers on word (INT32_MAX: all); returns how many it woke. */
+int mpe__futex_wake(_Atomic uint32_t *word, int n);
 /* Bumps seq and wakes up to n sleepers, only if waiters says there are any. */
 void mpe__seq_signal(_Atomic uint32_t *seq, _Atomic uint32_t *waiters, int n);
 #endif

@@ -2,9 +2,10 @@
  *
  * The word holds 0 or the owner's pid: acquiring is one compare-and-swap
  * 0 -> pid, releasing one store of 0 (and a futex wake only if someone
- * sleeps). Waiters first spin on a plain read of the word (so they do not
- * steal its cache line from the owner), then sleep on the futex in slices of
- * WATCH seconds. When a sleeper wakes with the word still naming the same
+ * sleeps and no wake-up is on its way already). Waiters first spin by the
+ * shared policy (spin.c: only while a CPU is free, reading the word with
+ * growing gaps, so a holder that takes it again keeps its cache line), then
+ * sleep on the futex in slices of WATCH seconds. When a sleeper wakes with the word still naming the same
  * owner, it looks whether that process is dead (mpe__pid_dead); if so it
  * takes the mutex over with a compare-and-swap and tells its caller
  * MPE_EOWNERDEAD, so the caller can repair what the dead owner was changing.
@@ -33,8 +34,11 @@
 #include <unistd.h>
 
 #include "futex.h"
+#include "spin.h"
 
 #define WATCH 0.01 /* our critical sections are short: an owner this slow is suspect */
+/* waiters' top bit: a release woke a sleeper that has not run yet */
+#define WAKING 0x80000000u
 
 void mpe__mutex_init(mpe__mutex *m) {
   atomic_init(&m->word, 0);
@@ -74,6 +78,11 @@ int mpe__pid_dead(pid_t pid, unsigned long long start) {
   return start != 0 && now != start; /* the pid names another process now */
 }
 
+/* The spin's ready(): a relaxed read, so looking does not take the line. */
+static int word_free(void *m) {
+  return atomic_load_explicit(&((mpe__mutex *)m)->word, memory_order_relaxed) == 0;
+}
+
 static int gone(uint32_t pid) { return mpe__pid_dead((pid_t)pid, 0); }
 
 int mpe__mutex_trylock(mpe__mutex *m, int check_dead) {
@@ -88,21 +97,13 @@ int mpe__mutex_lock(mpe__mutex *m, const mpe__deadline *d, int interruptible) {
   uint32_t me = (uint32_t)mpe__self_pid(), w = 0;
   if (atomic_compare_exchange_strong(&m->word, &w, me)) return 0;
   MPE__CHECK(w != me); /* re-locking would wait forever: callers check first */
-  long spin = mpe__spin_ns();
-  if (spin > 0) {
-    double until = 0;
-    for (unsigned i = 1;; i++) {
-      if (atomic_load_explicit(&m->word, memory_order_relaxed) == 0) {
-        w = 0;
-        if (atomic_compare_exchange_strong(&m->word, &w, me)) return 0;
-      }
-      mpe__cpu_relax();
-      if ((i & 63) == 0) {
-        double now = mpe_time();
-        if (until == 0) until = now + (double)spin * 1e-9;
-        else if (now > until) break;
-      }
-    }
+  /* Spin first (spin.c: only while a CPU is free, with growing gaps between
+   * looks, so a holder that takes the mutex again at once keeps the line for
+   * several critical sections instead of handing it over each time). */
+  static mpe__spin spin;
+  for (int t = 0; t < 4 && mpe__spin_wait(&spin, word_free, m); t++) {
+    w = 0;
+    if (atomic_compare_exchange_strong(&m->word, &w, me)) return 0;
   }
   mpe__deadline forever = {1, {0, 0}};
   if (!d) d = &forever;
@@ -118,6 +119,8 @@ int mpe__mutex_lock(mpe__mutex *m, const mpe__deadline *d, int interruptible) {
     if (interruptible && mpe__stop_requested()) return MPE_EINTR;
     atomic_fetch_add(&m->waiters, 1);
     int rc = mpe__futex_wait(&m->word, w, &slice);
+    /* awake: the next release may wake another sleeper */
+    atomic_fetch_and(&m->waiters, ~WAKING);
     atomic_fetch_sub(&m->waiters, 1);
     if (rc == MPE_EINTR && interruptible) return rc;
     if (rc == MPE_ETIMEDOUT && atomic_load(&m->word) == w && gone(w)) {
@@ -130,5 +133,10 @@ int mpe__mutex_lock(mpe__mutex *m, const mpe__deadline *d, int interruptible) {
 void mpe__mutex_unlock(mpe__mutex *m) {
   uint32_t me = (uint32_t)mpe__self_pid();
   MPE__CHECK(atomic_exchange(&m->word, 0) == me);
-  if (atomic_load(&m->waiters) > 0) mpe__futex_wake(&m->word, 1);
+  /* One wake-up at a time: until the sleeper it woke runs, later releases
+   * (the same holder taking it again and again) make no system call. */
+  uint32_t n = atomic_load(&m->waiters);
+  if (n != 0 && !(n & WAKING) && !(atomic_fetch_or(&m->waiters, WAKING) & WAKING) &&
+      mpe__futex_wake(&m->word, 1) == 0)
+    atomic_fetch_and(&m->waiters, ~WAKING); /* no one was asleep yet: no wake-up is on its way */
 }
