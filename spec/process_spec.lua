@@ -273,4 +273,31 @@ describe("Process", function()
     assert.are.equal(42, a:recv(10))
     p:join()
   end)
+
+  it("a start+join makes few system calls: the child resets only the caught handlers", function()
+    if select(2, H.sh("strace -qq -o /dev/null true")) ~= 0 then
+      pending("strace is missing or may not trace here")
+      return
+    end
+    -- Counted with strace over N starts and over none: what one start+join adds.
+    local function calls(n)
+      local out = H.tmpname()
+      local code = ("local mp = require 'mpengine' for _ = 1, %d do "
+                    .. "local p = mp.Process{target = function() end} p:start() p:join() end"):format(n)
+      local log, rc = H.sh(("strace -f -qq -c -e trace=rt_sigaction,wait4 -o %s %s run -e \"%s\" >/dev/null 2>&1")
+                  :format(out, H.CLI, code))
+      assert(rc == 0, log)
+      local got = {rt_sigaction = 0, wait4 = 0}
+      for line in io.lines(out) do
+        local count, name = line:match("^%s*[%d.]+%s+[%d.]+%s+%d+%s+(%d+)%s+%d*%s*(%S+)$")
+        if name and got[name] then got[name] = tonumber(count) end
+      end
+      os.remove(out)
+      return got
+    end
+    local none, twenty = calls(0), calls(20)
+    -- the CLI catches SIGINT and SIGTERM (a sanitizer a few more): not 62
+    assert.is_true((twenty.rt_sigaction - none.rt_sigaction) / 20 <= 8)
+    assert.are.equal(20, twenty.wait4 - none.wait4) -- one per join: the pidfd said it ended
+  end)
 end)

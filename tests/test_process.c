@@ -90,6 +90,55 @@ TEST(test_child_starts_with_default_handlers) {
   sigaction(SIGTERM, &old, NULL);
 }
 
+static void swallow_info(int sig, siginfo_t *si, void *uc) {
+  (void)sig;
+  (void)si;
+  (void)uc;
+}
+
+static int is_handler(int sig, void (*h)(int)) {
+  struct sigaction sa;
+  return sigaction(sig, NULL, &sa) == 0 && sa.sa_handler == h;
+}
+
+/* 31 when the child sees: the caught signals (real-time ones too, and an
+ * SA_SIGINFO one) back to default, the ignored one still ignored, an
+ * untouched one default. */
+static int report_handlers(void *arg) {
+  (void)arg;
+  return is_handler(SIGRTMIN + 5, SIG_DFL) | is_handler(SIGUSR2, SIG_DFL) << 1 |
+         is_handler(SIGRTMIN + 3, SIG_DFL) << 2 | is_handler(SIGHUP, SIG_IGN) << 3 |
+         is_handler(SIGWINCH, SIG_DFL) << 4;
+}
+
+TEST(test_child_resets_exactly_the_caught_signals) {
+  struct sigaction sa, info, ign, old[4];
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = swallow;
+  memset(&info, 0, sizeof info);
+  info.sa_sigaction = swallow_info;
+  info.sa_flags = SA_SIGINFO;
+  memset(&ign, 0, sizeof ign);
+  ign.sa_handler = SIG_IGN;
+  /* not SIGRTMAX: valgrind keeps the highest signals for itself */
+  CHECK(sigaction(SIGRTMIN + 5, &info, &old[0]) == 0);
+  CHECK(sigaction(SIGUSR2, &sa, &old[1]) == 0);
+  CHECK(sigaction(SIGRTMIN + 3, &sa, &old[2]) == 0);
+  CHECK(sigaction(SIGHUP, &ign, &old[3]) == 0);
+  mpe_process *p;
+  CHECK_RC(mpe_process_spawn(&p, report_handlers, NULL, NULL), 0);
+  CHECK_RC(mpe_process_wait(p, 10), 0);
+  int code;
+  CHECK_RC(mpe_process_exitcode(p, &code), 1);
+  CHECK(code == 31);
+  mpe_process_free(p);
+  CHECK(is_handler(SIGUSR2, swallow)); /* the parent keeps its own */
+  sigaction(SIGRTMIN + 5, &old[0], NULL);
+  sigaction(SIGUSR2, &old[1], NULL);
+  sigaction(SIGRTMIN + 3, &old[2], NULL);
+  sigaction(SIGHUP, &old[3], NULL);
+}
+
 TEST(test_wait_timeout_is_honoured) {
   double nap = 0.2;
   mpe_process *p;
@@ -296,6 +345,7 @@ int main(void) {
   RUN(test_exit_codes);
   RUN(test_signal_statuses);
   RUN(test_child_starts_with_default_handlers);
+  RUN(test_child_resets_exactly_the_caught_signals);
   RUN(test_wait_timeout_is_honoured);
   RUN(test_free_kills_and_reaps);
   RUN(test_join_all_terminates_daemons);

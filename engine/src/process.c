@@ -18,7 +18,9 @@
 #define _GNU_SOURCE
 #include "internal.h"
 
+#include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -161,13 +163,69 @@ static void close_other_fds(const mpe_spawn_options *opts) {
   }
 }
 
+/* Sets bit sig-1 of caught[] for each signal with a handler, from the
+ * SigCgt line of /proc/self/status (one read, where asking each signal is
+ * 62 system calls). Returns 0, or -1 if the line cannot be read. */
+static int caught_signals(unsigned char caught[(NSIG + 7) / 8]) {
+  char buf[4096];
+  int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  size_t len = 0;
+  char *line = NULL;
+  while (len < sizeof buf - 1) { /* until the line is whole: one read, as a rule */
+    ssize_t n = read(fd, buf + len, sizeof buf - 1 - len);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    len += (size_t)n;
+    buf[len] = 0;
+    if ((line = strstr(buf, "\nSigCgt:")) && strchr(line + 1, '\n')) break;
+    line = NULL;
+  }
+  close(fd);
+  if (!line) return -1;
+  char *d = line + 8, *end;
+  while (*d == ' ' || *d == '\t') d++;
+  for (end = d; isxdigit((unsigned char)*end); end++) {
+  }
+  if (end == d) return -1;
+  memset(caught, 0, (NSIG + 7) / 8);
+  /* the last hex digit holds signals 1-4, the one before it 5-8, ... */
+  for (int bit = 0; end > d; bit += 4) {
+    int c = *--end, v = c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10;
+    for (int i = 0; i < 4; i++)
+      if ((v >> i & 1) && bit + i + 1 < NSIG) caught[(bit + i) / 8] |= (unsigned char)(1u << ((bit + i) % 8));
+  }
+  return 0;
+}
+
+/* In a child, signals blocked: every signal the parent catches goes back to
+ * its default action; ignored ones stay ignored, as across exec. */
+static void default_handlers(void) {
+  unsigned char caught[(NSIG + 7) / 8];
+  int known = caught_signals(caught) == 0;
+  struct sigaction dfl;
+  memset(&dfl, 0, sizeof dfl);
+  dfl.sa_handler = SIG_DFL;
+  sigemptyset(&dfl.sa_mask);
+  for (int sig = 1; sig < NSIG; sig++) {
+    if (sig == SIGKILL || sig == SIGSTOP) continue;
+    if (known) {
+      if (caught[(sig - 1) / 8] >> ((sig - 1) % 8) & 1) sigaction(sig, &dfl, NULL);
+      continue;
+    }
+    struct sigaction sa; /* no /proc: ask each signal */
+    if (sigaction(sig, NULL, &sa) == 0 && sa.sa_handler != SIG_DFL && sa.sa_handler != SIG_IGN)
+      sigaction(sig, &dfl, NULL);
+  }
+}
+
 int mpe_process_spawn(mpe_process **out, mpe_entry_fn fn, void *arg,
                       const mpe_spawn_options *opts) {
   mpe_process_reap(); /* ended children give their pidfds back */
   mpe_process *p = calloc(1, sizeof *p);
   if (!p) return -ENOMEM;
   p->pidfd = -1;
-  pid_t parent = getpid();
+  pid_t parent = mpe__self_pid();
   /* Flush stdio first: buffered output would otherwise be written twice. */
   fflush(NULL);
   /* Block signals across fork so no handler of the parent runs in the child
@@ -193,11 +251,7 @@ int mpe_process_spawn(mpe_process **out, mpe_entry_fn fn, void *arg,
      * one of them here (a SIGTERM sent right after fork) would be swallowed.
      * Start from default dispositions, while signals are still blocked;
      * ignored signals stay ignored, as across exec. */
-    for (int sig = 1; sig < NSIG; sig++) {
-      struct sigaction sa;
-      if (sig == SIGKILL || sig == SIGSTOP || sigaction(sig, NULL, &sa) != 0) continue;
-      if (sa.sa_handler != SIG_DFL && sa.sa_handler != SIG_IGN) signal(sig, SIG_DFL);
-    }
+    default_handlers();
     mpe__processes_after_fork();
     mpe__pipes_after_fork(opts);
     if (!opts || !opts->inherit_fds) close_other_fds(opts);
@@ -224,16 +278,23 @@ int mpe_process_spawn(mpe_process **out, mpe_entry_fn fn, void *arg,
 int mpe_process_wait(mpe_process *p, double timeout) {
   mpe__deadline d = mpe__deadline_in(timeout);
   for (;;) {
+    /* With a pidfd, poll first: it is readable once the child has ended, so
+     * a join costs poll + waitpid, not a waitpid that finds it running too. */
+    if (p->pidfd >= 0 && !p->exited && !p->foreign) {
+      struct pollfd pf = {.fd = p->pidfd, .events = POLLIN};
+      int n = poll(&pf, 1, mpe__deadline_ms(&d));
+      if (n < 0 && errno == EINTR) return MPE_EINTR;
+      if (n < 0) return -errno;
+      if (n == 0) {
+        if (mpe__deadline_ms(&d) == 0) return MPE_ETIMEDOUT;
+        continue; /* a wait longer than poll's limit */
+      }
+    }
     int r = try_reap(p);
     if (r != 0) return r > 0 ? 0 : r;
     int ms = mpe__deadline_ms(&d);
     if (ms == 0) return MPE_ETIMEDOUT;
-    if (p->pidfd >= 0) {
-      struct pollfd pf = {.fd = p->pidfd, .events = POLLIN};
-      int n = poll(&pf, 1, ms);
-      if (n < 0 && errno == EINTR) return MPE_EINTR;
-      if (n < 0) return -errno;
-    } else {
+    if (p->pidfd < 0) {
       double left;
       if (mpe_sleep(ms < 0 || ms > 2 ? 0.002 : ms * 1e-3, &left) == MPE_EINTR) return MPE_EINTR;
     }
