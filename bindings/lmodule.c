@@ -263,6 +263,7 @@ static int sentinel_gc(lua_State *L) {
 
 static const luaL_Reg funcs[] = {
     {"sleep", l_sleep},
+    {"wait", mpel_l_wait},
     {"time", l_time},
     {"cpu_count", l_cpu_count},
     {"getpid", l_getpid},

@@ -46,6 +46,14 @@ static lconn *check_open(lua_State *L, int idx) {
   return c;
 }
 
+mpe_pipe *mpel_test_connection(lua_State *L, int idx) {
+  lconn *c = luaL_testudata(L, idx, "Connection");
+  if (!c) return NULL;
+  if (!c->p || !mpe_pipe_is_open(c->p)) luaL_error(L, "Connection is closed");
+  if (!mpe_pipe_can_recv(c->p)) luaL_error(L, "Connection is send-only");
+  return c->p;
+}
+
 void mpel_push_connection(lua_State *L, mpe_pipe *p) {
   lconn *c = lua_newuserdatauv(L, sizeof *c, 0);
   c->p = p;

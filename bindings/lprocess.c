@@ -52,6 +52,15 @@ static void check_open(lua_State *L, const lproc *p) {
   if (p->state == CLOSED) luaL_error(L, "Process: closed");
 }
 
+mpe_process *mpel_test_process(lua_State *L, int idx) {
+  lproc *p = luaL_testudata(L, idx, "Process");
+  if (!p) return NULL;
+  check_open(L, p);
+  if (p->state == NEW) luaL_error(L, "Process: not started");
+  if (p->state != STARTED) luaL_error(L, "Process: only a child of this process can be waited on");
+  return p->h;
+}
+
 /* 1 and *code once exited (reaping), 0 while running or not started. */
 static int proc_exitcode(lproc *p, int *code) {
   if (p->state != STARTED || !p->h) return 0;

@@ -192,6 +192,14 @@ void mpel_push_lock(lua_State *L, mpe_lock *l);
 mpe_lock *mpel_test_lock(lua_State *L, int idx);
 /* Pushes a new Connection owning p. */
 void mpel_push_connection(lua_State *L, mpe_pipe *p);
+/* The end of the Connection at idx, NULL if it is none; raises if it is
+ * closed or cannot receive. */
+mpe_pipe *mpel_test_connection(lua_State *L, int idx);
+/* The child of the Process at idx, NULL if it is none; raises if it is
+ * closed, not started, or not this process's child. */
+mpe_process *mpel_test_process(lua_State *L, int idx);
+/* mp.wait(objects [, timeout]) (lwait.c). */
+int mpel_l_wait(lua_State *L);
 /* Ends the run for this state's processes (see lprocess.c). */
 void mpel_processes_atexit(lua_State *L);
 

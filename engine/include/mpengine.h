@@ -330,6 +330,25 @@ MPE_API int mpe_queue_task_done(mpe_queue *q);
  * MPE_EINTR. */
 MPE_API int mpe_queue_join(mpe_queue *q, double timeout);
 
+/* ------------------------------------------------------- waiting on many */
+/* What mpe_wait_any watches: obj is an mpe_pipe (a receiving end: a message,
+ * part of one, or EOF), an mpe_process (a started child of this process:
+ * ended), an mpe_queue (a message, or closed) or an mpe_event (set). */
+enum { MPE_WAIT_PIPE = 1, MPE_WAIT_PROCESS, MPE_WAIT_QUEUE, MPE_WAIT_EVENT };
+typedef struct mpe_wait_item {
+  int kind;  /* MPE_WAIT_* */
+  void *obj;
+  int ready; /* out: 1 if ready when the call returned */
+} mpe_wait_item;
+/* Sleeps (one poll/futex sleep, no spinning) until one item or more is
+ * ready, at most timeout seconds (negative: forever; 0: look once), and sets
+ * every item's ready flag: the number ready, 0 on timeout, MPE_EINTR (a
+ * signal handler ran, or the host's stop flag is set), -EINVAL (an unknown
+ * kind, a NULL obj), -EBADF (a closed or send-only pipe end), -ECHILD (a
+ * process that is not this process's child), -E2BIG (over 127 queues and
+ * events), -ENOMEM. Nothing is taken: a ready queue keeps its message. */
+MPE_API int mpe_wait_any(mpe_wait_item *items, size_t n, double timeout);
+
 /* ------------------------------------------------------------------ locks */
 
 /* Locks, semaphores, events, conditions, barriers and shared values live in

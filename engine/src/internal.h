@@ -106,4 +106,13 @@ void mpe__processes_after_fork(void);
 /* The descriptors of the pipe ends open in this process (up to max). */
 size_t mpe__pipes_fds(int *out, size_t max);
 
+/* For mpe_wait_any (wait.c): count a wait among the object's waiters (delta
+ * +1) or stop counting it (-1), and give the word its wakers bump. */
+_Atomic uint32_t *mpe__queue_watch(mpe_queue *q, int delta);
+_Atomic uint32_t *mpe__event_watch(mpe_event *e, int delta);
+/* 1 if a get would not wait (a message, or closed). */
+int mpe__queue_readable(mpe_queue *q);
+/* The child's pidfd, -1 when it has none (reaped, foreign, old kernel). */
+int mpe__process_pidfd(const mpe_process *p);
+
 #endif

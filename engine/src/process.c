@@ -83,6 +83,7 @@ unsigned long long mpe__start_time(pid_t pid) {
 
 int mpe_in_child(void) { return in_child; }
 pid_t mpe_process_pid(const mpe_process *p) { return p->pid; }
+int mpe__process_pidfd(const mpe_process *p) { return p->pidfd; }
 
 static void unlink_child(mpe_process *p) {
   if (p->prev) p->prev->next = p->next;

@@ -69,7 +69,8 @@ struct mpe_queue {
   _Atomic uint64_t ringdesc; /* arena offset << 8 | log2(capacity); changed under both locks */
   _Atomic uint32_t closed;   /* set under plock */
   _Atomic uint32_t get_waiters, put_waiters, join_waiters;
-  char pad0[LINE - 48];
+  _Atomic uint32_t watchers; /* mpe_wait_any calls: a put then wakes every getter */
+  char pad0[LINE - 52];
   /* the putters' line */
   mpe__mutex plock;
   _Atomic uint64_t tailw; /* puts << 32 | tail position */
@@ -169,6 +170,15 @@ static int can_get(void *q) {
 static int can_put(void *q) {
   mpe_queue *mq = q;
   return !mq->maxsize || count(mq) < mq->maxsize || atomic_load(&mq->closed);
+}
+
+int mpe__queue_readable(mpe_queue *q) { return can_get(q); }
+
+_Atomic uint32_t *mpe__queue_watch(mpe_queue *q, int delta) {
+  /* watchers first: a putter that sees the waiter sees the watcher too */
+  if (delta > 0) atomic_fetch_add(&q->watchers, 1), atomic_fetch_add(&q->get_waiters, 1);
+  else atomic_fetch_sub(&q->get_waiters, 1), atomic_fetch_sub(&q->watchers, 1);
+  return &q->get_seq;
 }
 
 /* Called holding m; returns holding it. Spins (spin.c), then sleeps until
@@ -294,7 +304,7 @@ int mpe_queue_put(mpe_queue *q, const void *buf, size_t len, uint32_t tag, doubl
   }
   if (rc == 0) rc = append(q, kind, buf, len, tag, mpe_ref(block));
   mpe__mutex_unlock(&q->plock);
-  if (rc == 0) mpe__seq_signal(&q->get_seq, &q->get_waiters, 1);
+  if (rc == 0) mpe__seq_signal(&q->get_seq, &q->get_waiters, atomic_load(&q->watchers) ? INT32_MAX : 1);
   else mpe_free(block);
   return rc;
 }

@@ -96,6 +96,12 @@ void mpe_event_clear(mpe_event *e) { atomic_store(&e->flag, 0); }
 int mpe_event_is_set(const mpe_event *e) { return atomic_load(&e->flag) != 0; }
 unsigned mpe_event_waiting(const mpe_event *e) { return atomic_load(&e->waiters); }
 
+_Atomic uint32_t *mpe__event_watch(mpe_event *e, int delta) {
+  if (delta > 0) atomic_fetch_add(&e->waiters, 1);
+  else atomic_fetch_sub(&e->waiters, 1);
+  return &e->seq;
+}
+
 int mpe_event_wait(mpe_event *e, double timeout) {
   uint32_t gen;
   if (!pending_take(e, &gen, NULL)) gen = atomic_load(&e->seq); /* before the flag */
