@@ -355,7 +355,8 @@ static int d_incr(lua_State *L) {
   delta.kind = MPE_DICT_INT;
   delta.i = 1;
   if (!lua_isnoneornil(L, 3)) {
-    lua_Number n = luaL_checknumber(L, 3);
+    luaL_checktype(L, 3, LUA_TNUMBER);
+    lua_Number n = lua_tonumber(L, 3);
     if (lua_isinteger(L, 3)) delta.i = (int64_t)lua_tointeger(L, 3);
     else delta.kind = MPE_DICT_FLOAT, delta.f = (double)n;
   }
