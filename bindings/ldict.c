@@ -77,7 +77,7 @@ static void key_of(lua_State *L, int idx, dkey *k) {
     if (!lua_isinteger(L, idx)) {
       double d = (double)lua_tonumber(L, idx);
       if (isnan(d)) luaL_error(L, "Dict key is NaN");
-      if (d >= -0x1p63 && d < 0x1p63 && d == floor(d)) {
+      if (d >= -9223372036854775808.0 && d < 9223372036854775808.0 && d == floor(d)) {
         i = (lua_Integer)d; /* 1.0 is the key 1, as in a Lua table */
       } else {
         k->small[0] = 'f';

@@ -303,9 +303,10 @@ static entry *install(mpe_dict *d, entry *e, int64_t i, int *rc) {
     t = tab_of(d);
     find(t, e->bytes, e->klen, e->hash, &at);
   }
-  MPE__CHECK(at >= 0);
-  int fresh = t->slot[at] == 0;
-  atomic_store(&t->slot[at], s); /* the commit */
+  MPE__CHECK(at >= 0); /* at most half full: there is room */
+  uint64_t j = (uint64_t)at;
+  int fresh = t->slot[j] == 0;
+  atomic_store(&t->slot[j], s); /* the commit */
   t->live++;
   t->used += fresh;
   return NULL;
