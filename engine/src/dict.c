@@ -285,9 +285,10 @@ static entry *entry_new(const void *key, size_t klen, uint64_t h, const mpe_dval
   return e;
 }
 
-/* Holding m: puts e at the key's place (found: slot i, else a free one).
- * Returns the replaced entry or NULL; -ENOMEM in *rc if it could not grow. */
-static entry *install(mpe_dict *d, entry *e, int64_t i, int *rc) {
+/* Holding m: puts e at the key's place: slot i if found (i >= 0), else
+ * the free slot at (from find; -1 if none). Returns the replaced entry or
+ * NULL; -ENOMEM in *rc if the table could not grow. */
+static entry *install(mpe_dict *d, entry *e, int64_t i, int64_t at, int *rc) {
   table *t = tab_of(d);
   uint64_t s = mpe_ref(e) | (e->hash & ~REF_MASK);
   *rc = 0;
@@ -296,8 +297,6 @@ static entry *install(mpe_dict *d, entry *e, int64_t i, int *rc) {
     atomic_store(&t->slot[i], s); /* the commit */
     return old;
   }
-  int64_t at;
-  find(t, e->bytes, e->klen, e->hash, &at);
   if (t->used + 1 > t->cap / 2 && (at < 0 || t->slot[at] == 0)) {
     if ((*rc = rebuild(d)) < 0) return NULL;
     t = tab_of(d);
@@ -352,7 +351,7 @@ int mpe_dict_set(mpe_dict *d, const void *key, size_t klen, const mpe_dval *v, m
     mpe_free(e);
     return rc;
   }
-  int64_t i = find(tab_of(d), key, klen, h, NULL);
+  int64_t at, i = find(tab_of(d), key, klen, h, &at);
   entry *was = NULL;
   if (i >= 0 && v->kind != MPE_DICT_BYTES && ent(tab_of(d)->slot[i])->kind == (uint32_t)v->kind) {
     was = ent(tab_of(d)->slot[i]); /* a number over a number of its kind: in place */
@@ -365,7 +364,7 @@ int mpe_dict_set(mpe_dict *d, const void *key, size_t klen, const mpe_dval *v, m
     mpe_free(e);
     return 1;
   }
-  was = install(d, e, i, &rc);
+  was = install(d, e, i, at, &rc);
   mpe__mutex_unlock(&d->m);
   if (rc < 0) {
     mpe_free(e);
@@ -400,7 +399,7 @@ int mpe_dict_incr(mpe_dict *d, const void *key, size_t klen, const mpe_dval *del
   int rc = lock_for_write(d, h);
   if (rc < 0) return rc;
   table *t = tab_of(d);
-  int64_t i = find(t, key, klen, h, NULL);
+  int64_t at, i = find(t, key, klen, h, &at);
   entry *e = i >= 0 ? ent(t->slot[i]) : NULL;
   mpe_dval sum = *delta;
   sum.tag = 0;
@@ -428,7 +427,7 @@ int mpe_dict_incr(mpe_dict *d, const void *key, size_t klen, const mpe_dval *del
     atomic_store(&e->num, u); /* the commit */
   } else {
     entry *n = entry_new(key, klen, h, &sum);
-    if (n) was = install(d, n, i, &rc);
+    if (n) was = install(d, n, i, at, &rc);
     else rc = -ENOMEM;
     if (rc < 0) {
       mpe__mutex_unlock(&d->m);
