@@ -268,6 +268,26 @@ describe("Dict", function()
     assert.are.equal(12, d.k) -- neither write was lost
   end)
 
+  it("made by a child that is then killed, stays whole: its lock belongs to the Dict", function()
+    local q = mp.Queue()
+    local p = mp.Process{target = function()
+      local d = mp.Dict()
+      d.x = 1
+      q:put(d)
+      mp.sleep(120)
+    end}
+    p:start()
+    local d = q:get(30)
+    p:kill()
+    p:join() -- the parent gives back what the child held
+    assert.are.equal(1, d.x)
+    local l = d:get_lock()
+    assert.is_true(l:acquire())
+    l:release()
+    d.y = 2
+    assert.are.same({x = 1, y = 2}, d:items())
+  end)
+
   it("holds references to the objects in its values, and gives them back", function()
     settle()
     local used0 = mp.arena_stats()

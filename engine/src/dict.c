@@ -167,6 +167,7 @@ int mpe_dict_new(mpe_dict **out) {
     mpe_free(d);
     return rc;
   }
+  mpe__ledger_note(d->lock, -1); /* the dict holds this reference, not this process */
   mpe__mutex_init(&d->m);
   mpe__mutex_init(&d->upd);
   atomic_init(&d->tab, mpe_ref(t));
