@@ -165,6 +165,10 @@ static int push_get(lua_State *L, ldict *h, const dkey *k) {
 static int l_dict(lua_State *L) {
   mpe_dict *d;
   int rc = mpe_dict_new(&d);
+  if (rc == -ENOMEM) { /* garbage handles may hold dicts: Lua's GC cannot see the arena */
+    lua_gc(L, LUA_GCCOLLECT);
+    rc = mpe_dict_new(&d);
+  }
   if (rc < 0) return mpel_fail(L, "Dict", rc);
   mpel_push_shared_sized(L, &dict_type, d, sizeof(ldict));
   return 1;
