@@ -226,20 +226,44 @@ typedef struct mpe_msg {
 
 /* Creates a pipe. duplex: both ends send and receive. Otherwise *a only
  * receives and *b only sends (Python's order). Messages are framed: any size
- * up to memory, delivered whole or not at all. */
+ * up to memory, delivered whole or not at all. Any number of processes may
+ * hold one end: their sends are serialised (each message goes out whole),
+ * and so are their receives (each message comes in whole, to one of them). */
 MPE_API int mpe_pipe_new(mpe_pipe **a, mpe_pipe **b, int duplex);
 /* Sends one framed message with an opaque tag and, optionally, pipe ends
- * (duplicated into the receiver). Blocks until written; 0, MPE_ECLOSED when
- * the peer is gone, -EBADF on a closed or receive-only end. */
+ * (duplicated into the receiver). Blocks until written, with no timeout;
+ * 0, MPE_ECLOSED when the peer is gone or this direction is broken, -EBADF on
+ * a closed or receive-only end, or MPE_EINTR when a signal arrived (a handler
+ * without SA_RESTART). After MPE_EINTR with part of the message gone, the end
+ * holds it unfinished (and other senders of the end wait): call again with
+ * the same arguments to finish it, or mpe_pipe_abort() to give it up. */
 MPE_API int mpe_pipe_send(mpe_pipe *p, const void *buf, size_t len,
                           uint32_t tag, mpe_pipe *const *ends, size_t nends);
-/* Receives one message into *m: 0, MPE_ETIMEDOUT, MPE_ECLOSED (every
- * writing end closed and nothing left), MPE_EINTR (nothing consumed). */
+/* Gives up a message mpe_pipe_send left unfinished: the receiver cannot find
+ * the next message's start, so this direction of the pipe is broken for
+ * every process (MPE_ECLOSED from then on). Nothing unfinished: no effect. */
+MPE_API void mpe_pipe_abort(mpe_pipe *p);
+/* Receives one message into *m: 0, MPE_ETIMEDOUT, MPE_ECLOSED (every writing
+ * end closed and nothing left, or this direction is broken), MPE_EINTR.
+ * The timeout holds for the whole message. A message half read when the
+ * time is up or a signal arrives stays with this process, which finishes
+ * it on its next receive from this end (other receivers of the end wait). A
+ * sender that dies in the middle of a message breaks the direction: the
+ * receiver returns MPE_ECLOSED instead of waiting for the rest. */
 MPE_API int mpe_pipe_recv(mpe_pipe *p, double timeout, mpe_msg *m);
+/* mpe_pipe_recv, refusing a message longer than maxlen bytes with -EMSGSIZE;
+ * its header is consumed, so this direction is then broken. */
+MPE_API int mpe_pipe_recv_max(mpe_pipe *p, double timeout, size_t maxlen, mpe_msg *m);
+/* Why a direction of this end broke (sending: the one out of it, else the
+ * one into it), static storage; NULL when it did not. */
+MPE_API const char *mpe_pipe_broken(const mpe_pipe *p, int sending);
 /* Frees what a received message owns (data and unclaimed ends). */
 MPE_API void mpe_msg_clear(mpe_msg *m);
-/* 1 when a message (or EOF) is ready, 0 on timeout, or an error. */
+/* 1 when a message (or EOF) is ready, 0 on timeout, MPE_EINTR, or an error. */
 MPE_API int mpe_pipe_poll(mpe_pipe *p, double timeout);
+/* The end's descriptor (for an outside event loop: readable when poll would
+ * say ready), -EBADF once closed. Keep reading and writing to the engine. */
+MPE_API int mpe_pipe_fileno(const mpe_pipe *p);
 /* Closes the descriptor; the handle stays valid and reports -EBADF. */
 MPE_API int mpe_pipe_close(mpe_pipe *p);
 /* 1 while open. */
