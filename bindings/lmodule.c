@@ -304,6 +304,7 @@ __attribute__((visibility("default"))) int luaopen_mpengine(lua_State *L) {
   mpel_open_queue(L);
   mpel_open_sync(L);
   mpel_open_value(L);
+  mpel_open_dict(L);
   open_pool(L);
   return 1;
 }

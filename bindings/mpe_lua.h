@@ -19,7 +19,7 @@
 /* Engine object kinds (wire byte; never renumber). */
 enum {
   MPEL_CONNECTION = 1, MPEL_PROCESS, MPEL_QUEUE, MPEL_LOCK, MPEL_RLOCK, MPEL_SEM, MPEL_BSEM,
-  MPEL_EVENT, MPEL_COND, MPEL_BARRIER, MPEL_VALUE, MPEL_ARRAY
+  MPEL_EVENT, MPEL_COND, MPEL_BARRIER, MPEL_VALUE, MPEL_ARRAY, MPEL_DICT
 };
 
 /* Bytes being built for the wire, plus the pipe ends that ride along. */
@@ -185,6 +185,7 @@ void mpel_open_pipe(lua_State *L);
 void mpel_open_queue(lua_State *L);
 void mpel_open_sync(lua_State *L);
 void mpel_open_value(lua_State *L);
+void mpel_open_dict(lua_State *L);
 extern const mpel_shared_type mpel_lock_type, mpel_rlock_type;
 /* Pushes the Lua handle for an engine lock (a new reference is taken). */
 void mpel_push_lock(lua_State *L, mpe_lock *l);

@@ -510,6 +510,90 @@ MPE_API void *mpe_value_data(mpe_value *v);
 /* 1 for 'f' and 'd'. */
 MPE_API int mpe_typecode_is_float(char typecode);
 
+/* ------------------------------------------------------------------ dicts */
+
+/* A hash map in the arena from byte keys to values: numbers (kept inline,
+ * so mpe_dict_incr adds to them in place) or opaque bytes with a tag. A
+ * process killed inside any call leaves the dict usable and every entry old
+ * or new; it may leak the block it was installing or freeing. */
+typedef struct mpe_dict mpe_dict;
+
+enum { MPE_DICT_NONE = 0, MPE_DICT_INT, MPE_DICT_FLOAT, MPE_DICT_BYTES };
+
+/* One value, given (kind, tag, i, f, data, len) or received. buf is a
+ * reusable buffer owned by the caller (start with {0}); a value received
+ * points into buf, or into block (an entry handed over by set, delete or
+ * clear), until the next call with it or mpe_dval_done. */
+typedef struct mpe_dval {
+  int kind;         /* MPE_DICT_INT, _FLOAT, _BYTES; _NONE: no value */
+  uint32_t tag;     /* BYTES: the caller's, opaque */
+  int64_t i;        /* INT */
+  double f;         /* FLOAT */
+  const void *data; /* BYTES */
+  size_t len;
+  char *buf;
+  size_t cap;
+  void *block;
+} mpe_dval;
+
+/* Entries one by one: a snapshot (mpe_dict_items) or the entries a clear
+ * took out (mpe_dict_clear). Start with {0}. */
+typedef struct mpe_dict_iter {
+  char *buf;
+  size_t cap, len, pos;
+  void *table;
+} mpe_dict_iter;
+
+/* An empty dict, with its own RLock for the caller's multi-key work. */
+MPE_API int mpe_dict_new(mpe_dict **out);
+MPE_API void mpe_dict_retain(mpe_dict *d);
+/* Drops a reference; the last frees the dict, its entries and its lock's reference. */
+MPE_API void mpe_dict_free(mpe_dict *d);
+MPE_API uint64_t mpe_dict_ref(const mpe_dict *d);
+MPE_API mpe_dict *mpe_dict_from_ref(uint64_t ref);
+/* The dict's lock (no new reference): the engine never takes it. */
+MPE_API mpe_lock *mpe_dict_lock(mpe_dict *d);
+/* Entries now. */
+MPE_API size_t mpe_dict_len(mpe_dict *d);
+/* Copies key's value into *out: 1 found, 0 missing, -ENOMEM. */
+MPE_API int mpe_dict_get(mpe_dict *d, const void *key, size_t klen, mpe_dval *out);
+/* Stores a copy of v under key: 1 replaced (the old value in *old, if
+ * given), 0 added, -ENOMEM, -EINVAL (no kind), MPE_EINTR (a signal came while
+ * it waited for another process's update of key: nothing changed). */
+MPE_API int mpe_dict_set(mpe_dict *d, const void *key, size_t klen, const mpe_dval *v, mpe_dval *old);
+/* Removes key: 1 removed (its value in *old, if given), 0 missing, MPE_EINTR. */
+MPE_API int mpe_dict_delete(mpe_dict *d, const void *key, size_t klen, mpe_dval *old);
+/* Adds delta (INT or FLOAT) to key's number (missing: 0) in one step: 0
+ * with the new number in *now (if given); -EINVAL when the value is bytes
+ * (unchanged); MPE_EINTR. INT + INT wraps around; any FLOAT gives a FLOAT. */
+MPE_API int mpe_dict_incr(mpe_dict *d, const void *key, size_t klen, const mpe_dval *delta, mpe_dval *now);
+/* Empties the dict: 0, -ENOMEM, MPE_EINTR. gone (may be NULL) receives
+ * the entries taken out, which mpe_dict_iter_done frees. */
+MPE_API int mpe_dict_clear(mpe_dict *d, mpe_dict_iter *gone);
+/* A snapshot of every entry (values too if values): 0, -ENOMEM. */
+MPE_API int mpe_dict_items(mpe_dict *d, mpe_dict_iter *it, int values);
+/* The next entry: 1 with *key, *klen and *v set (valid until the next call), 0 at the end. */
+MPE_API int mpe_dict_iter_next(mpe_dict_iter *it, const void **key, size_t *klen, mpe_dval *v);
+/* Frees what the iteration holds; mpe_dict_iter_free frees buf as well. */
+MPE_API void mpe_dict_iter_done(mpe_dict_iter *it);
+MPE_API void mpe_dict_iter_free(mpe_dict_iter *it);
+/* Frees what a received value holds (block); mpe_dval_free frees buf too. */
+MPE_API void mpe_dval_done(mpe_dval *v);
+MPE_API void mpe_dval_free(mpe_dval *v);
+/* Starts a read-modify-write of key: waits (blocks) until no other update
+ * of the dict runs, copies key's value into *old (kind NONE if missing);
+ * until mpe_dict_update_end no other process changes key (they wait; reads
+ * go on). 0; MPE_EOWNERDEAD (begun: an earlier update's process died inside
+ * it, its change was not stored); MPE_EINTR; -EDEADLK (this process is
+ * inside an update of this dict). Set or delete key, then end. */
+MPE_API int mpe_dict_update_begin(mpe_dict *d, const void *key, size_t klen, mpe_dval *old);
+/* Ends this process's update (nothing if none). */
+MPE_API void mpe_dict_update_end(mpe_dict *d);
+/* 1 while this process is inside an update of d. */
+MPE_API int mpe_dict_updating(mpe_dict *d);
+/* Checks the table's invariants (for tests): 0, or MPE_ECORRUPT. */
+MPE_API int mpe_dict_check(mpe_dict *d);
+
 /* ------------------------------------------------------------------- pool */
 
 /* A pool of worker processes running a C function over byte buffers, no Lua

@@ -33,7 +33,7 @@ int mpe__deadline_ms(const mpe__deadline *d);
  * names the object, holds one. */
 #define MPE__OBJ_MAGIC 0x6d70656fu
 enum { MPE__KIND_QUEUE = 1, MPE__KIND_LOCK, MPE__KIND_SEM, MPE__KIND_EVENT,
-       MPE__KIND_COND, MPE__KIND_BARRIER, MPE__KIND_VALUE };
+       MPE__KIND_COND, MPE__KIND_BARRIER, MPE__KIND_VALUE, MPE__KIND_DICT };
 typedef struct mpe__obj {
   uint32_t magic;
   uint32_t kind;

@@ -21,7 +21,7 @@ local B = require "common"
 
 local M = {}
 
-local BENCHES = {"process_pipe", "queue", "sync", "pool"}
+local BENCHES = {"process_pipe", "queue", "sync", "dict", "pool"}
 
 local function sh(cmd)
   local p = io.popen(cmd)
