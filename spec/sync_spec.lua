@@ -535,3 +535,11 @@ describe("sync demos", function()
     end
   end)
 end)
+
+describe("Condition made by a killed child", function()
+  it("keeps the lock it made for itself", function()
+    local out, rc = H.sh(H.CLI .. " run spec/fixtures/cond_killed_creator.lua 2>&1")
+    assert.are.equal(0, rc, out)
+    assert.are.equal("true\n", out)
+  end)
+end)

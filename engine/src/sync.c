@@ -136,7 +136,8 @@ MPE__DEFINE_REFS(cond, mpe_cond, MPE__KIND_COND)
 int mpe_cond_new(mpe_cond **out, mpe_lock *lock) {
   int rc = 0;
   if (lock) mpe_lock_retain(lock);
-  else rc = mpe_lock_new(&lock, 1);
+  else if ((rc = mpe_lock_new(&lock, 1)) == 0)
+    mpe__ledger_note(lock, -1); /* the condition holds this reference, not this process */
   if (rc < 0) return rc;
   mpe_cond *c = mpe__obj_new(sizeof *c, MPE__KIND_COND);
   if (!c) {
