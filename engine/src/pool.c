@@ -376,7 +376,10 @@ static int send_batch(mpe_pool *p, int slot, size_t k) {
     memcpy(o, &h, sizeof h);
     o += sizeof h;
     for (size_t i = 0; i < k; i++, o += sizeof(uint32_t)) memcpy(o, &b->t[i].len, sizeof(uint32_t));
-    for (size_t i = 0; i < k; i++, o += b->t[i].len) memcpy(o, b->t[i].in, b->t[i].len);
+    for (size_t i = 0; i < k; i++) {
+      memcpy(o, b->t[i].in, b->t[i].len);
+      o += b->t[i].len;
+    }
     rc = p->tr->send(p->tr, slot, p->msg.data, p->msg.len);
   }
   if (rc < 0) { /* back to the front, in order */
