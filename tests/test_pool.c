@@ -36,6 +36,19 @@ static int slow_square(void *ctx, const void *in, size_t n, mpe_buf *out) {
   return square(ctx, in, n, out);
 }
 
+/* allocates 64 MiB: 0 if it could, 9 if not */
+static int alloc_big(void *ctx, const void *in, size_t n, mpe_buf *out) {
+  (void)ctx;
+  (void)in;
+  (void)n;
+  (void)out;
+  char *big = malloc((size_t)64 << 20);
+  if (!big) return 9;
+  memset(big, 1, (size_t)64 << 20);
+  free(big);
+  return 0;
+}
+
 static mpe_queue *started; /* a blocking task says it has started (its pid) */
 
 /* x -> x; 5 blocks forever (after saying so); the output carries the pid. */
@@ -364,6 +377,28 @@ TEST(random_kills) {
   free(seen);
 }
 
+/* memory_limit: a worker cannot allocate past it (malloc fails in the task);
+ * without it the same task succeeds. The sanitizers' and valgrind's
+ * allocators do not go through the limit the same way: skipped there. */
+TEST(memory_limit) {
+#if defined(__SANITIZE_ADDRESS__)
+  return;
+#endif
+  const char *pre = getenv("LD_PRELOAD");
+  if (pre && (strstr(pre, "vgpreload") || strstr(pre, "asan"))) return;
+  for (int limited = 0; limited < 2; limited++) {
+    mpe_pool *p;
+    mpe_pool_options o = {.processes = 1, .memory_limit = limited ? (size_t)16 << 20 : 0};
+    CHECK_RC(mpe_pool_start(&p, alloc_big, NULL, &o), 0);
+    mpe_task_result r;
+    CHECK_RC(mpe_pool_submit(p, "", 0, NULL), 0);
+    CHECK_RC(mpe_pool_collect(p, -1, &r), 0);
+    if (limited) CHECK(r.status == MPE_ETASK && r.code == 9);
+    else CHECK(r.status == 0);
+    mpe_pool_free(p, 0);
+  }
+}
+
 /* The first API (mpe_pool_new with an mpe_task_fn) rides on the new one. */
 static int legacy_square(const void *in, size_t len, void **out, size_t *out_len, void *ctx) {
   (void)ctx;
@@ -401,6 +436,7 @@ int main(void) {
   RUN(terminate_in_flight);
   RUN(close_join);
   RUN(random_kills);
+  RUN(memory_limit);
   RUN(first_api);
   mpe_queue_free(started);
   return 0;

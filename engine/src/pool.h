@@ -26,9 +26,10 @@ typedef struct mpe__pool_cfg {
   int timed;           /* stamp each task's start time (a timeout is set) */
 } mpe__pool_cfg;
 
-/* A worker's stamp, written by the worker only, read by the parent. seq
- * counts tasks started and is written last, so a reader that sees the same
- * seq before and after reading the rest has one consistent picture. */
+/* A worker's stamp, written by the worker only, read by the parent. A task
+ * starts with since_ns, then task, then seq (tasks started): a reader that
+ * sees a task's index sees its start, and one that sees the same seq before
+ * and after reading the rest has one consistent picture. */
 typedef struct mpe__stamp {
   _Atomic uint64_t seq;
   _Atomic uint64_t batch;    /* batch being run, 0 between batches */

@@ -115,7 +115,7 @@ static void l_running(mpe__pool_transport *t, int slot, mpe__running *r) {
   do {
     seq = atomic_load_explicit(&st->seq, memory_order_acquire);
     r->batch = atomic_load_explicit(&st->batch, memory_order_relaxed);
-    task = atomic_load_explicit(&st->task, memory_order_relaxed);
+    task = atomic_load_explicit(&st->task, memory_order_acquire); /* then its start */
     ns = atomic_load_explicit(&st->since_ns, memory_order_relaxed);
     atomic_thread_fence(memory_order_acquire);
   } while (atomic_load_explicit(&st->seq, memory_order_relaxed) != seq);

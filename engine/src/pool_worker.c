@@ -6,13 +6,15 @@
  * then takes batches until told to quit. For each task it writes its stamp
  * first (batch, index + 1, start time when timed, then seq), calls fn, and
  * clears the index after: if the worker dies, the stamp names the task that
- * was running, or says it was between tasks. A stamp is a few stores to a
+ * was running, or says it was between tasks; the start time is written
+ * before the index, so a timeout is never judged by an earlier task's start. A stamp is a few stores to a
  * cache line nobody else writes, so every task is stamped and the culprit
  * is always known exactly.
  *
  * Replies go out when the batch ends, or sooner when it runs long (every
- * REPLY_EVERY seconds), so a worker killed late in a long batch loses
- * little. After maxtasks tasks the worker leaves with code 0 (the parent
+ * REPLY_EVERY seconds, looked at after every task in a batch of up to 64,
+ * every 16th in a longer one), so a worker killed late in a long batch
+ * loses little. After maxtasks tasks the worker leaves with code 0 (the parent
  * gives it no more than that, and replaces it).
  *
  * Invariant: a task's result is in exactly one reply; replies of a batch
@@ -79,13 +81,15 @@ static int run_batch(const mpe__pool_cfg *cfg, const mpe__worker_io *io, const c
   mpe__stamp *st = io->stamp;
   atomic_store_explicit(&st->batch, b.bid, memory_order_relaxed);
   reply->len = sizeof(mpe__reply_hdr);
-  double t0 = mpe_time(), t_reply = t0;
-  uint32_t from = 0;
+  double t_reply = mpe_time();
+  uint32_t from = 0, mask = b.n <= 64 ? 0 : 15; /* a short batch: slow tasks, look at every one */
   for (uint32_t i = 0; i < b.n; i++) {
     uint32_t n;
     memcpy(&n, lens + (size_t)i * sizeof n, sizeof n);
-    atomic_store_explicit(&st->task, (uint64_t)i + 1, memory_order_relaxed);
+    /* the start time before the index: a reader that sees this task's
+     * index sees its start, never the previous task's (pool_local.c) */
     if (cfg->timed) atomic_store_explicit(&st->since_ns, now_ns(), memory_order_relaxed);
+    atomic_store_explicit(&st->task, (uint64_t)i + 1, memory_order_release);
     atomic_fetch_add_explicit(&st->seq, 1, memory_order_release);
     out->len = 0;
     int code = cfg->fn(cfg->ctx, in, n, out);
@@ -96,7 +100,7 @@ static int run_batch(const mpe__pool_cfg *cfg, const mpe__worker_io *io, const c
       return -ENOMEM;
     ++*done;
     int last = i + 1 == b.n;
-    if (last || (i & 15) == 15) {
+    if (last || (i & mask) == mask) {
       double now = mpe_time();
       if (last || now - t_reply > REPLY_EVERY) {
         int rc = flush(io, reply, b.bid, from, i + 1 - from, (now - t_reply) / (i + 1 - from));
