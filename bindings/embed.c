@@ -43,7 +43,7 @@ static int docall(lua_State *L, int nargs, int nres) {
 
 static void set_args(lua_State *L, const char *script, int argc, const char *const *argv) {
   lua_createtable(L, argc > 1 ? argc - 1 : 0, 1);
-  lua_pushstring(L, script);
+  lua_pushstring(L, argc > 0 && argv[0] ? argv[0] : script);
   lua_rawseti(L, -2, 0);
   for (int i = 1; i < argc; i++) {
     lua_pushstring(L, argv[i]);
@@ -87,7 +87,11 @@ static int run_chunk(lua_State *L, int top, int argc, const char *const *argv, c
   luaL_checkstack(L, nargs + 4, "too many arguments");
   for (int i = 1; i < argc; i++) lua_pushstring(L, argv[i]);
   if (docall(L, nargs, LUA_MULTRET) != LUA_OK) return fail(L, top, err);
-  if (lua_gettop(L) > top && lua_istable(L, top + 1) && lua_getfield(L, top + 1, "main") == LUA_TFUNCTION) {
+  int ran_main = lua_gettop(L) > top && lua_istable(L, top + 1) &&
+                 lua_getfield(L, top + 1, "main") == LUA_TFUNCTION;
+  lua_pushboolean(L, ran_main); /* for the host: main's results, or the chunk's */
+  lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.ran_main");
+  if (ran_main) {
     lua_replace(L, top + 1); /* main in place of the module, then its arguments */
     lua_settop(L, top + 1);
     for (int i = 1; i < argc; i++) lua_pushstring(L, argv[i]);

@@ -1,13 +1,18 @@
-/* host.c - the mpengine command: `mpengine run SCRIPT [ARGS...]`.
+/* host.c - the mpengine command: `mpengine run SCRIPT [ARGS...]` (or
+ * `run -e CODE`, `run -` for standard input) and `mpengine test [ARGS...]`,
+ * which is `run` of busted's own Lua script.
  *
- * main() does nothing but run pmain() under lua_pcall. The module is opened
- * into package.loaded before the script runs, so scripts need no cpath.
+ * main() parses the command line into a job and runs pmain() under
+ * lua_pcall. The module is opened into package.loaded before the script
+ * runs, so scripts need no cpath.
  *
  * The script convention lives in embed.c (mpengine_lua_run_file): a job
  * script may return a table with a `main` function, which gets the script's
- * arguments; main's first result is the exit status (nil/true/0: success,
- * false: 1, an integer: itself). A chunk that returns an integer or a
- * boolean gives its exit status the same way.
+ * arguments. What comes back is the exit status, and this file says how
+ * (exit_status): nothing, nil or true: 0; false: 1; an integer 0..255:
+ * itself; anything else is a mistake the run reports (exit 2) instead of
+ * ending with a status nobody meant. A script that returns nothing while it
+ * defines a field `main` has forgotten `return M`: a warning says so.
  *
  * Ending: on a normal end the run joins its non-daemon children and
  * terminates daemon ones (as Python does); on an error or a signal every
@@ -57,14 +62,31 @@ static void install_signals(void) {
 static void usage(FILE *f) {
   fprintf(f,
           "usage: %s run [--progress] SCRIPT [ARGS...]\n"
+          "       %s run [--progress] -e CODE [ARGS...]\n"
+          "       %s run [--progress] - [ARGS...]     (the script from standard input)\n"
+          "       %s test [BUSTED-ARGS...]\n"
           "       %s --version | --help\n\n"
-          "Runs a Lua 5.4 job script with the mpengine module loaded.\n"
-          "A script that returns a table with a main function has main(...)\n"
-          "called with ARGS; its result is the exit status.\n\n"
-          "exit status: 0 success, 1 script error, 2 usage error,\n"
-          "             128+N ended by signal N (130 for SIGINT)\n",
-          progname, progname);
+          "run:  runs a Lua 5.4 job script with the mpengine module loaded.\n"
+          "      A script that returns a table with a main function has main(...)\n"
+          "      called with ARGS. The result is the exit status: nothing or true: 0,\n"
+          "      false: 1, an integer 0-255: itself.\n"
+          "test: runs busted (the one on PATH, or $MPENGINE_BUSTED) under Lua 5.4\n"
+          "      with the mpengine module loaded, in the current folder.\n\n"
+          "exit status: 0 success, 1 script error, 2 usage error (or a result that\n"
+          "             is not an exit status), 128+N ended by signal N (130 for SIGINT)\n",
+          progname, progname, progname, progname, progname);
 }
+
+/* What to run: a script file, a file read into memory first (standard
+ * input as "-", or busted's script), or code given with -e. */
+typedef struct job {
+  const char *path;      /* run as a script file (its folder goes on package.path) */
+  const char *read;      /* or read into memory: a file, or "-" */
+  const char *code;      /* or -e CODE */
+  const char *chunkname; /* for read and code */
+  int argc;              /* argv[0] is what `arg[0]` shows */
+  char **argv;
+} job;
 
 /* pmain(argc, argv, first): runs the job; returns the exit code and, on an
  * error, its message. */
@@ -81,10 +103,92 @@ static int host_exit(lua_State *L) {
   return lua_error(L);
 }
 
+/* Pushes the whole of f (a script from standard input, or busted's) with a
+ * first line starting with '#' blanked, as lua.c skips it. Raises on a read
+ * error. */
+static void push_contents(lua_State *L, FILE *f, const char *what) {
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  size_t n;
+  do {
+    char *p = luaL_prepbuffer(&b);
+    n = fread(p, 1, LUAL_BUFFERSIZE, f);
+    luaL_addsize(&b, n);
+  } while (n == LUAL_BUFFERSIZE);
+  if (ferror(f)) luaL_error(L, "cannot read %s", what);
+  luaL_pushresult(&b);
+  const char *s = lua_tostring(L, -1);
+  if (s[0] == '#') {
+    const char *nl = strchr(s, '\n');
+    lua_pushstring(L, nl ? nl : "");
+    lua_replace(L, -2);
+  }
+}
+
+/* Pushes a short picture of the value at idx for a message: a string
+ * quoted (cut at 40 bytes), a number as Lua writes it, else its type. */
+static const char *describe(lua_State *L, int idx) {
+  if (lua_type(L, idx) == LUA_TSTRING) {
+    size_t n;
+    const char *s = lua_tolstring(L, idx, &n);
+    if (n <= 40) return lua_pushfstring(L, "\"%s\"", s);
+    return lua_pushfstring(L, "\"%s...\"", lua_pushlstring(L, s, 40));
+  }
+  if (lua_type(L, idx) == LUA_TNUMBER) return luaL_tolstring(L, idx, NULL);
+  return lua_pushfstring(L, "a %s", luaL_typename(L, idx));
+}
+
+/* The exit status that n results from idx stand for, or -1 with a message
+ * pushed when they stand for none. */
+static int exit_status(lua_State *L, int idx, int n, int ran_main, const char *script) {
+  if (n == 0 || lua_isnil(L, idx)) return 0;
+  if (lua_isboolean(L, idx)) return !lua_toboolean(L, idx);
+  int exact = 0;
+  lua_Integer v = lua_type(L, idx) == LUA_TNUMBER ? lua_tointegerx(L, idx, &exact) : 0;
+  if (exact && v >= 0 && v <= 255) return (int)v;
+  const char *what = describe(L, idx);
+  if (ran_main)
+    lua_pushfstring(L, "main returned %s: expected nothing, true/false or an integer 0-255", what);
+  else if (lua_istable(L, idx))
+    lua_pushfstring(L, "%s returned a table without a main function: nothing to run "
+                       "(a job script returns a table with main)", script);
+  else
+    lua_pushfstring(L, "%s returned %s: expected nothing, a table with main, true/false "
+                       "or an integer 0-255", script, what);
+  return -1;
+}
+
+/* A script that returned nothing but defines a field `main` (function
+ * M.main, M.main = function) most likely forgot `return M`. */
+static const char *const forgot_return =
+    "local s = ...\n"
+    "return s:find('function%s+[%w_.:]-[.:]%s*main%s*%(') or s:find('[.:]%s*main%s*=%s*function')";
+
+static void warn_if_forgot_return(lua_State *L, const job *j, int source, const char *script) {
+  int top = lua_gettop(L);
+  if (source) lua_pushvalue(L, source);
+  else if (j->code) lua_pushstring(L, j->code);
+  else {
+    FILE *f = fopen(j->path, "r");
+    if (!f) return;
+    push_contents(L, f, j->path);
+    fclose(f);
+  }
+  if (luaL_loadstring(L, forgot_return) == LUA_OK) {
+    lua_insert(L, -2);
+    if (lua_pcall(L, 1, 1, 0) == LUA_OK && lua_toboolean(L, -1)) {
+      fflush(stdout);
+      fprintf(stderr, "%s: warning: %s defines a main function but returns nothing, so main "
+                      "was not called (end the script with `return M`)\n", progname, script);
+    }
+  }
+  lua_settop(L, top);
+}
+
+/* pmain(job): runs the job; returns the exit code and, on an error, its
+ * message, and whether that error ended the run early. */
 static int pmain(lua_State *L) {
-  int argc = (int)lua_tointeger(L, 1);
-  char **argv = lua_touserdata(L, 2);
-  int first = (int)lua_tointeger(L, 3);
+  job *j = lua_touserdata(L, 1);
   luaL_openlibs(L);
   mpengine_lua_open(L);
   lua_getglobal(L, "os");
@@ -92,7 +196,23 @@ static int pmain(lua_State *L) {
   lua_setfield(L, -2, "exit");
   lua_settop(L, 0);
   char *err = NULL;
-  int n = mpengine_lua_run_file(L, argv[first], argc - first, (const char *const *)argv + first, &err);
+  const char *const *args = (const char *const *)j->argv;
+  int n, source = 0; /* source: the index of a script read into memory */
+  const char *script = j->path ? j->path : j->code ? "the -e code"
+                     : strcmp(j->read, "-") == 0 ? "the script from standard input" : j->read;
+  if (j->path) {
+    n = mpengine_lua_run_file(L, j->path, j->argc, args, &err);
+  } else {
+    if (j->read) {
+      FILE *f = strcmp(j->read, "-") == 0 ? stdin : fopen(j->read, "r");
+      if (!f) return luaL_error(L, "cannot open %s", j->read);
+      push_contents(L, f, script);
+      if (f != stdin) fclose(f);
+      source = 1;
+    }
+    n = mpengine_lua_run_string(L, j->code ? j->code : lua_tostring(L, 1), j->chunkname, j->argc,
+                                args, &err);
+  }
   if (n < 0 && exit_requested >= 0) {
     free(err);
     lua_pushinteger(L, exit_requested);
@@ -102,15 +222,59 @@ static int pmain(lua_State *L) {
     lua_pushinteger(L, mpel_signal ? 128 + mpel_signal : 1);
     lua_pushstring(L, err ? err : "out of memory");
     free(err);
-    return 2;
+    lua_pushboolean(L, 1);
+    return 3;
   }
-  int code = 0;
-  if (n > 0) { /* main's (or the chunk's) first result is the exit status */
-    if (lua_isboolean(L, 1)) code = !lua_toboolean(L, 1);
-    else if (lua_isinteger(L, 1)) code = (int)lua_tointeger(L, 1);
+  lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.ran_main");
+  int ran_main = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  if (n == 0 && !ran_main) warn_if_forgot_return(L, j, source, script);
+  int code = exit_status(L, source + 1, n, ran_main, script);
+  if (code < 0) { /* a result that is no exit status: said, but the run ends normally */
+    lua_pushinteger(L, EXIT_USAGE);
+    lua_insert(L, -2);
+    lua_pushboolean(L, 0);
+    return 3;
   }
   lua_pushinteger(L, code);
   return 1;
+}
+
+/* busted's Lua script: $MPENGINE_BUSTED, `busted` on PATH, /usr/bin/busted. */
+static const char *find_busted(char *buf, size_t size) {
+  const char *env = getenv("MPENGINE_BUSTED");
+  if (env && *env) return env;
+  const char *path = getenv("PATH");
+  while (path && *path) {
+    size_t len = strcspn(path, ":");
+    if (len > 0 && len + sizeof "/busted" <= size) {
+      memcpy(buf, path, len);
+      memcpy(buf + len, "/busted", sizeof "/busted");
+      if (access(buf, R_OK) == 0) return buf;
+    }
+    path += len + (path[len] == ':');
+  }
+  return access("/usr/bin/busted", R_OK) == 0 ? "/usr/bin/busted" : NULL;
+}
+
+/* 0 if path looks like a Lua script (busted's), else says why not. */
+static int check_busted(const char *path) {
+  FILE *f = fopen(path, "r");
+  if (!f) {
+    fprintf(stderr, "%s: cannot open busted at %s\n", progname, path);
+    return -1;
+  }
+  char line[256] = "";
+  if (!fgets(line, sizeof line, f)) line[0] = 0;
+  fclose(f);
+  if (strncmp(line, "#!", 2) == 0 && !strstr(line, "lua")) {
+    fprintf(stderr,
+            "%s: %s is not busted's Lua script (a wrapper made by luarocks?); set MPENGINE_BUSTED\n"
+            "to the Lua script it runs (.../rocks/busted/VERSION/bin/busted)\n",
+            progname, path);
+    return -1;
+  }
+  return 0;
 }
 
 int main(int argc, char **argv) {
@@ -126,26 +290,67 @@ int main(int argc, char **argv) {
     printf("mpengine %s (%s)\n", mpe_version(), LUA_RELEASE);
     return 0;
   }
-  if (strcmp(argv[1], "run") != 0) {
-    fprintf(stderr, "%s: unknown command '%s'\n", progname, argv[1]);
-    usage(stderr);
-    return EXIT_USAGE;
-  }
-  int first = 2;
-  while (first < argc && argv[first][0] == '-' && argv[first][1]) {
-    if (strcmp(argv[first], "--progress") == 0) {
-      setenv("MPENGINE_PROGRESS", "1", 1);
-    } else if (strcmp(argv[first], "--") == 0) {
-      first++;
-      break;
-    } else {
-      fprintf(stderr, "%s: unknown option '%s'\n", progname, argv[first]);
+  job j = {0};
+  char busted[4096], chunkname[4100];
+  if (strcmp(argv[1], "test") == 0) {
+    /* argv[1] becomes arg[0]: busted's path, then its own arguments */
+    const char *b = find_busted(busted, sizeof busted);
+    if (!b) {
+      fprintf(stderr, "%s: busted not found (install busted, or set MPENGINE_BUSTED)\n", progname);
       return EXIT_USAGE;
     }
-    first++;
-  }
-  if (first >= argc) {
-    fprintf(stderr, "%s: run needs a SCRIPT\n", progname);
+    if (check_busted(b) != 0) return EXIT_USAGE;
+    /* read into memory, so that busted's folder does not go on package.path */
+    j.read = find_busted(busted, sizeof busted);
+    argv[1] = (char *)j.read;
+    snprintf(chunkname, sizeof chunkname, "@%s", j.read);
+    j.chunkname = chunkname;
+    j.argc = argc - 1;
+    j.argv = argv + 1;
+  } else if (strcmp(argv[1], "run") == 0) {
+    int first = 2;
+    while (first < argc && argv[first][0] == '-' && argv[first][1]) {
+      if (strcmp(argv[first], "--progress") == 0) {
+        setenv("MPENGINE_PROGRESS", "1", 1);
+      } else if (strcmp(argv[first], "--help") == 0 || strcmp(argv[first], "-h") == 0) {
+        usage(stdout);
+        return 0;
+      } else if (strcmp(argv[first], "-e") == 0) {
+        if (first + 1 >= argc) {
+          fprintf(stderr, "%s: -e needs CODE\n", progname);
+          return EXIT_USAGE;
+        }
+        j.code = argv[first + 1];
+        j.chunkname = "=(command line)";
+        first++; /* argv[first] ("-e") becomes arg[0] */
+        break;
+      } else if (strcmp(argv[first], "--") == 0) {
+        first++;
+        break;
+      } else {
+        fprintf(stderr, "%s: unknown option '%s'\n", progname, argv[first]);
+        return EXIT_USAGE;
+      }
+      first++;
+    }
+    if (first >= argc) {
+      fprintf(stderr, "%s: run needs a SCRIPT (or -e CODE, or - for standard input)\n", progname);
+      return EXIT_USAGE;
+    }
+    if (j.code) {
+      argv[first] = "-e";
+      j.argc = argc - first;
+      j.argv = argv + first;
+    } else {
+      if (strcmp(argv[first], "-") == 0) j.read = "-";
+      else j.path = argv[first];
+      j.chunkname = "=stdin";
+      j.argc = argc - first;
+      j.argv = argv + first;
+    }
+  } else {
+    fprintf(stderr, "%s: unknown command '%s'\n", progname, argv[1]);
+    usage(stderr);
     return EXIT_USAGE;
   }
   lua_State *L = luaL_newstate();
@@ -156,20 +361,20 @@ int main(int argc, char **argv) {
   globalL = L;
   install_signals();
   lua_pushcfunction(L, pmain);
-  lua_pushinteger(L, argc);
-  lua_pushlightuserdata(L, argv);
-  lua_pushinteger(L, first);
-  int status = lua_pcall(L, 3, 2, 0);
+  lua_pushlightuserdata(L, &j);
+  int status = lua_pcall(L, 1, 3, 0);
   int code;
   if (status != LUA_OK) {
     code = 1;
     lua_pushinteger(L, code);
     lua_insert(L, -2);
+    lua_pushboolean(L, 1);
   }
-  code = (int)lua_tointeger(L, -2);
-  int failed = !lua_isnil(L, -1) && !lua_isinteger(L, -1); /* an error message came back */
-  if (failed) {
-    const char *msg = lua_tostring(L, -1);
+  code = (int)lua_tointeger(L, -3);
+  int said = lua_type(L, -2) == LUA_TSTRING || (!lua_isnil(L, -2) && !lua_isinteger(L, -2));
+  int failed = said && lua_toboolean(L, -1); /* an error, not a bad result */
+  if (said) {
+    const char *msg = lua_tostring(L, -2);
     fflush(stdout);
     fprintf(stderr, "%s: %s\n", progname, msg ? msg : "(error object is not a string)");
     if (code == 0) code = 1;

@@ -93,6 +93,9 @@ void mpel_track(lua_State *L, int idx) {
 }
 
 void mpel_handles_fork(lua_State *L, int how) {
+  /* The references taken for a child go in its ledger: if it is killed,
+   * this process gives them back when it reaps it. */
+  if (how == MPEL_FOR_CHILD) mpe_spawn_refs_begin();
   if (lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.handles") != LUA_TTABLE) {
     lua_pop(L, 1);
     return;
@@ -140,15 +143,6 @@ static int l_time(lua_State *L) {
 
 static int l_cpu_count(lua_State *L) {
   lua_pushinteger(L, mpe_cpu_count());
-  return 1;
-}
-
-static int l_current_process(lua_State *L) {
-  lua_createtable(L, 0, 2);
-  lua_pushstring(L, mpel_process_name);
-  lua_setfield(L, -2, "name");
-  lua_pushinteger(L, (lua_Integer)getpid());
-  lua_setfield(L, -2, "pid");
   return 1;
 }
 
@@ -271,7 +265,6 @@ static const luaL_Reg funcs[] = {
     {"sleep", l_sleep},
     {"time", l_time},
     {"cpu_count", l_cpu_count},
-    {"current_process", l_current_process},
     {"getpid", l_getpid},
     {"arena_stats", l_arena_stats},
     {"encode", l_encode},

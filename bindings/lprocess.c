@@ -8,25 +8,34 @@
  * so EOF works without a ritual of closes).
  *
  * The registry table "mpengine.children" holds every started, unreaped
- * Process (as Python's _children): active_children() reaps from it, and the
- * sentinel's __gc (lmodule.c) ends the run through mpel_processes_atexit. */
+ * Process (as Python's _children): start() and active_children() drop the
+ * ended ones from it, and the sentinel's __gc (lmodule.c) ends the run
+ * through mpel_processes_atexit.
+ *
+ * A handle is in one of five states: NEW, STARTED (ours: it can be joined
+ * and signalled), CLOSED, FOREIGN (received from another process, or the
+ * parent as mp.parent_process() gives it: pid, name and is_alive only) and
+ * SELF (mp.current_process()). On the wire a handle is its pid and name; a
+ * pid of 0 (an unstarted handle) or beyond any pid names no process. */
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "mpe_lua.h"
 
-enum { NEW, STARTED, CLOSED, FOREIGN };
+enum { NEW, STARTED, CLOSED, FOREIGN, SELF };
 
 typedef struct lproc {
   mpe_process *h;
   int state;
   int daemon;
-  lua_Integer pid; /* FOREIGN: the pid the handle names */
+  lua_Integer pid; /* once started, or the pid a FOREIGN or SELF handle names; 0: none */
 } lproc;
 
 static lua_Integer counter;
+static int self_daemon; /* in a child: the daemon flag of the Process it runs */
 
 static lproc *check_proc(lua_State *L, int idx) { return luaL_checkudata(L, idx, "Process"); }
 
@@ -39,10 +48,61 @@ static void push_children(lua_State *L) {
   }
 }
 
+static void check_open(lua_State *L, const lproc *p) {
+  if (p->state == CLOSED) luaL_error(L, "Process: closed");
+}
+
 /* 1 and *code once exited (reaping), 0 while running or not started. */
 static int proc_exitcode(lproc *p, int *code) {
   if (p->state != STARTED || !p->h) return 0;
   return mpe_process_exitcode(p->h, code) == 1;
+}
+
+/* Drops the ended children from the children table at ch; appends the
+ * running ones to the list at list, if list is not 0. */
+static void prune_children(lua_State *L, int ch, int list) {
+  lua_Integer n = 0;
+  lua_pushnil(L);
+  while (lua_next(L, ch)) {
+    lua_pop(L, 1);
+    lproc *p = lua_touserdata(L, -1);
+    int code;
+    if (p->state == STARTED && !proc_exitcode(p, &code)) {
+      if (list) {
+        lua_pushvalue(L, -1);
+        lua_rawseti(L, list, ++n);
+      }
+    } else {
+      lua_pushvalue(L, -1);
+      lua_pushnil(L);
+      lua_rawset(L, ch); /* assigning nil to an existing field is fine in next */
+    }
+  }
+}
+
+/* Pushes the name of the handle at idx. */
+static void p_name(lua_State *L, int idx) {
+  lproc *p = lua_touserdata(L, idx);
+  if (p->state == SELF) {
+    lua_pushstring(L, mpel_process_name);
+    return;
+  }
+  lua_getiuservalue(L, idx, 1);
+  lua_getfield(L, -1, "name");
+  lua_remove(L, -2);
+}
+
+/* Pushes a handle of state st naming pid (0: no process) and name. */
+static void push_handle(lua_State *L, int st, lua_Integer pid, const char *name, size_t len) {
+  lproc *p = lua_newuserdatauv(L, sizeof *p, 1);
+  memset(p, 0, sizeof *p);
+  p->state = st;
+  p->pid = pid;
+  luaL_setmetatable(L, "Process");
+  lua_createtable(L, 0, 1);
+  lua_pushlstring(L, name, len);
+  lua_setfield(L, -2, "name");
+  lua_setiuservalue(L, -2, 1);
 }
 
 static const char *const allowed[] = {"target", "args", "name", "daemon", NULL};
@@ -88,16 +148,19 @@ static int l_process(lua_State *L) {
 }
 
 static int child_exit(lua_State *L) {
-  /* os.exit in a child: leave at once, with none of the parent's clean-up. */
+  /* os.exit in a child: leave at once, with none of the parent's clean-up;
+   * our own children are joined first, as when the target returns. */
   int code = lua_isboolean(L, 1) ? !lua_toboolean(L, 1) : (int)luaL_optinteger(L, 1, 0);
   mpel_handles_fork(L, MPEL_CHILD_ENDS);
+  mpe_process_join_all(-1);
   fflush(NULL);
   _exit(code & 255);
 }
 
 typedef struct child_ctx {
   lua_State *L;
-  int self; /* stack index of the Process */
+  int self;     /* stack index of the Process */
+  pid_t parent; /* the process that starts it */
 } child_ctx;
 
 static int child_main(void *arg) {
@@ -109,6 +172,12 @@ static int child_main(void *arg) {
   lua_sethook(L, NULL, 0, 0);
   lua_newtable(L); /* the parent's children are our siblings */
   lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.children");
+  /* mp.parent_process(): the parent as a foreign handle, under its name */
+  push_handle(L, FOREIGN, (lua_Integer)c->parent, mpel_process_name, strlen(mpel_process_name));
+  lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.parent");
+  lua_pushnil(L); /* mp.current_process() is ours now, not the parent's */
+  lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.self");
+  self_daemon = ((lproc *)lua_touserdata(L, c->self))->daemon;
   lua_getglobal(L, "os");
   if (lua_istable(L, -1)) {
     lua_pushcfunction(L, child_exit);
@@ -145,6 +214,9 @@ static int child_main(void *arg) {
     else msg = lua_pushfstring(co, "(error object is a %s value)", luaL_typename(co, -1));
   }
   luaL_traceback(L, co, msg, 0);
+  /* As the main script's error does: our own children are killed (the
+   * engine then reaps them), not waited for. */
+  mpe_process_signal_all(SIGKILL);
   mpel_handles_fork(L, MPEL_CHILD_ENDS); /* a controlled end: give our references back */
   fflush(stdout);
   fprintf(stderr, "Process %s (pid %ld) failed:\n%s\n", mpel_process_name, (long)getpid(),
@@ -165,7 +237,7 @@ static int p_start(lua_State *L) {
   mpel_encode(L, -1, "args", w);
   lua_settop(L, 1);
   mpe_spawn_options o = {.daemon = p->daemon, .keep = w->ends, .nkeep = w->nends};
-  child_ctx c = {L, 1};
+  child_ctx c = {L, 1, getpid()};
   /* The child's references to the shared objects it inherits are taken
    * here, before fork: taken in the child, an object this process drops
    * meanwhile could be freed before the child holds it. */
@@ -177,7 +249,9 @@ static int p_start(lua_State *L) {
     return mpel_fail(L, "Process: cannot start", rc);
   }
   p->state = STARTED;
+  p->pid = (lua_Integer)mpe_process_pid(p->h);
   push_children(L);
+  prune_children(L, lua_gettop(L), 0); /* the engine has just reaped the ended ones */
   lua_pushvalue(L, 1);
   lua_pushboolean(L, 1);
   lua_rawset(L, -3);
@@ -188,28 +262,40 @@ static int p_join(lua_State *L) {
   lproc *p = check_proc(L, 1);
   double timeout = mpel_opt_timeout(L, 2);
   if (p->state == NEW) return luaL_error(L, "Process: cannot join a process that was not started");
+  if (p->state == SELF) return luaL_error(L, "Process: the current process cannot join itself");
   if (p->state != STARTED) return luaL_error(L, "Process: cannot join a %s process",
                                              p->state == CLOSED ? "closed" : "foreign");
   double deadline = mpel_deadline(timeout);
   int rc;
   while ((rc = mpe_process_wait(p->h, mpel_left(deadline))) == MPE_EINTR) mpel_check_signal(L);
   if (rc < 0 && rc != MPE_ETIMEDOUT) return mpel_fail(L, "join", rc);
+  if (rc == 0) { /* joined: no longer an active child (as Python's join) */
+    push_children(L);
+    lua_pushvalue(L, 1);
+    lua_pushnil(L);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+  }
   return mpel_push_bool(L, rc == 0); /* false, "timeout" when it timed out */
 }
 
 static int p_is_alive(lua_State *L) {
   lproc *p = check_proc(L, 1);
+  check_open(L, p);
   int code;
-  if (p->state == FOREIGN) lua_pushboolean(L, kill((pid_t)p->pid, 0) == 0);
-  else lua_pushboolean(L, p->state == STARTED && !proc_exitcode(p, &code));
+  /* pid 0 names no process: kill(0, 0) would ask about our process group */
+  if (p->state == FOREIGN) lua_pushboolean(L, p->pid > 0 && kill((pid_t)p->pid, 0) == 0);
+  else lua_pushboolean(L, p->state == SELF || (p->state == STARTED && !proc_exitcode(p, &code)));
   return 1;
 }
 
 static int send_signal(lua_State *L, int sig) {
   lproc *p = check_proc(L, 1);
+  check_open(L, p);
   if (p->state == NEW) return luaL_error(L, "Process: not started");
   if (p->state == STARTED) mpe_process_signal(p->h, sig);
   else if (p->state == FOREIGN) return luaL_error(L, "Process: a handle received from another process cannot signal");
+  else if (p->state == SELF) return luaL_error(L, "Process: the current process cannot signal itself (use os.exit)");
   return 0;
 }
 
@@ -219,6 +305,7 @@ static int p_kill(lua_State *L) { return send_signal(L, SIGKILL); }
 static int p_close(lua_State *L) {
   lproc *p = check_proc(L, 1);
   int code;
+  if (p->state == SELF) return 0; /* mp.current_process() stays usable */
   if (p->state == STARTED && !proc_exitcode(p, &code))
     return luaL_error(L, "Process: cannot close a process that is still running");
   if (p->h) mpe_process_free(p->h);
@@ -245,17 +332,19 @@ static int p_index(lua_State *L) {
   const char *k = luaL_checkstring(L, 2);
   int code;
   if (strcmp(k, "pid") == 0) {
-    if (p->state == FOREIGN) lua_pushinteger(L, p->pid);
-    else if (p->h) lua_pushinteger(L, (lua_Integer)mpe_process_pid(p->h));
+    if (p->pid > 0 && p->state != CLOSED) lua_pushinteger(L, p->pid);
     else lua_pushnil(L);
   } else if (strcmp(k, "exitcode") == 0) {
     if (proc_exitcode(p, &code)) lua_pushinteger(L, code);
     else lua_pushnil(L);
   } else if (strcmp(k, "name") == 0) {
-    lua_getiuservalue(L, 1, 1);
-    lua_getfield(L, -1, "name");
+    if (p->state == SELF) lua_pushstring(L, mpel_process_name);
+    else {
+      lua_getiuservalue(L, 1, 1);
+      lua_getfield(L, -1, "name");
+    }
   } else if (strcmp(k, "daemon") == 0) {
-    lua_pushboolean(L, p->daemon);
+    lua_pushboolean(L, p->state == SELF ? self_daemon : p->daemon);
   } else {
     lua_getmetatable(L, 1);
     lua_getfield(L, -1, "methods");
@@ -269,6 +358,12 @@ static int p_newindex(lua_State *L) {
   const char *k = luaL_checkstring(L, 2);
   if (strcmp(k, "name") == 0) {
     luaL_checktype(L, 3, LUA_TSTRING);
+    if (p->state == SELF) { /* the name errors and children report */
+      lua_pushvalue(L, 3);
+      lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.self_name"); /* keeps it alive */
+      mpel_process_name = lua_tostring(L, 3);
+      return 0;
+    }
     lua_getiuservalue(L, 1, 1);
     lua_pushvalue(L, 3);
     lua_setfield(L, -2, "name");
@@ -285,9 +380,8 @@ static int p_newindex(lua_State *L) {
 static int p_tostring(lua_State *L) {
   lproc *p = check_proc(L, 1);
   int code = 0;
-  lua_getiuservalue(L, 1, 1);
-  lua_getfield(L, -1, "name");
-  const char *st = p->state == NEW ? "initial" : p->state == CLOSED ? "closed"
+  p_name(L, 1);
+  const char *st = p->state == NEW ? "initial" : p->state == CLOSED ? "closed" : p->state == SELF ? "current"
                  : p->state == FOREIGN ? "foreign" : proc_exitcode(p, &code) ? "stopped" : "started";
   lua_pushfstring(L, "Process %s (%s)", lua_tostring(L, -1), st);
   return 1;
@@ -295,23 +389,23 @@ static int p_tostring(lua_State *L) {
 
 static int l_active_children(lua_State *L) {
   push_children(L);
-  int ch = lua_gettop(L);
   lua_newtable(L);
-  lua_Integer n = 0;
-  lua_pushnil(L);
-  while (lua_next(L, ch)) {
+  prune_children(L, lua_gettop(L) - 1, lua_gettop(L));
+  return 1;
+}
+
+static int l_current_process(lua_State *L) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.self") == LUA_TNIL) {
     lua_pop(L, 1);
-    lproc *p = lua_touserdata(L, -1);
-    int code;
-    if (p->state == STARTED && !proc_exitcode(p, &code)) {
-      lua_pushvalue(L, -1);
-      lua_rawseti(L, ch + 1, ++n);
-    } else {
-      lua_pushvalue(L, -1);
-      lua_pushnil(L);
-      lua_rawset(L, ch); /* assigning nil to an existing field is fine in next */
-    }
+    push_handle(L, SELF, (lua_Integer)getpid(), "", 0);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.self");
   }
+  return 1;
+}
+
+static int l_parent_process(lua_State *L) {
+  lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.parent"); /* nil in the main process */
   return 1;
 }
 
@@ -321,18 +415,19 @@ void mpel_processes_atexit(lua_State *L) {
   mpe_process_join_all(-1); /* daemons get SIGTERM, the rest are waited for */
 }
 
+/* On the wire: a 32-bit pid (0: none), then the name (cut to 250 bytes). */
 static const char *proc_encode(lua_State *L, int idx, mpel_wire *w) {
   lproc *p = lua_touserdata(L, idx);
-  lua_Integer pid = p->state == FOREIGN ? p->pid : p->h ? (lua_Integer)mpe_process_pid(p->h) : 0;
-  if (mpel_wire_reserve(w, 8) != 0) return "out of memory";
-  unsigned char *b = (unsigned char *)w->buf + w->len;
-  b[0] = 0xc7; /* ext8: length 5, EXT_OBJECT, kind, 32-bit pid */
-  b[1] = 5;
-  b[2] = 6;
-  b[3] = MPEL_PROCESS;
-  for (int i = 0; i < 4; i++) b[4 + i] = (unsigned char)(pid >> (24 - 8 * i));
-  w->len += 8;
-  return NULL;
+  unsigned char b[4 + 250];
+  lua_Integer pid = p->state == SELF ? (lua_Integer)getpid() : p->pid;
+  for (int i = 0; i < 4; i++) b[i] = (unsigned char)(pid >> (24 - 8 * i));
+  size_t len;
+  p_name(L, idx);
+  const char *name = lua_tolstring(L, -1, &len);
+  if (len > sizeof b - 4) len = sizeof b - 4;
+  memcpy(b + 4, name, len);
+  lua_pop(L, 1);
+  return mpel_put_object(w, MPEL_PROCESS, b, 4 + len);
 }
 
 static int proc_decode(lua_State *L, const mpel_class *cls, const unsigned char *ref, size_t len,
@@ -340,16 +435,16 @@ static int proc_decode(lua_State *L, const mpel_class *cls, const unsigned char 
   (void)cls;
   (void)ends;
   (void)nends;
-  if (len != 4) return -1;
-  lproc *p = lua_newuserdatauv(L, sizeof *p, 1);
-  memset(p, 0, sizeof *p);
-  p->state = FOREIGN;
-  p->pid = ((lua_Integer)ref[0] << 24) | (ref[1] << 16) | (ref[2] << 8) | ref[3];
-  luaL_setmetatable(L, "Process");
-  lua_createtable(L, 0, 1);
-  lua_pushfstring(L, "pid-%I", p->pid);
-  lua_setfield(L, -2, "name");
-  lua_setiuservalue(L, -2, 1);
+  if (len < 4) return -1;
+  uint32_t pid = ((uint32_t)ref[0] << 24) | ((uint32_t)ref[1] << 16) | ((uint32_t)ref[2] << 8) | ref[3];
+  if (pid > INT32_MAX) pid = 0; /* as a pid_t it would be negative: no process */
+  if (len > 4) {
+    push_handle(L, FOREIGN, (lua_Integer)pid, (const char *)ref + 4, len - 4);
+  } else { /* the older form, without a name */
+    char name[32];
+    snprintf(name, sizeof name, "pid-%lu", (unsigned long)pid);
+    push_handle(L, FOREIGN, (lua_Integer)pid, name, strlen(name));
+  }
   return 0;
 }
 
@@ -379,4 +474,8 @@ void mpel_open_process(lua_State *L) {
   lua_setfield(L, -2, "Process");
   lua_pushcfunction(L, l_active_children);
   lua_setfield(L, -2, "active_children");
+  lua_pushcfunction(L, l_current_process);
+  lua_setfield(L, -2, "current_process");
+  lua_pushcfunction(L, l_parent_process);
+  lua_setfield(L, -2, "parent_process");
 }

@@ -5,6 +5,7 @@
  * the wire, ==), one wire kind with a variant each. A handle also keeps a
  * reusable receive buffer, so a get of a small value allocates nothing but
  * the value itself. */
+#include <errno.h>
 #include <string.h>
 
 #include "mpe_lua.h"
@@ -46,6 +47,10 @@ static int new_queue(lua_State *L, int variant) {
   }
   mpe_queue *q;
   int rc = mpe_queue_new(&q, (size_t)maxsize);
+  if (rc == -ENOMEM) { /* garbage handles may hold queues: Lua's GC cannot see the arena */
+    lua_gc(L, LUA_GCCOLLECT);
+    rc = mpe_queue_new(&q, (size_t)maxsize);
+  }
   if (rc < 0) return mpel_fail(L, class_names[variant], rc);
   push_queue(L, q, variant);
   return 1;
@@ -190,7 +195,7 @@ static int queue_decode(lua_State *L, const mpel_class *cls, const unsigned char
   if (len < 1 || p[0] > SIMPLE) return -1;
   mpe_queue *q = mpel_shared_take(L, &queue_types[p[0]], p + 1, len - 1);
   if (!q) return -1;
-  push_queue(L, q, p[0]); /* owns the reference taken or adopted */
+  push_queue(L, q, p[0]); /* owns the reference taken or adopted (lshared.c notes it held) */
   return 0;
 }
 

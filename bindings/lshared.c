@@ -111,7 +111,9 @@ void *mpel_shared_take(lua_State *L, const mpel_shared_type *t, const unsigned c
   if (rc == -ESTALE && mpel_decoding_copy)
     luaL_error(L, "cannot receive value: the %s it names is gone (every handle to it was released)",
                t->cls.name);
-  return rc < 0 ? NULL : o;
+  if (rc < 0) return NULL;
+  mpe_obj_held(o); /* ours now: if this process is killed, its parent gives it back */
+  return o;
 }
 
 int mpel_shared_decode(lua_State *L, const mpel_class *cls, const unsigned char *p, size_t len,

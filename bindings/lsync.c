@@ -1,15 +1,33 @@
 /* lsync.c - mp.Lock, RLock, Semaphore, BoundedSemaphore, Event, Condition
  * and Barrier over the engine's primitives (lock.c, sem.c, sync.c).
  *
- * Waits that the engine cannot cut short with EINTR (a robust mutex) are
- * made in slices of SLICE seconds, so an interruption of the run is seen
- * within one slice; the uncontended path is a single try. */
+ * Every blocking call goes through wait_for(): the engine returns MPE_EINTR
+ * when a signal handler ran (or the run's stop flag, mpel_signal, which the
+ * engine watches, is set); then an interruption of the run raises, and any
+ * other signal (an embedding host's SIGUSR1, say) makes the call go on with
+ * the time left, as if nothing happened. The engine keeps the place of an
+ * interrupted wait, so nothing is lost in between. */
 #include <errno.h>
 #include <string.h>
 
 #include "mpe_lua.h"
 
-#define SLICE 0.1
+/* One engine wait: fn(obj, timeout, ctx) returns an engine code. */
+typedef int (*wait_fn)(void *obj, double timeout, void *ctx);
+
+/* Calls fn until it returns something other than MPE_EINTR: after each
+ * interruption raises if the run is being stopped (first calling give_up,
+ * if given), else calls again with what is left of timeout (-1: forever). */
+static int wait_for(lua_State *L, wait_fn fn, void *obj, void *ctx, double timeout, void (*give_up)(void *)) {
+  double deadline = mpel_deadline(timeout);
+  int rc = fn(obj, timeout, ctx);
+  while (rc == MPE_EINTR) {
+    if (mpel_signal && give_up) give_up(obj);
+    mpel_check_signal(L);
+    rc = fn(obj, mpel_left(deadline), ctx);
+  }
+  return rc;
+}
 
 MPEL_SHARED_WRAPPERS(lock, mpe_lock)
 MPEL_SHARED_WRAPPERS(sem, mpe_sem)
@@ -66,17 +84,14 @@ static int new_lock(lua_State *L, int recursive) {
 static int l_lock(lua_State *L) { return new_lock(L, 0); }
 static int l_rlock(lua_State *L) { return new_lock(L, 1); }
 
-/* Acquires with a timeout (-1: forever), in slices; returns the engine code. */
+static int lock_wait(void *l, double timeout, void *ctx) {
+  (void)ctx;
+  return mpe_lock_acquire(l, timeout);
+}
+
+/* Acquires with a timeout (-1: forever); returns the engine code. */
 static int acquire_lock(lua_State *L, mpe_lock *l, double timeout) {
-  int rc = mpe_lock_acquire(l, 0);
-  if (rc != MPE_ETIMEDOUT || timeout == 0) return rc;
-  double deadline = mpel_deadline(timeout);
-  for (;;) {
-    mpel_check_signal(L);
-    double left = mpel_left(deadline);
-    rc = mpe_lock_acquire(l, left < 0 || left > SLICE ? SLICE : left);
-    if (rc != MPE_ETIMEDOUT || (deadline >= 0 && mpel_left(deadline) <= 0)) return rc;
-  }
+  return wait_for(L, lock_wait, l, NULL, timeout, NULL);
 }
 
 /* true; true, "owner died" (recovered); false on timeout. */
@@ -163,13 +178,15 @@ static int new_sem(lua_State *L, int bounded) {
 static int l_sem(lua_State *L) { return new_sem(L, 0); }
 static int l_bsem(lua_State *L) { return new_sem(L, 1); }
 
+static int sem_wait(void *s, double timeout, void *ctx) {
+  (void)ctx;
+  return mpe_sem_acquire(s, timeout);
+}
+
 static int sem_acquire(lua_State *L) {
   mpe_sem *s = check_sem(L, 1);
   double timeout = mpel_opt_timeout(L, 2);
-  double deadline = mpel_deadline(timeout);
-  int rc;
-  while ((rc = mpe_sem_acquire(s, mpel_left(deadline))) == MPE_EINTR) mpel_check_signal(L);
-  return push_acquired(L, rc, timeout, "Semaphore");
+  return push_acquired(L, wait_for(L, sem_wait, s, NULL, timeout, NULL), timeout, "Semaphore");
 }
 
 static int sem_release(lua_State *L) {
@@ -215,17 +232,27 @@ static int event_is_set(lua_State *L) {
   return 1;
 }
 
+static int event_wait_fn(void *e, double timeout, void *ctx) {
+  (void)ctx;
+  return mpe_event_wait(e, timeout);
+}
+
 static int event_wait(lua_State *L) {
   mpe_event *e = check_event(L, 1);
   double timeout = mpel_opt_timeout(L, 2);
-  double deadline = mpel_deadline(timeout);
-  int rc;
-  while ((rc = mpe_event_wait(e, mpel_left(deadline))) == MPE_EINTR) mpel_check_signal(L);
+  int rc = wait_for(L, event_wait_fn, e, NULL, timeout, NULL);
   return mpel_push_bool(L, rc == 0); /* false, "timeout" when it timed out */
 }
 
+/* e:_waiting(): processes inside wait() now (a handshake for tests). */
+static int event_waiting(lua_State *L) {
+  lua_pushinteger(L, mpe_event_waiting(check_event(L, 1)));
+  return 1;
+}
+
 static const luaL_Reg event_methods[] = {
-    {"set", event_set}, {"clear", event_clear}, {"is_set", event_is_set}, {"wait", event_wait}, {NULL, NULL},
+    {"set", event_set}, {"clear", event_clear}, {"is_set", event_is_set}, {"wait", event_wait},
+    {"_waiting", event_waiting}, {NULL, NULL},
 };
 
 /* -------------------------------------------------------------- Condition */
@@ -277,19 +304,17 @@ static int cond_guard(lua_State *L) {
   return 1;
 }
 
-/* One wait, sliced so an interruption is seen: true notified, false timeout. */
+static int cond_wait_fn(void *c, double timeout, void *ctx) {
+  (void)ctx;
+  return mpe_cond_wait(c, timeout);
+}
+
+/* One wait until the deadline: true notified, false timeout. */
 static int cond_wait_once(lua_State *L, mpe_cond *c, double deadline) {
-  for (;;) {
-    double left = mpel_left(deadline);
-    int rc = mpe_cond_wait(c, left);
-    if (rc == 0) return 1;
-    if (rc == MPE_ETIMEDOUT) return 0;
-    if (rc == MPE_EINTR) {
-      mpel_check_signal(L);
-      continue;
-    }
-    return luaL_error(L, "Condition: cannot wait without holding its lock");
-  }
+  int rc = wait_for(L, cond_wait_fn, c, NULL, mpel_left(deadline), NULL);
+  if (rc == 0) return 1;
+  if (rc == MPE_ETIMEDOUT) return 0;
+  return luaL_error(L, "Condition: cannot wait without holding its lock");
 }
 
 static int cond_wait(lua_State *L) {
@@ -330,10 +355,17 @@ static int cond_notify_all(lua_State *L) {
   return 0;
 }
 
+/* c:_waiting(): processes inside wait() now; a notify from now on reaches
+ * them (a handshake for tests). */
+static int cond_waiting(lua_State *L) {
+  lua_pushinteger(L, mpe_cond_waiting(check_cond(L, 1)));
+  return 1;
+}
+
 static const luaL_Reg cond_methods[] = {
     {"acquire", cond_acquire}, {"release", cond_release}, {"wait", cond_wait},
     {"wait_for", cond_wait_for}, {"notify", cond_notify}, {"notify_all", cond_notify_all},
-    {"get_lock", cond_get_lock}, {"guard", cond_guard}, {NULL, NULL},
+    {"get_lock", cond_get_lock}, {"guard", cond_guard}, {"_waiting", cond_waiting}, {NULL, NULL},
 };
 
 /* ---------------------------------------------------------------- Barrier */
@@ -372,6 +404,11 @@ static void push_settings(lua_State *L, int idx, mpe_barrier *b) {
   lua_setiuservalue(L, idx, 2);
 }
 
+static int barrier_wait_fn(void *b, double timeout, void *last) { return mpe_barrier_wait(b, timeout, last); }
+
+/* Raising out of a wait leaves the barrier: the round breaks, as in Python. */
+static void barrier_give_up(void *b) { mpe_barrier_abort(b); }
+
 static int barrier_wait(lua_State *L) {
   mpe_barrier *b = check_barrier(L, 1)->o;
   lua_settop(L, 2);
@@ -385,12 +422,13 @@ static int barrier_wait(lua_State *L) {
     timeout = mpel_opt_timeout(L, 2);
   }
   int last = 0;
-  int rc;
-  while ((rc = mpe_barrier_wait(b, timeout, &last)) == MPE_EINTR) mpel_check_signal(L);
+  int rc = wait_for(L, barrier_wait_fn, b, &last, timeout, barrier_give_up);
   if (rc == MPE_ETIMEDOUT) return mpel_push_reason(L, rc);
   if (rc == MPE_ECLOSED) {
     mpel_push_reason(L, rc);
-    lua_pushliteral(L, "broken");
+    pid_t dead = mpe_barrier_dead_pid(b);
+    if (dead) lua_pushfstring(L, "broken: process %d died in the barrier", (int)dead);
+    else lua_pushliteral(L, "broken");
     return 3;
   }
   if (rc < 0) return mpel_fail(L, "Barrier", rc);
@@ -426,6 +464,7 @@ static const luaL_Reg barrier_methods[] = {
 };
 
 void mpel_open_sync(lua_State *L) {
+  mpe_interrupt_flag(&mpel_signal); /* a wait sees the run's interruption even without EINTR */
   mpel_shared_open(L, &mpel_lock_type, lock_methods, NULL, l_lock);
   mpel_shared_open(L, &mpel_rlock_type, lock_methods, NULL, l_rlock);
   mpel_shared_open(L, &sem_type, sem_methods, NULL, l_sem);

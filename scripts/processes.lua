@@ -4,7 +4,8 @@
 --
 -- 1. three workers sleep 2, 3 and 4 s (times SCALE, default 0.1) side by
 --    side: the whole run takes about the longest, not the sum;
--- 2. active_children() lists them while they run, with name and pid;
+-- 2. active_children() lists them while they run, with name and pid (they
+--    begin to sleep once the parent has listed them: an Event);
 -- 3. a daemon child is stopped when the main part ends, a normal one joined;
 -- 4. a Pipe: the reader sees EOF ("closed") once the writer is done.
 local mp = require "mpengine"
@@ -15,10 +16,12 @@ local M = {}
 function M.workers(scale, out)
   out = out or print
   local r, w = mp.Pipe(false)
+  local listed_them = mp.Event()
   local procs = {}
   for i, interval in ipairs{2, 3, 4} do
     procs[i] = mp.Process{name = "worker_" .. i, args = {w, interval * scale}, target = function(conn, s)
       conn:send(("%s starts, sleeps %.2f s"):format(mp.current_process().name, s))
+      listed_them:wait()
       mp.sleep(s)
       conn:send(("end %s"):format(mp.current_process().name))
     end}
@@ -27,12 +30,17 @@ function M.workers(scale, out)
   for _, p in ipairs(procs) do p:start() end
   w:close() -- the children hold the only writing ends now
   out(("The number of CPU is: %d"):format(mp.cpu_count()))
+  local lines = {}
+  for i = 1, #procs do -- every worker has started
+    lines[i] = r:recv()
+    out(lines[i])
+  end
   local listed = {}
   for _, p in ipairs(mp.active_children()) do
     listed[#listed + 1] = p.name
     out(("child   p.name: %s\tp.pid: %d"):format(p.name, p.pid))
   end
-  local lines = {}
+  listed_them:set()
   for line in function() return (r:recv()) end do -- until every writer is gone
     lines[#lines + 1] = line
     out(line)

@@ -18,11 +18,12 @@ function M.light(green, period, cycles)
 end
 
 function M.car(green, n, passed)
-  if not green:is_set() then
+  local saw_green = green:is_set()
+  if not saw_green then
     print(("car %d: waiting at red"):format(n))
-    green:wait()
+    saw_green = green:wait() -- true: the light turned green while it waited
   end
-  passed:put({n = n, green = green:is_set()})
+  passed:put({n = n, green = saw_green})
   print(("car %d: passes on green"):format(n))
 end
 

@@ -18,6 +18,111 @@ describe("mpengine CLI", function()
     assert.matches("unknown command 'frobnicate'", out)
   end)
 
+  it("run --help prints run's usage; run -e CODE and run - (standard input) run a script", function()
+    local out, rc = H.sh(H.CLI .. " run --help")
+    assert.are.equal(0, rc)
+    assert.matches("usage: mpengine run %[%-%-progress%] SCRIPT", out)
+    assert.matches("run %[%-%-progress%] %-e CODE", out)
+    out, rc = H.sh(H.CLI .. [[ run -e 'print(arg[0], ...) return {main = function(a) return #a end}' abc d]])
+    assert.are.equal(3, rc)
+    assert.are.equal("-e\tabc\td\n", out)
+    out, rc = H.sh("printf 'print(arg[0], ...)\\nreturn 4' | " .. H.CLI .. " run - x")
+    assert.are.equal(4, rc)
+    assert.are.equal("-\tx\n", out)
+    out, rc = H.sh("printf 'local x = nil + 1' | " .. H.CLI .. " run -")
+    assert.are.equal(1, rc)
+    assert.matches("^mpengine: stdin:1: attempt to perform arithmetic on a nil value", out)
+    out, rc = H.sh(H.CLI .. " run -e")
+    assert.are.equal(2, rc)
+    assert.matches("%-e needs CODE", out)
+  end)
+
+  it("a result that is no exit status is reported (exit 2), not taken for success", function()
+    local cases = {
+      {"return {main = function() return 1.5 end}",
+       "main returned 1.5: expected nothing, true/false or an integer 0%-255"},
+      {"return {main = function() return 300 end}", "main returned 300: expected"},
+      {"return {main = function() return -1 end}", "main returned %-1: expected"},
+      {"return {main = function() return \"oops\" end}", "main returned \"oops\": expected"},
+      {"return \"oops\"",
+       "the %-e code returned \"oops\": expected nothing, a table with main, true/false or an integer 0%-255"},
+      {"return {}", "the %-e code returned a table without a main function: nothing to run"},
+    }
+    for _, c in ipairs(cases) do
+      local out, rc = H.sh(H.CLI .. " run -e '" .. c[1] .. "'")
+      assert.are.equal(2, rc, c[1])
+      assert.matches("^mpengine: " .. c[2], out)
+    end
+    local _, rc = H.sh(H.CLI .. " run -e 'return {main = function() return 3.0 end}'")
+    assert.are.equal(3, rc) -- a float with an integer value is that integer
+    _, rc = H.sh(H.CLI .. " run -e 'return {main = function() return 255 end}'")
+    assert.are.equal(255, rc)
+    -- the run still ends normally: a child that is not a daemon is joined
+    local out
+    out, rc = H.sh(H.CLI .. [[ run -e 'local mp = require "mpengine"
+      mp.Process{target = function() mp.sleep(0.05) print("joined") end}:start()
+      return "done"']])
+    assert.are.equal(2, rc)
+    assert.matches("joined", out)
+  end)
+
+  it("warns when a script defines main but forgets to return its table", function()
+    local out, rc = H.run("spec/fixtures/no_return.lua")
+    assert.are.equal(0, rc)
+    assert.are.equal("mpengine: warning: spec/fixtures/no_return.lua defines a main function but returns "
+      .. "nothing, so main was not called (end the script with `return M`)\n", out)
+    -- a plain script (no table, no main) runs from top to bottom without a word
+    out, rc = H.sh(H.CLI .. [[ run -e 'local function main() print("plain") end main()']])
+    assert.are.equal(0, rc)
+    assert.are.equal("plain\n", out)
+  end)
+
+  it("mpengine test runs busted with the module loaded, from a folder outside the repository", function()
+    local cli = H.CLI:sub(1, 1) == "/" and H.CLI or H.sh("pwd"):match("^(.-)%s*$") .. "/" .. H.CLI
+    local dir = H.tmpname()
+    assert(os.execute("mkdir -p " .. dir .. "/spec"))
+    local function write(name, text)
+      local f = assert(io.open(dir .. "/" .. name, "w"))
+      f:write(text)
+      f:close()
+    end
+    write("job.lua", [[
+local mp = require "mpengine"
+local M = {}
+function M.squares(xs)
+  local pool <close> = mp.Pool(2)
+  return pool:map(function(x) return x * x end, xs)
+end
+function M.main() print(table.concat(M.squares({1, 2, 3}), " ")) end
+return M
+]])
+    write("spec/job_spec.lua", [[
+describe("job", function()
+  it("squares in a pool", function()
+    assert.are.same({1, 4, 9}, require("job").squares({1, 2, 3}))
+  end)
+end)
+]])
+    local out, rc = H.sh("cd " .. dir .. " && " .. cli .. " test")
+    assert.are.equal(0, rc, out)
+    assert.matches("1 success / 0 failures / 0 errors", out)
+    out, rc = H.sh("cd " .. dir .. " && " .. cli .. " test -o TAP spec/job_spec.lua")
+    assert.are.equal(0, rc, out)
+    assert.matches("ok 1 %- job squares in a pool", out)
+    write("spec/job_spec.lua", [[
+describe("job", function()
+  it("fails", function() assert.are.same({1}, require("job").squares({2})) end)
+end)
+]])
+    out, rc = H.sh("cd " .. dir .. " && " .. cli .. " test")
+    assert.are.equal(1, rc, out)
+    assert.matches("0 successes / 1 failure", out)
+    out, rc = H.sh("cd " .. dir .. " && MPENGINE_BUSTED=/nonexistent " .. cli .. " test")
+    assert.are.equal(2, rc)
+    assert.matches("cannot open busted at /nonexistent", out)
+    os.execute("rm -rf " .. dir)
+  end)
+
   it("passes arguments as arg and ...", function()
     local out, rc = H.run("spec/fixtures/args.lua", "a b", "c")
     assert.are.equal(0, rc)
@@ -62,7 +167,7 @@ describe("mpengine CLI", function()
   it("leaves no child behind when interrupted by SIGINT or SIGTERM", function()
     for _, sig in ipairs{"INT", "TERM"} do
       local pidfile = H.tmpname()
-      local f = assert(io.popen(H.CLI .. " run spec/fixtures/sleepers.lua " .. pidfile ..
+      local f = assert(io.popen("exec 2>/dev/null; " .. H.CLI .. " run spec/fixtures/sleepers.lua " .. pidfile ..
                                 " >/dev/null 2>&1 & echo $!; wait $!; echo rc=$?"))
       local cli = tonumber(f:read("l"))
       H.wait_until(function() return H.read(pidfile) and H.read(pidfile):match("done") end)

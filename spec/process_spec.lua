@@ -34,16 +34,18 @@ describe("Process", function()
   end)
 
   it("sets exitcode 1 on a Lua error and os.exit(n) to n", function()
-    local p = mp.Process{target = function() error("boom") end}
-    -- keep the expected traceback out of the test output
-    local q = mp.Process{target = function() os.exit(7) end}
-    local t = mp.Process{target = function() os.exit(true) end}
-    io.stderr:flush()
-    p:start(); q:start(); t:start()
-    p:join(); q:join(); t:join()
-    assert.are.equal(1, p.exitcode)
-    assert.are.equal(7, q.exitcode)
-    assert.are.equal(0, t.exitcode)
+    -- in a run of its own, so that the failing child's report is captured
+    local out, rc = H.sh(H.CLI .. [[ run -e '
+      local mp = require "mpengine"
+      local p = mp.Process{target = function() error("boom") end}
+      local q = mp.Process{target = function() os.exit(7) end}
+      local t = mp.Process{target = function() os.exit(true) end}
+      p:start(); q:start(); t:start()
+      p:join(); q:join(); t:join()
+      print("exitcodes", p.exitcode, q.exitcode, t.exitcode)']])
+    assert.are.equal(0, rc)
+    assert.matches("exitcodes\t1\t7\t0", out)
+    assert.matches("Process Process%-1 %(pid %d+%) failed:\n%(command line%):3: boom", out)
   end)
 
   it("reports -N when killed by signal N, with terminate and kill", function()
@@ -155,6 +157,108 @@ describe("Process", function()
     assert.matches("cannot join a foreign process", r.join)
     assert.matches("cannot signal", r.kill)
     sleeper:kill(); sleeper:join()
+  end)
+
+  it("a child joins the children it started before it ends (none is killed mid-work)", function()
+    local out, rc = H.run("spec/fixtures/grandchild.lua")
+    assert.are.equal(0, rc)
+    assert.matches("^1\n2\n3\n4\n5\ngrandchild done\nchild exitcode=0\n$", out)
+  end)
+
+  it("os.exit(n) in a child also joins the children it started", function()
+    local out, rc = H.sh(H.CLI .. [[ run -e '
+      local mp = require "mpengine"
+      local p = mp.Process{target = function()
+        mp.Process{target = function() mp.sleep(0.1) print("grandchild done") end}:start()
+        os.exit(5)
+      end}
+      p:start(); p:join()
+      print("exitcode", p.exitcode)']])
+    assert.are.equal(0, rc)
+    assert.are.equal("grandchild done\nexitcode\t5\n", out)
+  end)
+
+  it("a child that fails kills the children it started, and reaps them before it ends", function()
+    local out, rc = H.run("spec/fixtures/failing_parent.lua")
+    assert.are.equal(0, rc)
+    assert.matches("child exitcode=1\ngrandchild gone=true\n", out)
+  end)
+
+  it("start() reaps ended children: 200 never joined under ulimit -n 64", function()
+    -- (the fixture takes 2000 and ulimit -n 256 as well; fewer keep the spec short)
+    local out, rc = H.sh("sh -c 'ulimit -n 64; " .. H.CLI .. " run spec/fixtures/fire_and_forget.lua 200'")
+    assert.are.equal(0, rc, out)
+    assert.matches("files and pipes still open", out)
+  end)
+
+  it("an unstarted Process sent to another process is not alive and has no pid", function()
+    local q = mp.Queue()
+    q:put(mp.Process{target = function() end})
+    local h = q:get(10)
+    assert.is_nil(h.pid)
+    assert.is_false(h:is_alive())
+    assert.has_error(function() h:kill() end,
+      "Process: a handle received from another process cannot signal")
+  end)
+
+  it("a forged pid (0, or negative as a pid_t) is never signalled: not alive", function()
+    for _, pid in ipairs{0, 0xffffffff, 0x80000000} do
+      -- an EXT_OBJECT of kind Process with that 32-bit pid
+      local ok, h = pcall(mp.decode, string.pack(">BBBBI4", 0xc7, 5, 6, 2, pid))
+      if ok then
+        assert.is_nil(h.pid)
+        assert.is_false(h:is_alive())
+        assert.has_error(function() h:terminate() end,
+          "Process: a handle received from another process cannot signal")
+      else -- a decoder that refuses unauthenticated objects says so
+        assert.matches("cannot receive value", h)
+      end
+    end
+  end)
+
+  it("a closed Process refuses is_alive, terminate and kill", function()
+    local p = mp.Process{target = function() end}
+    p:start()
+    p:join()
+    p:close()
+    assert.has_error(function() p:is_alive() end, "Process: closed")
+    assert.has_error(function() p:terminate() end, "Process: closed")
+    assert.has_error(function() p:kill() end, "Process: closed")
+    assert.has_error(function() p:join() end, "Process: cannot join a closed process")
+  end)
+
+  it("current_process() tells name, pid, daemon, exitcode and is_alive; parent_process() the parent", function()
+    assert.is_nil(mp.parent_process())
+    local me = mp.current_process()
+    assert.are.equal(me, mp.current_process())
+    assert.are.equal("MainProcess", me.name)
+    assert.are.equal(mp.getpid(), me.pid)
+    assert.is_false(me.daemon)
+    assert.is_nil(me.exitcode)
+    assert.is_true(me:is_alive())
+    assert.has_error(function() me:join() end, "Process: the current process cannot join itself")
+    local r, w = mp.Pipe(false)
+    local p = mp.Process{name = "kid", daemon = true, args = {w}, target = function(c)
+      local self, parent = mp.current_process(), mp.parent_process()
+      c:send({name = self.name, pid = self.pid, daemon = self.daemon, alive = self:is_alive(),
+              exitcode = self.exitcode, parent_pid = parent.pid, parent_name = parent.name,
+              parent_alive = parent:is_alive(), parent_join = select(2, pcall(parent.join, parent))})
+      local g = mp.Process{args = {c}, target = function(c2)
+        c2:send({parent_name = mp.parent_process().name, parent_pid = mp.parent_process().pid,
+                 daemon = mp.current_process().daemon})
+      end}
+      g:start()
+      g:join()
+    end}
+    p:start()
+    w:close()
+    local got = r:recv(30)
+    assert.are.same({name = "kid", pid = p.pid, daemon = true, alive = true, parent_pid = mp.getpid(),
+                     parent_name = "MainProcess", parent_alive = true,
+                     parent_join = got.parent_join}, got)
+    assert.matches("cannot join a foreign process", got.parent_join)
+    assert.are.same({parent_name = "kid", parent_pid = p.pid, daemon = false}, r:recv(30))
+    assert.is_true(p:join(30))
   end)
 
   it("runs a closure made after the child started, sent through a pipe", function()

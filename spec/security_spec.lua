@@ -181,6 +181,26 @@ describe("references across encode and decode (issue 10, 4)", function()
     assert.are.equal(used0, (mp.arena_stats()))
   end)
 
+  it("gives back the reference in flight of a send that fails", function()
+    collectgarbage()
+    collectgarbage()
+    local used0 = mp.arena_stats()
+    do
+      local r, w = mp.Pipe(false)
+      local a = mp.Array('d', 1 << 16)
+      r:close()
+      for _ = 1, 50 do
+        local ok, why = w:send({a, {a}})
+        assert.is_falsy(ok)
+        assert.are.equal("closed", why)
+      end
+      w:close()
+    end
+    collectgarbage()
+    collectgarbage()
+    assert.are.equal(used0, (mp.arena_stats()))
+  end)
+
   it("a Pool task capturing an object does not pin it once per call", function()
     local stale
     do

@@ -126,6 +126,18 @@ describe("Semaphore", function()
     assert.is_true(s:acquire(10))
   end)
 
+  it("gets back a killed holder's permit after any number of holders (more than its 32 slots)", function()
+    local s = mp.Semaphore(1)
+    for _ = 1, 40 do
+      local p = mp.Process{target = function() assert(s:acquire(30)) s:release() end}
+      p:start(); p:join()
+      assert.are.equal(0, p.exitcode)
+    end
+    local h = holder(function() s:acquire() end)
+    h:kill(); h:join()
+    assert.are.same({true}, {s:acquire(10)})
+  end)
+
   it("BoundedSemaphore raises when released above its value", function()
     local b = mp.BoundedSemaphore(1)
     assert.has_error(function() b:release() end, "BoundedSemaphore: released too many times")
@@ -150,6 +162,22 @@ describe("Event", function()
     e:clear()
     assert.is_false(e:is_set())
     p:join()
+  end)
+
+  it("set() then clear() at once: every waiter already waiting returns true", function()
+    local e, out = mp.Event(), mp.Queue()
+    for round = 1, 3 do
+      local procs = {}
+      for i = 1, 5 do
+        procs[i] = mp.Process{target = function() out:put((e:wait(60))) end}
+        procs[i]:start()
+      end
+      H.wait_until(function() return e:_waiting() == 5 end, 60) -- all five are inside wait
+      e:set(); e:clear()
+      for _ = 1, 5 do assert.is_true(out:get(60), "round " .. round) end
+      for _, p in ipairs(procs) do p:join(); assert.are.equal(0, p.exitcode) end
+      assert.is_false(e:is_set())
+    end
   end)
 end)
 
@@ -190,13 +218,14 @@ describe("Condition", function()
       end}
       procs[i]:start()
     end
-    mp.sleep(0.05)
+    -- every waiter has read its notify point under the lock: notify_all reaches all three
+    H.wait_until(function() return c:_waiting() == 3 end, 60)
     do
       local _ <close> = c:guard()
       go.value = 1
       c:notify_all()
     end
-    for _, p in ipairs(procs) do p:join(30) end
+    for _, p in ipairs(procs) do p:join(); assert.are.equal(0, p.exitcode) end
     assert.are.equal(3, woke.value)
   end)
 
@@ -249,6 +278,37 @@ describe("Barrier", function()
     b:abort()
     assert.are.same({nil, "closed", "broken"}, {b:wait(1)})
     assert.has_error(function() mp.Barrier(0) end)
+  end)
+
+  it("a party killed inside the action breaks the round; the others are told its pid", function()
+    local inside, out = mp.Queue(), mp.Queue()
+    local b = mp.Barrier(3, function() inside:put(mp.getpid()) mp.sleep(120) end)
+    local procs = {}
+    for i = 1, 2 do
+      procs[i] = mp.Process{target = function() out:put({b:wait(60)}) end}
+      procs[i]:start()
+    end
+    H.wait_until(function() return b.n_waiting == 2 end, 60)
+    local last = mp.Process{target = function() b:wait(60) end}
+    last:start()
+    assert.are.equal(last.pid, inside:get(60)) -- the third arrival is in the action
+    last:kill(); last:join()
+    local told = ("broken: process %d died in the barrier"):format(last.pid)
+    for _ = 1, 2 do assert.are.same({nil, "closed", told}, out:get(60)) end
+    for _, p in ipairs(procs) do p:join(); assert.are.equal(0, p.exitcode) end
+    assert.is_true(b.broken)
+    assert.are.same({nil, "closed", told}, {b:wait(1)})
+    b:reset()
+    assert.is_false(b.broken)
+  end)
+
+  it("a waiter killed while the others gather breaks the round", function()
+    local b = mp.Barrier(3)
+    local w = mp.Process{target = function() b:wait(60) end}
+    w:start()
+    H.wait_until(function() return b.n_waiting == 1 end, 60)
+    w:kill(); w:join()
+    assert.are.same({nil, "closed", ("broken: process %d died in the barrier"):format(w.pid)}, {b:wait(60)})
   end)
 end)
 
@@ -390,9 +450,22 @@ describe("sync demos", function()
     end
   end)
 
-  it("counter without the lock never gains updates", function()
-    local counter = require "counter"
-    assert.is_true(counter.count(false) <= 200)
+  it("counter without the lock loses an update when two processes interleave", function()
+    -- the demo's unlocked read-modify-write, the interleaving made certain
+    -- by a Barrier: both read, then both write
+    local v = mp.Value('i', 0, {lock = false})
+    local both_read = mp.Barrier(2)
+    local procs = {}
+    for i = 1, 2 do
+      procs[i] = mp.Process{target = function()
+        local x = v.value
+        assert(both_read:wait(60))
+        v.value = x + 1
+      end}
+      procs[i]:start()
+    end
+    for _, p in ipairs(procs) do p:join(); assert.are.equal(0, p.exitcode) end
+    assert.are.equal(1, v.value) -- two increments, one of them lost
   end)
 
   it("traffic light: every car passes on green", function()

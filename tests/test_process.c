@@ -1,5 +1,5 @@
 /* test_process.c - spawn, wait with timeouts, signals, exit statuses,
- * parent death, descriptors. */
+ * parent death, descriptors, grandchildren joined, ended children reaped. */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
@@ -199,10 +199,10 @@ TEST(test_no_descriptor_leaks_into_child) {
   mpe_process_free(p);
   mpe_pipe *keep[1] = {b};
   mpe_spawn_options o = {.keep = keep, .nkeep = 1};
-  CHECK_RC(mpe_process_spawn(&p, report_fds, (void *)(intptr_t)(base + 1), &o), 0);
+  CHECK_RC(mpe_process_spawn(&p, report_fds, (void *)(intptr_t)(base + 2), &o), 0);
   CHECK_RC(mpe_process_wait(p, 10), 0);
   CHECK_RC(mpe_process_exitcode(p, &code), 1);
-  CHECK(code == 0); /* exactly the end it was given */
+  CHECK(code == 0); /* exactly the end it was given, and its pipe's lock page */
   mpe_process_free(p);
   /* a descriptor given by number is kept */
   mpe_spawn_options k = {.keep_fds = extra, .nkeep_fds = 1};
@@ -216,6 +216,69 @@ TEST(test_no_descriptor_leaks_into_child) {
   mpe_pipe_free(b);
   close(extra[0]);
   close(extra[1]);
+}
+
+/* A child that returns without waiting for its own child: the grandchild
+ * still finishes its work (the child joins it before leaving), instead of
+ * dying with its parent. */
+static int report[2];
+static int late_writer(void *arg) {
+  mpe_sleep(*(double *)arg, NULL);
+  return write(report[1], "g", 1) == 1 ? 0 : 1;
+}
+
+static int leave_grandchild(void *arg) {
+  mpe_process *g;
+  mpe_spawn_options o = {.inherit_fds = 1};
+  return mpe_process_spawn(&g, late_writer, arg, &o) == 0 ? 0 : 1; /* no wait */
+}
+
+TEST(test_child_joins_its_children) {
+  CHECK(pipe(report) == 0);
+  double nap = 0.2;
+  mpe_process *c;
+  mpe_spawn_options o = {.keep_fds = report, .nkeep_fds = 2};
+  CHECK_RC(mpe_process_spawn(&c, leave_grandchild, &nap, &o), 0);
+  CHECK_RC(mpe_process_wait(c, 30), 0);
+  int code = -1;
+  CHECK_RC(mpe_process_exitcode(c, &code), 1);
+  CHECK(code == 0);
+  close(report[1]);
+  char b = 0;
+  CHECK(read(report[0], &b, 1) == 1 && b == 'g'); /* written before the child left */
+  close(report[0]);
+  mpe_process_free(c);
+}
+
+/* 1 once pid has ended (a zombie or gone), without reaping it. */
+static int ended(pid_t pid) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+  FILE *f = fopen(path, "r");
+  if (!f) return 1;
+  char st = 0;
+  int n = fscanf(f, "%*d %*s %c", &st);
+  fclose(f);
+  return n == 1 && st == 'Z';
+}
+
+TEST(test_spawn_reaps_ended_children) {
+  enum { N = 40 };
+  mpe_process *p[N];
+  int base = count_fds();
+  for (int i = 0; i < N; i++) {
+    CHECK_RC(mpe_process_spawn(&p[i], exit_with, (void *)(intptr_t)i, NULL), 0);
+    /* only the child started last holds a pidfd: the others were reaped */
+    CHECK(count_fds() <= base + 1);
+    while (!ended(mpe_process_pid(p[i]))) mpe_sleep(0.001, NULL);
+  }
+  for (int i = 0; i < N; i++) {
+    int code = -1;
+    CHECK_RC(mpe_process_exitcode(p[i], &code), 1); /* the status was kept */
+    CHECK(code == i);
+    mpe_process_free(p[i]);
+  }
+  CHECK(count_fds() == base);
 }
 
 TEST(test_errors_have_names) {
@@ -238,6 +301,8 @@ int main(void) {
   RUN(test_join_all_terminates_daemons);
   RUN(test_children_die_with_parent);
   RUN(test_no_descriptor_leaks_into_child);
+  RUN(test_child_joins_its_children);
+  RUN(test_spawn_reaps_ended_children);
   RUN(test_errors_have_names);
   CHECK(mpe_process_reap() == 0);
   return 0;

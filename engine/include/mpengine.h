@@ -27,6 +27,7 @@
 #ifndef MPENGINE_H
 #define MPENGINE_H
 
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -92,6 +93,19 @@ MPE_API double mpe_time(void);
  * (*left, if given, then holds the seconds that remained). */
 MPE_API int mpe_sleep(double seconds, double *left);
 
+/* Interruptions. A signal handler that runs while a call of this process
+ * sleeps (SA_RESTART or not) makes the waits of locks, semaphores, events,
+ * conditions and barriers return MPE_EINTR. Nothing was taken and nothing
+ * is lost: calling the same wait again, with the time left, continues it (a
+ * set(), a notify or the end of a barrier round that came in between counts,
+ * and a barrier arrival is not counted twice). A host looks at its own flags
+ * on MPE_EINTR, then calls again or gives up (a barrier wait given up:
+ * mpe_barrier_abort). Because a signal can land just before the sleep
+ * begins, a host that stops on a signal names the flag its handler sets:
+ * once *flag is nonzero those waits return MPE_EINTR within about 0.1 s,
+ * signal or not. NULL: no flag. */
+MPE_API void mpe_interrupt_flag(volatile sig_atomic_t *flag);
+
 /* How long a wait of this process spins before it sleeps in the kernel, in
  * nanoseconds (default: $MPENGINE_SPIN_US microseconds, else 20 us, or 0 on
  * one CPU). Sets it (ns < 0: leaves it), returns the previous value. Spinning shortens hand-offs
@@ -147,12 +161,30 @@ typedef struct mpe_spawn_options {
   size_t nkeep_fds;
 } mpe_spawn_options;
 
+/* Starts the reference ledger of the next child: the references taken with
+ * the mpe_*_retain functions from now until the next mpe_process_spawn are
+ * the child's, and so are the objects the child creates. The child gives
+ * them back as usual (mpe_*_free); whatever it has not given back when its
+ * parent reaps it (it was killed, or ended without) the parent gives back
+ * then (references that reach it later count once it says so: mpe_obj_held).
+ * Nothing but those references may be taken between this call and the spawn.
+ * 0, or -ENOMEM: the child then runs without a ledger. */
+MPE_API int mpe_spawn_refs_begin(void);
+/* Tells the ledger that this process now holds one more reference to the
+ * shared object obj (a queue, lock, value, ...) that it did not create or
+ * inherit: one adopted from a message, say. Call it after the reference is
+ * this process's; it is given back by the parent if this child is killed. */
+MPE_API void mpe_obj_held(const void *obj);
 /* Forks a child that runs fn(arg) and leaves with its return value via
  * _exit(). The child dies with its parent (SIGKILL on parent death), starts
  * with the parent's signal mask and default signal handlers (ignored signals
  * stay ignored), keeps no descriptor of the engine it was
- * not given, and flushes stdio before leaving. opts may be NULL (keep no
- * pipe ends). On success *out owns the handle (free with mpe_process_free). */
+ * not given, and, once fn returns, joins its own children as
+ * mpe_process_join_all(-1) does and flushes stdio before leaving. Children
+ * of the caller that have ended are reaped first (mpe_process_reap), so
+ * starting children forever holds descriptors only for the running ones.
+ * opts may be NULL (keep no pipe ends). On success *out owns the handle
+ * (free with mpe_process_free). */
 MPE_API int mpe_process_spawn(mpe_process **out, mpe_entry_fn fn, void *arg,
                               const mpe_spawn_options *opts);
 /* Pid of the child. */
@@ -163,7 +195,8 @@ MPE_API int mpe_process_wait(mpe_process *p, double timeout);
 /* Non-blocking: 1 and *code set (exit code, or -N for signal N) once the
  * child has exited (reaping it if needed), 0 while it runs. */
 MPE_API int mpe_process_exitcode(mpe_process *p, int *code);
-/* Sends sig to a running child; 0 if it has already exited. */
+/* Sends sig to a running child; 0 if it has already exited. Never signals
+ * a pid <= 0 (-ESRCH). */
 MPE_API int mpe_process_signal(mpe_process *p, int sig);
 /* Releases the handle; a child still running is killed and reaped first. */
 MPE_API void mpe_process_free(mpe_process *p);
@@ -195,20 +228,44 @@ typedef struct mpe_msg {
 
 /* Creates a pipe. duplex: both ends send and receive. Otherwise *a only
  * receives and *b only sends (Python's order). Messages are framed: any size
- * up to memory, delivered whole or not at all. */
+ * up to memory, delivered whole or not at all. Any number of processes may
+ * hold one end: their sends are serialised (each message goes out whole),
+ * and so are their receives (each message comes in whole, to one of them). */
 MPE_API int mpe_pipe_new(mpe_pipe **a, mpe_pipe **b, int duplex);
 /* Sends one framed message with an opaque tag and, optionally, pipe ends
- * (duplicated into the receiver). Blocks until written; 0, MPE_ECLOSED when
- * the peer is gone, -EBADF on a closed or receive-only end. */
+ * (duplicated into the receiver). Blocks until written, with no timeout;
+ * 0, MPE_ECLOSED when the peer is gone or this direction is broken, -EBADF on
+ * a closed or receive-only end, or MPE_EINTR when a signal arrived (a handler
+ * without SA_RESTART). After MPE_EINTR with part of the message gone, the end
+ * holds it unfinished (and other senders of the end wait): call again with
+ * the same arguments to finish it, or mpe_pipe_abort() to give it up. */
 MPE_API int mpe_pipe_send(mpe_pipe *p, const void *buf, size_t len,
                           uint32_t tag, mpe_pipe *const *ends, size_t nends);
-/* Receives one message into *m: 0, MPE_ETIMEDOUT, MPE_ECLOSED (every
- * writing end closed and nothing left), MPE_EINTR (nothing consumed). */
+/* Gives up a message mpe_pipe_send left unfinished: the receiver cannot find
+ * the next message's start, so this direction of the pipe is broken for
+ * every process (MPE_ECLOSED from then on). Nothing unfinished: no effect. */
+MPE_API void mpe_pipe_abort(mpe_pipe *p);
+/* Receives one message into *m: 0, MPE_ETIMEDOUT, MPE_ECLOSED (every writing
+ * end closed and nothing left, or this direction is broken), MPE_EINTR.
+ * The timeout holds for the whole message. A message half read when the
+ * time is up or a signal arrives stays with this process, which finishes
+ * it on its next receive from this end (other receivers of the end wait). A
+ * sender that dies in the middle of a message breaks the direction: the
+ * receiver returns MPE_ECLOSED instead of waiting for the rest. */
 MPE_API int mpe_pipe_recv(mpe_pipe *p, double timeout, mpe_msg *m);
+/* mpe_pipe_recv, refusing a message longer than maxlen bytes with -EMSGSIZE;
+ * its header is consumed, so this direction is then broken. */
+MPE_API int mpe_pipe_recv_max(mpe_pipe *p, double timeout, size_t maxlen, mpe_msg *m);
+/* Why a direction of this end broke (sending: the one out of it, else the
+ * one into it), static storage; NULL when it did not. */
+MPE_API const char *mpe_pipe_broken(const mpe_pipe *p, int sending);
 /* Frees what a received message owns (data and unclaimed ends). */
 MPE_API void mpe_msg_clear(mpe_msg *m);
-/* 1 when a message (or EOF) is ready, 0 on timeout, or an error. */
+/* 1 when a message (or EOF) is ready, 0 on timeout, MPE_EINTR, or an error. */
 MPE_API int mpe_pipe_poll(mpe_pipe *p, double timeout);
+/* The end's descriptor (for an outside event loop: readable when poll would
+ * say ready), -EBADF once closed. Keep reading and writing to the engine. */
+MPE_API int mpe_pipe_fileno(const mpe_pipe *p);
 /* Closes the descriptor; the handle stays valid and reports -EBADF. */
 MPE_API int mpe_pipe_close(mpe_pipe *p);
 /* 1 while open. */
@@ -292,9 +349,10 @@ MPE_API uint64_t mpe_lock_ref(const mpe_lock *l);
 MPE_API mpe_lock *mpe_lock_from_ref(uint64_t ref);
 MPE_API int mpe_lock_is_recursive(const mpe_lock *l);
 /* Acquires: 0; MPE_EOWNERDEAD (acquired; the previous owner died holding
- * it); MPE_ETIMEDOUT; -EDEADLK (a plain lock this process already holds:
- * waiting would never end). A wait is not cut short by signals: wait in
- * slices to stay responsive. */
+ * it: "died" only on evidence, a killed or exited process, never because
+ * /proc cannot be read); MPE_ETIMEDOUT; -EDEADLK (a plain lock this process
+ * already holds: waiting would never end); MPE_EINTR (see Interruptions:
+ * not acquired, call again with the time left). */
 MPE_API int mpe_lock_acquire(mpe_lock *l, double timeout);
 /* Releases one level: 0, or -EPERM when this process does not hold it. */
 MPE_API int mpe_lock_release(mpe_lock *l);
@@ -303,7 +361,9 @@ MPE_API int mpe_lock_locked(const mpe_lock *l);
 /* Levels this process holds (0 if none). */
 MPE_API int mpe_lock_held(const mpe_lock *l);
 /* For a condition wait: drops every level this process holds (returning how
- * many, or -EPERM), and takes them back. */
+ * many, or -EPERM), and takes them back (0, MPE_EOWNERDEAD, MPE_ETIMEDOUT,
+ * -EDEADLK if already held; never MPE_EINTR: a condition wait returns
+ * holding its lock). */
 MPE_API int mpe_lock_release_all(mpe_lock *l);
 MPE_API int mpe_lock_reacquire(mpe_lock *l, int levels, double timeout);
 
@@ -320,7 +380,9 @@ MPE_API void mpe_sem_retain(mpe_sem *s);
 MPE_API void mpe_sem_free(mpe_sem *s);
 MPE_API uint64_t mpe_sem_ref(const mpe_sem *s);
 MPE_API mpe_sem *mpe_sem_from_ref(uint64_t ref);
-/* 0, MPE_ETIMEDOUT, MPE_EINTR. */
+/* 0, MPE_ETIMEDOUT, MPE_EINTR (nothing taken: call again). Any number of
+ * processes may hold permits over the semaphore's life; up to 32 at once
+ * are tracked for recovery. */
 MPE_API int mpe_sem_acquire(mpe_sem *s, double timeout);
 /* 0, or -EOVERFLOW above the bound. */
 MPE_API int mpe_sem_release(mpe_sem *s);
@@ -341,8 +403,11 @@ MPE_API mpe_event *mpe_event_from_ref(uint64_t ref);
 MPE_API void mpe_event_set(mpe_event *e);
 MPE_API void mpe_event_clear(mpe_event *e);
 MPE_API int mpe_event_is_set(const mpe_event *e);
-/* 0 once set, MPE_ETIMEDOUT, MPE_EINTR. */
+/* 0 once set, or when a set() happened while it waited (even if clear()
+ * followed at once); MPE_ETIMEDOUT; MPE_EINTR (call again: it goes on). */
 MPE_API int mpe_event_wait(mpe_event *e, double timeout);
+/* Processes waiting now (for handshakes in tests and demos). */
+MPE_API unsigned mpe_event_waiting(const mpe_event *e);
 
 /* ------------------------------------------------------------- conditions */
 
@@ -357,10 +422,14 @@ MPE_API mpe_cond *mpe_cond_from_ref(uint64_t ref);
 /* The condition's lock (no new reference). */
 MPE_API mpe_lock *mpe_cond_lock(mpe_cond *c);
 /* With the lock held: releases it, waits for a notify, takes it back.
- * 0 notified, MPE_ETIMEDOUT, MPE_EINTR (lock held again in every case),
- * -EPERM when the lock is not held. */
+ * 0 notified, MPE_ETIMEDOUT, MPE_EINTR (call again: a notify that came in
+ * between counts), the lock held again in every case; -EPERM when the lock
+ * is not held. */
 MPE_API int mpe_cond_wait(mpe_cond *c, double timeout);
 MPE_API void mpe_cond_notify(mpe_cond *c, int n);
+/* Processes inside mpe_cond_wait now: each read its notify point while it
+ * held the lock, so a notify from now on reaches them (for handshakes). */
+MPE_API unsigned mpe_cond_waiting(const mpe_cond *c);
 
 /* --------------------------------------------------------------- barriers */
 
@@ -380,7 +449,9 @@ MPE_API unsigned mpe_barrier_parties(const mpe_barrier *b);
 /* Arrives: the arrival index (0..parties-1) once everyone is there, with
  * *last set for the one that completed the round (it runs the action, then
  * calls mpe_barrier_pass); MPE_ETIMEDOUT (the barrier is now broken),
- * MPE_ECLOSED (broken by someone else), MPE_EINTR. */
+ * MPE_ECLOSED (broken by someone else, or by the death of a party of the
+ * round: mpe_barrier_dead_pid), MPE_EINTR (still arrived: call again to go
+ * on waiting, or mpe_barrier_abort). parties pids are kept in the arena. */
 MPE_API int mpe_barrier_wait(mpe_barrier *b, double timeout, int *last);
 /* The last arrival lets the round go (ok = 0: its action failed: break). */
 MPE_API void mpe_barrier_pass(mpe_barrier *b, int ok);
@@ -389,6 +460,9 @@ MPE_API void mpe_barrier_reset(mpe_barrier *b);
 MPE_API int mpe_barrier_broken(const mpe_barrier *b);
 /* Processes waiting now. */
 MPE_API unsigned mpe_barrier_waiting(const mpe_barrier *b);
+/* The pid of the party whose death broke the barrier (a waiter, or the last
+ * arrival inside its action), 0 if it is not broken or broke otherwise. */
+MPE_API pid_t mpe_barrier_dead_pid(const mpe_barrier *b);
 
 /* ---------------------------------------------------------- shared values */
 

@@ -57,6 +57,24 @@ int mpe__obj_release(void *o);
   uint64_t mpe_##name##_ref(const type *o) { return mpe_ref(o); }               \
   type *mpe_##name##_from_ref(uint64_t r) { return mpe__obj_from_ref(r, KIND); }
 
+/* Block serial of an mpe_alloc'd pointer: the run-wide number of its
+ * allocation, never 0 while it is in use (arena.c). */
+uint32_t mpe__block_serial(const void *p);
+/* Merges the blocks kept for quick reuse, walks the arena and checks its
+ * invariants: 0, or -EFAULT. Counts the free blocks, the largest, the blocks
+ * in use, and the repairs after dead lockers so far (for tests). */
+int mpe__arena_check(size_t *nfree, size_t *largest_free, size_t *nused, unsigned *repairs);
+
+/* Reference ledgers (ledger.c): what a child holds, given back by its parent
+ * when it reaps the child. */
+void mpe__ledger_note(const void *obj, int delta); /* this process took (+1) or gave back (-1) one */
+void mpe__ledger_forget(uint64_t ref);             /* the block at ref is freed */
+void mpe__ledger_for_child(const void *obj);       /* one taken for the next child */
+uint64_t mpe__ledger_take_pending(void);           /* parent, after fork: the child's ledger */
+void mpe__ledger_discard_pending(void);            /* parent: the fork failed */
+void mpe__ledger_after_fork(void);                 /* child, after fork */
+void mpe__ledger_settle(uint64_t ledger);          /* parent, the child reaped */
+
 /* This process's pid, cached (getpid is a system call), reset after fork. */
 pid_t mpe__self_pid(void);
 /* Start time of a process (clock ticks since boot), 0 if it is gone or a

@@ -5,7 +5,12 @@
  * pid; `levels` (recursion depth) is written only by the owner. Together
  * they let an RLock re-enter, let release refuse a process that does not
  * hold the lock, and let a plain Lock refuse to wait for itself (-EDEADLK)
- * instead of hanging forever. */
+ * instead of hanging forever.
+ *
+ * A wait is interruptible: a signal handler that runs while it sleeps (or
+ * the host's stop flag) makes it return MPE_EINTR with nothing taken, and
+ * the caller calls again with the time left. Taking a condition's lock back
+ * (mpe_lock_reacquire) is not: a condition wait returns holding it. */
 #define _GNU_SOURCE
 #include <errno.h>
 
@@ -77,7 +82,9 @@ int mpe_lock_release_all(mpe_lock *l) {
 }
 
 int mpe_lock_reacquire(mpe_lock *l, int levels, double timeout) {
-  int rc = mpe_lock_acquire(l, timeout);
+  if (mine(l)) return -EDEADLK;
+  mpe__deadline d = mpe__deadline_in(timeout);
+  int rc = mpe__mutex_lock(&l->m, &d, 0);
   if (rc == 0 || rc == MPE_EOWNERDEAD) l->levels = levels;
   return rc;
 }

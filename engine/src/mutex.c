@@ -5,11 +5,17 @@
  * sleeps). Waiters first spin on a plain read of the word (so they do not
  * steal its cache line from the owner), then sleep on the futex in slices of
  * WATCH seconds. When a sleeper wakes with the word still naming the same
- * owner, it looks whether that process is gone (no /proc entry, or a
- * zombie); if so it takes the mutex over with a compare-and-swap and tells
- * its caller MPE_EOWNERDEAD, so the caller can repair what the dead owner was
- * changing. Structures are written so that a half-done update is invisible
- * or harmless (one store commits), which makes that repair small.
+ * owner, it looks whether that process is dead (mpe__pid_dead); if so it
+ * takes the mutex over with a compare-and-swap and tells its caller
+ * MPE_EOWNERDEAD, so the caller can repair what the dead owner was changing.
+ * Structures are written so that a half-done update is invisible or
+ * harmless (one store commits), which makes that repair small.
+ *
+ * "Dead" needs evidence, never the lack of it: kill(pid, 0) says no such
+ * process, or a pidfd of the pid says it has exited (a zombie), or its start
+ * time, when /proc can be read, is not the one recorded. A /proc that cannot
+ * be read (a chroot, a sandbox, hidepid) proves nothing, so the owner counts
+ * as alive: mutual exclusion is never given up on a failed read.
  *
  * Compared with glibc's robust pthread mutex, this keeps no per-thread
  * robust list (one write less on each side), can be interrupted by a signal,
@@ -20,6 +26,11 @@
 #include "mutex.h"
 
 #include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "futex.h"
 
@@ -30,8 +41,40 @@ void mpe__mutex_init(mpe__mutex *m) {
   atomic_init(&m->waiters, 0);
 }
 
-/* 1 if pid names no live process. */
-static int gone(uint32_t pid) { return mpe__start_time((pid_t)pid) == 0; }
+/* 1 if pid's process has exited (a zombie), 0 if it runs, -1 if this
+ * kernel (or valgrind) has no pidfds to tell. */
+static int pidfd_exited(pid_t pid) {
+#ifdef SYS_pidfd_open
+  int fd = (int)syscall(SYS_pidfd_open, pid, 0);
+  if (fd < 0) return errno == ESRCH ? 1 : -1;
+  /* A pidfd polls readable once its process has exited. */
+  struct pollfd p = {.fd = fd, .events = POLLIN};
+  int exited = poll(&p, 1, 0) == 1 && (p.revents & POLLIN);
+  close(fd);
+  return exited;
+#else
+  (void)pid;
+  return -1;
+#endif
+}
+
+int mpe__pid_dead(pid_t pid, unsigned long long start) {
+  if (pid <= 0) return 0;
+  if (kill(pid, 0) != 0 && errno == ESRCH) return 1; /* gone and reaped */
+  /* A zombie holds the pid: whoever held it before is dead too. */
+  int exited = pidfd_exited(pid);
+  if (exited > 0) return 1;
+  if (exited == 0 && start == 0) return 0;
+  unsigned long long now = mpe__start_time(pid); /* 0: a zombie, or unreadable */
+  if (now == 0) {
+    char path[48];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    return exited < 0 && access(path, R_OK) == 0; /* readable: the 0 meant a zombie */
+  }
+  return start != 0 && now != start; /* the pid names another process now */
+}
+
+static int gone(uint32_t pid) { return mpe__pid_dead((pid_t)pid, 0); }
 
 int mpe__mutex_trylock(mpe__mutex *m, int check_dead) {
   uint32_t me = (uint32_t)mpe__self_pid(), w = 0;
@@ -72,6 +115,7 @@ int mpe__mutex_lock(mpe__mutex *m, const mpe__deadline *d, int interruptible) {
     if (mpe__deadline_ms(d) == 0) return MPE_ETIMEDOUT;
     mpe__deadline slice;
     mpe__slice_end(d, WATCH, &slice);
+    if (interruptible && mpe__stop_requested()) return MPE_EINTR;
     atomic_fetch_add(&m->waiters, 1);
     int rc = mpe__futex_wait(&m->word, w, &slice);
     atomic_fetch_sub(&m->waiters, 1);

@@ -7,7 +7,14 @@
  *
  * Invariants: a handle is in the list while its child is ours and unreaped;
  * `exited` is set exactly once, when the child is reaped; a child forgets the
- * list it inherited (those processes are its siblings, not its children). */
+ * list it inherited (those processes are its siblings, not its children).
+ *
+ * Lifetimes, as Python's: spawn first reaps the children that have ended, so
+ * a program that starts children forever holds a descriptor only for those
+ * still running; and a child whose function returns joins its own children
+ * (SIGTERM to daemon ones) before it leaves, since leaving would kill them
+ * (PR_SET_PDEATHSIG). No pid <= 0 is ever signalled: kill() would take it
+ * for a process group or for every process we may signal. */
 #define _GNU_SOURCE
 #include "internal.h"
 
@@ -32,6 +39,7 @@ struct mpe_process {
   int code;       /* exit code, or -signal */
   int daemon;
   int detached;   /* owned by the engine: freed once reaped */
+  uint64_t ledger; /* the child's references (ledger.c), settled when reaped */
   mpe_process *prev, *next;
 };
 
@@ -84,6 +92,8 @@ static void unlink_child(mpe_process *p) {
 static void record_status(mpe_process *p, int status) {
   p->code = WIFSIGNALED(status) ? -WTERMSIG(status) : WEXITSTATUS(status);
   p->exited = 1;
+  mpe__ledger_settle(p->ledger); /* what the child did not give back */
+  p->ledger = 0;
   if (p->pidfd >= 0) close(p->pidfd);
   p->pidfd = -1;
   unlink_child(p);
@@ -115,6 +125,7 @@ void mpe__processes_after_fork(void) {
     if (p->pidfd >= 0) close(p->pidfd);
     p->pidfd = -1;
     p->foreign = 1;
+    p->ledger = 0; /* our parent settles it */
     p->prev = p->next = NULL;
   }
   children = NULL;
@@ -152,6 +163,7 @@ static void close_other_fds(const mpe_spawn_options *opts) {
 
 int mpe_process_spawn(mpe_process **out, mpe_entry_fn fn, void *arg,
                       const mpe_spawn_options *opts) {
+  mpe_process_reap(); /* ended children give their pidfds back */
   mpe_process *p = calloc(1, sizeof *p);
   if (!p) return -ENOMEM;
   p->pidfd = -1;
@@ -167,6 +179,7 @@ int mpe_process_spawn(mpe_process **out, mpe_entry_fn fn, void *arg,
   if (pid < 0) {
     int e = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
+    mpe__ledger_discard_pending();
     free(p);
     return -e;
   }
@@ -175,6 +188,7 @@ int mpe_process_spawn(mpe_process **out, mpe_entry_fn fn, void *arg,
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent) _exit(128 + SIGKILL);
     in_child = 1;
+    mpe__ledger_after_fork();
     /* The parent's handlers belong to the parent's state: a signal caught by
      * one of them here (a SIGTERM sent right after fork) would be swallowed.
      * Start from default dispositions, while signals are still blocked;
@@ -189,12 +203,14 @@ int mpe_process_spawn(mpe_process **out, mpe_entry_fn fn, void *arg,
     if (!opts || !opts->inherit_fds) close_other_fds(opts);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     int code = fn(arg);
+    mpe_process_join_all(-1); /* our own children end before we do */
     fflush(NULL);
     /* _exit: the parent's atexit handlers and stdio buffers are not ours. */
     _exit(code & 255);
   }
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   p->pid = pid;
+  p->ledger = mpe__ledger_take_pending();
   p->daemon = opts ? opts->daemon : 0;
   p->pidfd = (int)syscall(SYS_pidfd_open, pid, 0); /* close-on-exec by design */
   if (p->pidfd < 0) p->pidfd = -1;                    /* old kernel: poll waitpid */
@@ -234,13 +250,14 @@ int mpe_process_exitcode(mpe_process *p, int *code) {
 int mpe_process_signal(mpe_process *p, int sig) {
   int r = try_reap(p);
   if (r != 0) return r > 0 ? 0 : r;
+  if (p->pid <= 0) return -ESRCH;
   if (kill(p->pid, sig) < 0) return errno == ESRCH ? 0 : -errno;
   return 0;
 }
 
 void mpe_process_free(mpe_process *p) {
   if (!p) return;
-  if (!p->exited && !p->foreign) {
+  if (!p->exited && !p->foreign && p->pid > 0) {
     kill(p->pid, SIGKILL);
     while (mpe_process_wait(p, -1) == MPE_EINTR) {
     }
@@ -253,7 +270,7 @@ void mpe_process_free(mpe_process *p) {
 int mpe_process_signal_all(int sig) {
   int n = 0;
   for (mpe_process *p = children; p; p = p->next)
-    if (!p->exited && kill(p->pid, sig) == 0) n++;
+    if (!p->exited && p->pid > 0 && kill(p->pid, sig) == 0) n++;
   return n;
 }
 
@@ -277,7 +294,7 @@ void mpe_process_detach(mpe_process *p) {
 
 int mpe_process_join_all(double timeout) {
   for (mpe_process *p = children; p; p = p->next)
-    if (p->daemon && !p->exited) kill(p->pid, SIGTERM);
+    if (p->daemon && !p->exited && p->pid > 0) kill(p->pid, SIGTERM);
   mpe__deadline d = mpe__deadline_in(timeout);
   while (children) {
     mpe_process *p = children;
@@ -288,7 +305,7 @@ int mpe_process_join_all(double timeout) {
   int killed = 0;
   while (children) {
     mpe_process *p = children;
-    kill(p->pid, SIGKILL);
+    if (p->pid > 0) kill(p->pid, SIGKILL);
     killed++;
     while (mpe_process_wait(p, -1) == MPE_EINTR) {
     }

@@ -7,8 +7,14 @@
  * process that ends normally forgets its entries (mpe_sem_forget_process):
  * in a producer/consumer, permits are handed over, not leaked. A release
  * first pays back the releaser's own entry. The start time tells a reused
- * pid from the process that took the permits. More than SLOTS holders at
- * once are not tracked (their permits are not recovered). */
+ * pid from the process that took the permits.
+ *
+ * A slot is free when its pid is 0, whatever else it still holds, so slots
+ * are reused by any number of holders over the semaphore's life; a table
+ * found full is first cleared of dead holders. More than SLOTS live holders
+ * at once are not tracked (their permits are not recovered). Death is
+ * decided only on evidence (mpe__pid_dead): a /proc that cannot be read
+ * never hands a live holder's permits to someone else. */
 #define _GNU_SOURCE
 #include <errno.h>
 
@@ -66,20 +72,27 @@ static void slock(mpe_sem *s) {
   MPE__CHECK(rc == 0 || rc == MPE_EOWNERDEAD);
 }
 
+/* The slot of a live holder (pid != 0), or a free slot (pid == 0). */
 static holder *find(mpe_sem *s, pid_t pid, unsigned long long start) {
   for (int i = 0; i < SLOTS; i++)
-    if (s->h[i].pid == pid && s->h[i].start == start) return &s->h[i];
+    if (s->h[i].pid == pid && (pid == 0 || s->h[i].start == start)) return &s->h[i];
   return NULL;
 }
 
-/* Locked: returns the permits of holders that are gone. */
+/* Locked: frees a slot; pid last, as a free slot is one with pid 0. */
+static void vacate(holder *h) {
+  h->count = 0;
+  h->start = 0;
+  h->pid = 0;
+}
+
+/* Locked: returns the permits of holders that are dead. */
 static void recover(mpe_sem *s) {
   for (int i = 0; i < SLOTS; i++) {
     holder *h = &s->h[i];
-    if (h->pid && mpe__start_time(h->pid) != h->start) {
+    if (h->pid && mpe__pid_dead(h->pid, h->start)) {
       atomic_fetch_add(&s->value, h->count);
-      h->count = 0;
-      h->pid = 0;
+      vacate(h);
     }
   }
 }
@@ -89,7 +102,11 @@ static void note_take(mpe_sem *s) {
   unsigned long long start = self_start();
   holder *h = find(s, me, start);
   if (!h) h = find(s, 0, 0);
-  if (!h) return; /* table full: not tracked */
+  if (!h) {
+    recover(s); /* full: dead holders make room */
+    h = find(s, 0, 0);
+  }
+  if (!h) return; /* SLOTS live holders: not tracked */
   h->start = start;
   h->count++;
   h->pid = me;
@@ -113,13 +130,12 @@ int mpe_sem_acquire(mpe_sem *s, double timeout) {
     uint32_t seen = atomic_load(&s->seq);
     mpe__mutex_unlock(&s->m);
     if (mpe__deadline_ms(&d) == 0) return MPE_ETIMEDOUT;
-    mpe__deadline slice;
-    mpe__slice_end(&d, WATCH, &slice);
+    double t0 = mpe_time();
     atomic_fetch_add(&s->waiters, 1);
-    int rc = mpe__futex_wait(&s->seq, seen, &slice);
+    int rc = mpe__futex_wait_step(&s->seq, seen, &d, WATCH);
     atomic_fetch_sub(&s->waiters, 1);
-    if (rc == MPE_EINTR) return rc;
-    if (rc == MPE_ETIMEDOUT) looked = 0; /* look for dead holders again */
+    if (rc == MPE_EINTR) return rc; /* nothing taken: call again */
+    if (mpe_time() - t0 >= WATCH) looked = 0; /* look for dead holders again */
   }
 }
 
@@ -130,7 +146,7 @@ int mpe_sem_release(mpe_sem *s) {
     return -EOVERFLOW;
   }
   holder *h = find(s, mpe__self_pid(), self_start());
-  if (h && h->count > 0 && --h->count == 0) h->pid = 0;
+  if (h && h->count > 0 && --h->count == 0) vacate(h);
   atomic_fetch_add(&s->value, 1);
   mpe__mutex_unlock(&s->m);
   mpe__seq_signal(&s->seq, &s->waiters, 1);
@@ -143,9 +159,6 @@ unsigned mpe_sem_bound(const mpe_sem *s) { return s->bound; }
 void mpe_sem_forget_process(mpe_sem *s) {
   slock(s);
   holder *h = find(s, mpe__self_pid(), self_start());
-  if (h) {
-    h->pid = 0;
-    h->count = 0;
-  }
+  if (h) vacate(h);
   mpe__mutex_unlock(&s->m);
 }

@@ -6,16 +6,66 @@
  * bumps the word and wakes. A change between the read and the sleep makes
  * the sleep return at once, so no wake-up is lost.
  *
- * Barrier: `count` arrivals in the current `generation`; the last arrival
- * runs the action, then mpe_barrier_pass() starts the next generation (or
- * breaks the barrier if the action failed). `broken_gen` remembers a round
- * that ended by reset(), so its waiters leave with MPE_ECLOSED. */
+ * Event: the word counts set() calls (a generation). A waiter returns once
+ * the flag is up or the word has moved since it started waiting, so a set()
+ * that clear() follows at once still releases everyone already waiting.
+ *
+ * Barrier: `count` arrivals in the current `generation`, their pids by
+ * arrival index in `pids`; the last arrival runs the action, then
+ * mpe_barrier_pass() starts the next generation (or breaks the barrier if
+ * the action failed). `broken_gen` remembers a round that ended by reset(),
+ * so its waiters leave with MPE_ECLOSED. Waiters look every WATCH seconds
+ * (one of them at a time) whether a party of the round has died, the last
+ * arrival inside its action included; a death breaks the round and names
+ * the pid (mpe_barrier_dead_pid).
+ *
+ * Interruptions (see futex.c): every wait returns MPE_EINTR when a signal
+ * handler runs or the host's stop flag is set, and keeps its place: the
+ * process remembers the object and what the wait had seen (a sequence
+ * value, an arrival), and its next wait on the same object continues that
+ * wait. A set(), a notify or the end of a round that came in between is
+ * therefore not lost, and an interrupted barrier arrival is not counted
+ * twice. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <string.h>
 
 #include "futex.h"
 #include "mutex.h"
+
+#define SLICE 0.1 /* how often a sleeping wait looks at the host's stop flag */
+#define WATCH 0.1 /* how often a barrier's waiters look for dead parties */
+
+/* The wait this process was in when it returned MPE_EINTR (one thread per
+ * process: at most one). Any other wait forgets it. */
+static struct {
+  const void *obj;
+  pid_t pid;
+  uint32_t seen, index;
+} pending;
+
+static void pending_save(const void *obj, uint32_t seen, uint32_t index) {
+  pending.obj = obj;
+  pending.pid = mpe__self_pid();
+  pending.seen = seen;
+  pending.index = index;
+}
+
+/* An interrupted wait on obj is given up (abort, reset). */
+static void pending_drop(const void *obj) {
+  if (pending.obj == obj) pending.obj = NULL;
+}
+
+/* 1 and *seen, *index if this process's interrupted wait was on obj. */
+static int pending_take(const void *obj, uint32_t *seen, uint32_t *index) {
+  int mine = pending.obj == obj && pending.pid == mpe__self_pid();
+  if (mine) {
+    *seen = pending.seen;
+    if (index) *index = pending.index;
+  }
+  pending.obj = NULL;
+  return mine;
+}
 
 /* ------------------------------------------------------------------ event */
 
@@ -44,18 +94,27 @@ void mpe_event_set(mpe_event *e) {
 
 void mpe_event_clear(mpe_event *e) { atomic_store(&e->flag, 0); }
 int mpe_event_is_set(const mpe_event *e) { return atomic_load(&e->flag) != 0; }
+unsigned mpe_event_waiting(const mpe_event *e) { return atomic_load(&e->waiters); }
 
 int mpe_event_wait(mpe_event *e, double timeout) {
+  uint32_t gen;
+  if (!pending_take(e, &gen, NULL)) gen = atomic_load(&e->seq); /* before the flag */
+  if (atomic_load(&e->flag)) return 0;
   mpe__deadline d = mpe__deadline_in(timeout);
+  int rc;
+  atomic_fetch_add(&e->waiters, 1);
   for (;;) {
-    uint32_t seen = atomic_load(&e->seq);
-    if (atomic_load(&e->flag)) return 0;
-    if (mpe__deadline_ms(&d) == 0) return MPE_ETIMEDOUT;
-    atomic_fetch_add(&e->waiters, 1);
-    int rc = mpe__futex_wait(&e->seq, seen, &d);
-    atomic_fetch_sub(&e->waiters, 1);
-    if (rc == MPE_EINTR) return rc;
+    if (atomic_load(&e->flag) || atomic_load(&e->seq) != gen) {
+      rc = 0; /* set now, or set since this wait began */
+      break;
+    }
+    rc = mpe__futex_wait_step(&e->seq, gen, &d, SLICE);
+    if (rc == MPE_EINTR) pending_save(e, gen, 0);
+    if (rc == MPE_EINTR || rc == MPE_ETIMEDOUT) break;
   }
+  atomic_fetch_sub(&e->waiters, 1);
+  if (rc == MPE_ETIMEDOUT && (atomic_load(&e->flag) || atomic_load(&e->seq) != gen)) rc = 0;
+  return rc;
 }
 
 /* -------------------------------------------------------------- condition */
@@ -90,15 +149,27 @@ void mpe_cond_free(mpe_cond *c) {
 }
 
 mpe_lock *mpe_cond_lock(mpe_cond *c) { return mpe_deref(c->lock); }
+unsigned mpe_cond_waiting(const mpe_cond *c) { return atomic_load(&c->waiters); }
 
 int mpe_cond_wait(mpe_cond *c, double timeout) {
   mpe_lock *l = mpe_cond_lock(c);
-  uint32_t seen = atomic_load(&c->seq); /* read while the lock is held */
+  if (!mpe_lock_held(l)) return -EPERM;
+  uint32_t seen;
+  if (!pending_take(c, &seen, NULL)) seen = atomic_load(&c->seq); /* read while the lock is held */
   int levels = mpe_lock_release_all(l);
   if (levels < 0) return levels;
   mpe__deadline d = mpe__deadline_in(timeout);
+  int rc;
   atomic_fetch_add(&c->waiters, 1);
-  int rc = mpe__futex_wait(&c->seq, seen, &d);
+  for (;;) {
+    if (atomic_load(&c->seq) != seen) {
+      rc = 0; /* notified */
+      break;
+    }
+    rc = mpe__futex_wait_step(&c->seq, seen, &d, SLICE);
+    if (rc == MPE_EINTR) pending_save(c, seen, 0);
+    if (rc == MPE_EINTR || rc == MPE_ETIMEDOUT) break;
+  }
   atomic_fetch_sub(&c->waiters, 1);
   mpe_lock_reacquire(l, levels, -1); /* back with the lock, whatever happened */
   return rc;
@@ -114,8 +185,11 @@ struct mpe_barrier {
   mpe__obj hdr;
   mpe__mutex m;
   uint32_t parties, count, generation, broken_gen, broken;
+  int32_t dead;  /* the party whose death broke the barrier, or 0 */
+  double looked; /* mpe_time() of the last look for dead parties */
   _Atomic uint32_t seq, waiters;
   uint64_t data, len; /* the host's bytes, an arena block */
+  uint64_t pids;      /* int32_t[parties]: this round's arrivals, by index */
 };
 
 MPE__DEFINE_REFS(barrier, mpe_barrier, MPE__KIND_BARRIER)
@@ -124,16 +198,20 @@ int mpe_barrier_new(mpe_barrier **out, unsigned parties, const void *data, size_
   if (parties == 0) return -EINVAL;
   mpe_barrier *b = mpe__obj_new(sizeof *b, MPE__KIND_BARRIER);
   if (!b) return mpe_initialized() ? -ENOMEM : MPE_ENOINIT;
+  int32_t *pids = mpe_alloc((size_t)parties * sizeof *pids);
+  void *copy = data ? mpe_alloc(len ? len : 1) : NULL;
+  if (!pids || (data && !copy)) {
+    mpe_free(pids);
+    mpe_free(copy);
+    mpe_free(b);
+    return -ENOMEM;
+  }
   if (data) {
-    void *copy = mpe_alloc(len ? len : 1);
-    if (!copy) {
-      mpe_free(b);
-      return -ENOMEM;
-    }
     memcpy(copy, data, len);
     b->data = mpe_ref(copy);
     b->len = len;
   }
+  b->pids = mpe_ref(pids);
   mpe__mutex_init(&b->m);
   b->parties = parties;
   b->broken_gen = UINT32_MAX;
@@ -144,6 +222,7 @@ int mpe_barrier_new(mpe_barrier **out, unsigned parties, const void *data, size_
 void mpe_barrier_free(mpe_barrier *b) {
   if (!b || !mpe__obj_release(b)) return;
   if (b->data) mpe_free(mpe_deref(b->data));
+  mpe_free(mpe_deref(b->pids));
   mpe_free(b);
 }
 
@@ -167,43 +246,79 @@ static void break_round(mpe_barrier *b) {
   wake_all(b);
 }
 
+/* Locked: a party of this round that has died, or 0. One waiter looks per
+ * WATCH seconds, whoever it is. */
+static pid_t dead_party(mpe_barrier *b) {
+  double now = mpe_time();
+  if (now - b->looked < WATCH) return 0;
+  b->looked = now;
+  const int32_t *pids = mpe_deref(b->pids);
+  pid_t me = mpe__self_pid();
+  for (uint32_t i = 0; i < b->count && i < b->parties; i++)
+    if (pids[i] != me && mpe__pid_dead(pids[i], 0)) return pids[i];
+  return 0;
+}
+
+/* Locked, for a waiter of round gen: 1 and *rc once that round is over. */
+static int round_over(mpe_barrier *b, uint32_t gen, int index, int *rc) {
+  if (b->generation != gen) {
+    *rc = b->broken_gen == gen ? MPE_ECLOSED : index; /* passed, or ended by reset() */
+    return 1;
+  }
+  if (b->broken) {
+    *rc = MPE_ECLOSED;
+    return 1;
+  }
+  return 0;
+}
+
 int mpe_barrier_wait(mpe_barrier *b, double timeout, int *last) {
   *last = 0;
+  uint32_t gen, index;
+  int rc;
   block(b);
-  if (b->broken) {
-    mpe__mutex_unlock(&b->m);
-    return MPE_ECLOSED;
-  }
-  int index = (int)b->count++;
-  uint32_t gen = b->generation;
-  if (b->count == b->parties) {
-    *last = 1; /* runs the action, then mpe_barrier_pass() */
-    mpe__mutex_unlock(&b->m);
-    return index;
-  }
-  mpe__deadline d = mpe__deadline_in(timeout);
-  for (;;) {
-    uint32_t seen = atomic_load(&b->seq);
-    mpe__mutex_unlock(&b->m);
-    atomic_fetch_add(&b->waiters, 1);
-    int rc = mpe__futex_wait(&b->seq, seen, &d);
-    atomic_fetch_sub(&b->waiters, 1);
-    block(b);
-    if (b->generation != gen) {
-      int ended_by_reset = b->broken_gen == gen;
-      mpe__mutex_unlock(&b->m);
-      return ended_by_reset ? MPE_ECLOSED : index;
-    }
+  if (!pending_take(b, &gen, &index)) { /* a new arrival (else: the interrupted one goes on) */
     if (b->broken) {
       mpe__mutex_unlock(&b->m);
       return MPE_ECLOSED;
     }
-    if (rc == MPE_ETIMEDOUT || rc == MPE_EINTR) { /* leaving breaks the round, as in Python */
-      break_round(b);
+    index = b->count++;
+    gen = b->generation;
+    ((int32_t *)mpe_deref(b->pids))[index] = mpe__self_pid();
+    if (b->count == b->parties) {
+      *last = 1; /* runs the action, then mpe_barrier_pass() */
       mpe__mutex_unlock(&b->m);
-      return rc;
+      return (int)index;
     }
   }
+  mpe__deadline d = mpe__deadline_in(timeout);
+  for (;;) {
+    if (round_over(b, gen, (int)index, &rc)) break;
+    pid_t dead = dead_party(b);
+    if (dead) { /* a party will never come, or never finish the action */
+      b->dead = dead;
+      break_round(b);
+      rc = MPE_ECLOSED;
+      break;
+    }
+    uint32_t seen = atomic_load(&b->seq);
+    mpe__mutex_unlock(&b->m);
+    atomic_fetch_add(&b->waiters, 1);
+    rc = mpe__futex_wait_step(&b->seq, seen, &d, WATCH);
+    atomic_fetch_sub(&b->waiters, 1);
+    block(b);
+    if (round_over(b, gen, (int)index, &rc)) break;
+    if (rc == MPE_ETIMEDOUT) { /* leaving breaks the round, as in Python */
+      break_round(b);
+      break;
+    }
+    if (rc == MPE_EINTR) { /* still arrived: the next wait goes on with it */
+      pending_save(b, gen, index);
+      break;
+    }
+  }
+  mpe__mutex_unlock(&b->m);
+  return rc;
 }
 
 void mpe_barrier_pass(mpe_barrier *b, int ok) {
@@ -219,16 +334,19 @@ void mpe_barrier_pass(mpe_barrier *b, int ok) {
 }
 
 void mpe_barrier_abort(mpe_barrier *b) {
+  pending_drop(b); /* an interrupted wait of this process is given up */
   block(b);
   break_round(b);
   mpe__mutex_unlock(&b->m);
 }
 
 void mpe_barrier_reset(mpe_barrier *b) {
+  pending_drop(b);
   block(b);
   if (b->count > 0 && !b->broken) b->broken_gen = b->generation; /* its waiters are told */
   b->count = 0;
   b->broken = 0;
+  b->dead = 0;
   b->generation++;
   wake_all(b);
   mpe__mutex_unlock(&b->m);
@@ -236,3 +354,4 @@ void mpe_barrier_reset(mpe_barrier *b) {
 
 int mpe_barrier_broken(const mpe_barrier *b) { return b->broken != 0; }
 unsigned mpe_barrier_waiting(const mpe_barrier *b) { return b->broken ? 0 : b->count; }
+pid_t mpe_barrier_dead_pid(const mpe_barrier *b) { return b->broken ? b->dead : 0; }
