@@ -95,8 +95,8 @@ function M.main()
     local p = io.popen(prog .. " 1000000 2 2>&1")
     local out = p:read("a")
     p:close()
-    local ok, t = pcall(cjson.decode, out:match("%b{}") or "")
-    if ok and type(t) == "table" then c_rate = t.map else print("bench_pool: " .. out) end
+    local ok, c = pcall(cjson.decode, out:match("%b{}") or "")
+    if ok and type(c) == "table" then c_rate = c.map else print("bench_pool: " .. out) end
   else
     print("bench_pool: not found (build the tests)")
   end
