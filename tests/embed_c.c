@@ -1,8 +1,9 @@
 /* embed_c.c - a C program that uses only mpengine's C API: a pool of C tasks
- * (one of which kills its worker and one of which fails), a queue between
- * producers and consumers, and a lock around a shared counter. Every result
- * is checked exactly; exit 0 means all held. */
-#define _POSIX_C_SOURCE 200809L /* strdup */
+ * (one of which kills its worker and one of which fails, on workers replaced
+ * every 40 tasks), a queue between producers and consumers, and a lock
+ * around a shared counter. Every result is checked exactly; exit 0 means all
+ * held. */
+#define _POSIX_C_SOURCE 200809L
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,27 +14,27 @@
 
 
 /* A task: the square of a 64-bit number; 13 kills its worker, 7 fails. */
-static int square(const void *in, size_t len, void **out, size_t *out_len, void *ctx) {
+static int square(void *ctx, const void *in, size_t len, mpe_buf *out) {
   (void)ctx;
   uint64_t x;
   if (len != sizeof x) return 2;
   memcpy(&x, in, sizeof x);
   if (x == 13) raise(SIGKILL);
   if (x == 7) {
-    *out = strdup("seven is not allowed");
-    *out_len = strlen(*out);
+    mpe_buf_add(out, "seven is not allowed", strlen("seven is not allowed"));
     return 3;
   }
   uint64_t y = x * x;
-  *out = malloc(sizeof y);
-  memcpy(*out, &y, sizeof y);
-  *out_len = sizeof y;
-  return 0;
+  return mpe_buf_add(out, &y, sizeof y);
 }
 
+static int ready(void *arg) { return *(int *)arg; } /* the initializer: 0 is fine */
+
 static void pool_of_c_tasks(void) {
+  int ok = 0;
+  mpe_pool_options o = {.processes = 2, .maxtasksperchild = 40, .initializer = ready, .initarg = &ok};
   mpe_pool *p;
-  CHECK(mpe_pool_new(&p, 2, square, NULL) == 0);
+  CHECK(mpe_pool_start(&p, square, NULL, &o) == 0);
   CHECK(mpe_pool_size(p) == 2);
   enum { N = 100 };
   uint64_t xs[N];
@@ -61,13 +62,18 @@ static void pool_of_c_tasks(void) {
     }
     mpe_task_result_clear(&r[i]);
   }
-  /* submit/collect, any order, after the crash: the pool goes on */
-  uint64_t id, x = 12, sum = 0;
-  for (int i = 0; i < 10; i++) CHECK(mpe_pool_submit(p, &x, sizeof x, &id) == 0);
+  /* many tasks in one buffer, collected in any order; the pool goes on */
+  uint64_t batch[10], first, sum = 0;
+  size_t lens[10];
+  for (int i = 0; i < 10; i++) batch[i] = 12, lens[i] = sizeof batch[i];
+  CHECK(mpe_pool_submit_batch(p, batch, lens, 10, &first) == 0);
+  mpe_pool_close(p); /* no more submits; join waits for these */
+  CHECK(mpe_pool_join(p, 60) == 0);
   mpe_task_result one;
   int got = 0;
   while (mpe_pool_collect(p, 30, &one) == 0) {
     uint64_t y;
+    CHECK(one.id >= first && one.id < first + 10);
     memcpy(&y, one.data, sizeof y);
     sum += y;
     got++;

@@ -57,7 +57,9 @@ extern "C" {
   XX(ECORRUPT, -4005, "malformed message")                                   \
   XX(EFULL, -4006, "full")                                                   \
   XX(EEMPTY, -4007, "empty")                                                 \
-  XX(ETASK, -4008, "the task reported an error")
+  XX(ETASK, -4008, "the task reported an error")                             \
+  XX(ETERMINATED, -4009, "the pool was terminated before the task finished") \
+  XX(EBROKEN, -4010, "the pool is broken (see mpe_pool_error)")
 
 enum {
 #define MPE__ENUM(name, code, msg) MPE_##name = (code),
@@ -597,47 +599,103 @@ MPE_API int mpe_dict_check(mpe_dict *d);
 /* ------------------------------------------------------------------- pool */
 
 /* A pool of worker processes running a C function over byte buffers, no Lua
- * involved. A task reads in[len] and may set *out / *out_len to a malloc'ed
- * buffer (the engine frees it). It returns 0 for success, or a nonzero code
- * for an error (then *out may hold a message). The function pointer and ctx
- * are inherited by the forked workers. */
-typedef int (*mpe_task_fn)(const void *in, size_t len, void **out, size_t *out_len, void *ctx);
+ * involved. The parent hands tasks out in batches (many tasks in one
+ * message), each worker stamps the task it runs, and every task submitted
+ * gets exactly one result: its output, its error, how its worker died (the
+ * task it was running is named; the rest of its batch goes to other
+ * workers), a timeout, or "terminated". A dead worker is replaced. Use a
+ * pool only from the process that made it; fn, ctx and the options'
+ * pointers are inherited by the forked workers. */
+
+/* A growable byte buffer a task appends its output to. */
+typedef struct mpe_buf {
+  char *data;
+  size_t len, cap;
+} mpe_buf;
+/* Appends data[n] (malloc'ed growth; data NULL: n bytes of room, unset): 0 or -ENOMEM. */
+MPE_API int mpe_buf_add(mpe_buf *b, const void *data, size_t n);
+
+/* A task: reads in[n], appends its output to out (empty at the call). 0 is
+ * success; nonzero fails the task with that code (MPE_ETASK; out then holds
+ * the message). Runs in a worker. */
+typedef int (*mpe_pool_fn)(void *ctx, const void *in, size_t n, mpe_buf *out);
+/* Runs once in each worker before its first task; nonzero breaks the pool. */
+typedef int (*mpe_pool_init_fn)(void *arg);
+
+typedef struct mpe_pool_options {
+  int processes;            /* workers (0: mpe_cpu_count()) */
+  size_t maxtasksperchild;  /* a worker is replaced after this many tasks (0: never) */
+  double timeout;           /* seconds a task may run before its worker is killed (<= 0: none) */
+  mpe_pool_init_fn initializer; /* may be NULL */
+  void *initarg;
+  size_t memory_limit;      /* private bytes a worker may allocate beyond its start (0: no limit) */
+  size_t chunksize;         /* tasks per batch (0: adaptive, from the measured task time) */
+} mpe_pool_options;
 
 typedef struct mpe_pool mpe_pool;
 
 /* The outcome of one task; data is malloc'ed and owned by the caller
  * (mpe_task_result_clear frees it). */
 typedef struct mpe_task_result {
-  uint64_t id;   /* from mpe_pool_submit; the input's index for mpe_pool_map */
-  int status;    /* 0, MPE_ETASK (code: the task's return value; data: its
-                    message), or MPE_EDIED (code: the worker's exit code, or
-                    -N for signal N) */
+  uint64_t id;   /* the task's index: from the submit call; the input's index for mpe_pool_map */
+  int status;    /* 0; MPE_ETASK (code: the task's return; data: its message);
+                    MPE_EDIED (code: the worker's exit code, or -N for signal N);
+                    MPE_ETIMEDOUT (ran past the timeout; its worker was killed);
+                    MPE_ETERMINATED; MPE_EBROKEN (the pool broke before it ran) */
   int code;
   void *data;    /* the task's output (or message) */
   size_t len;
 } mpe_task_result;
 
-/* Starts workers processes (0: mpe_cpu_count()) running fn. A worker that
- * dies is reported on the task it held and replaced. Not thread-safe; use it
- * from the process that made it. */
-MPE_API int mpe_pool_new(mpe_pool **out, int workers, mpe_task_fn fn, void *ctx);
-/* Queues a copy of in[len]; *id (may be NULL) names the task. Never blocks. */
+/* Starts a pool running fn(ctx, ...) (opts may be NULL: defaults). Returns at
+ * once; the initializer runs in each worker as it starts. */
+MPE_API int mpe_pool_start(mpe_pool **out, mpe_pool_fn fn, void *ctx, const mpe_pool_options *opts);
+/* Queues n tasks whose inputs lie end to end in data (task i has lens[i]
+ * bytes; data is copied). Ids are *first_id .. *first_id + n - 1 (first_id
+ * may be NULL). Never blocks: 0, MPE_ECLOSED (closed or terminated),
+ * MPE_EBROKEN, -ENOMEM. */
+MPE_API int mpe_pool_submit_batch(mpe_pool *p, const void *data, const size_t *lens, size_t n,
+                                  uint64_t *first_id);
+/* One task: mpe_pool_submit_batch of in[len]. */
 MPE_API int mpe_pool_submit(mpe_pool *p, const void *in, size_t len, uint64_t *id);
 /* Waits for the next finished task (any order): 0 with *r filled,
- * MPE_ETIMEDOUT, MPE_EEMPTY (nothing submitted is left), MPE_EINTR. */
+ * MPE_ETIMEDOUT, MPE_EEMPTY (every task submitted was collected),
+ * MPE_EBROKEN (the same, on a broken pool), MPE_EINTR. */
 MPE_API int mpe_pool_collect(mpe_pool *p, double timeout, mpe_task_result *r);
 /* Runs fn over n inputs and fills results[0..n-1] in input order (ids are
- * the indexes). Blocks until all are done: 0, or an engine error. Tasks that
- * fail or whose worker dies are reported in their result, not here. */
+ * the indexes; nothing else may be outstanding: -EBUSY). Blocks until all
+ * are done: 0, or MPE_EBROKEN (every result still filled), or an engine
+ * error. Tasks that fail, time out or whose worker dies are reported in
+ * their result. */
 MPE_API int mpe_pool_map(mpe_pool *p, size_t n, const void *const *in, const size_t *len,
                          mpe_task_result *results);
 /* Frees the data of a result. */
 MPE_API void mpe_task_result_clear(mpe_task_result *r);
 /* Number of worker processes. */
 MPE_API int mpe_pool_size(const mpe_pool *p);
+/* Pids of the live workers into pids[0..max-1]; returns how many. */
+MPE_API int mpe_pool_pids(const mpe_pool *p, pid_t *pids, int max);
+/* Why the pool broke (a failing initializer, workers dying before their
+ * first task too many times in a row), or NULL while it works. */
+MPE_API const char *mpe_pool_error(const mpe_pool *p);
+/* No more submits; the tasks queued still run. */
+MPE_API void mpe_pool_close(mpe_pool *p);
+/* After close: waits until every task has finished, then stops the workers
+ * (results stay to be collected): 0, MPE_ETIMEDOUT, MPE_EINTR, MPE_EBROKEN;
+ * -EINVAL before close or terminate. After terminate: 0. */
+MPE_API int mpe_pool_join(mpe_pool *p, double timeout);
+/* Kills the workers at once; results already back stay, every other task
+ * submitted gets MPE_ETERMINATED. No worker is left. */
+MPE_API void mpe_pool_terminate(mpe_pool *p);
 /* Stops the workers (waits for the tasks they run; kill: at once) and frees
  * the pool, results not collected included. */
 MPE_API void mpe_pool_free(mpe_pool *p, int kill);
+
+/* The first pool API, kept: a task reads in[len] and may set *out /
+ * *out_len to a malloc'ed buffer (the engine frees it); 0 or an error code. */
+typedef int (*mpe_task_fn)(const void *in, size_t len, void **out, size_t *out_len, void *ctx);
+/* mpe_pool_start with that task shape and workers processes (0: one per CPU). */
+MPE_API int mpe_pool_new(mpe_pool **out, int workers, mpe_task_fn fn, void *ctx);
 
 #ifdef __cplusplus
 }

@@ -1,248 +1,595 @@
-/* pool.c - a pool of worker processes running a C function over bytes.
+/* pool.c - the pool's parent side: tasks, batches, results and blame.
  *
- * The Lua Pool (bindings/pool.lua) is the same design with more options; this
- * is the C one, for hosts without Lua. Each worker has its own inbox queue
- * and holds at most one task, so the parent always knows which task a worker
- * holds: when a worker dies, that task (and only it) is reported MPE_EDIED
- * with the exit status, and a replacement starts. Results come back through
- * one shared queue as {id, status, code, bytes}. The parent looks at its
- * workers at least every SLICE seconds while it waits, so nothing waits
- * forever on a dead worker.
+ * Tasks are submitted in blocks (one copy of the caller's buffer holds many
+ * inputs) and wait in the pending line, a deque: work taken back from a dead
+ * worker goes to its front, in order. dispatch() hands batches of pending
+ * tasks to the workers with room, always to the one holding the fewest:
+ * a worker holds up to `depth` tasks in batches of about depth / 2, so one
+ * batch runs while the next waits in its inbox. Before any task time is
+ * measured a worker holds one task (a task of unknown length must not keep
+ * others waiting while a worker idles); then depth is the tasks that fill
+ * QUEUED seconds, as measured by the workers (adaptive), or twice the
+ * chunksize given.
  *
- * Invariants: a task is in exactly one of pending[], a worker's `task`, the
- * results queue, or done[]; `outstanding` counts tasks not yet collected. */
+ * The parent reaches its workers only through the transport (pool.h), and
+ * looks at them at least every SLICE seconds while it waits: a worker that
+ * has gone is handled by worker_gone(), which first takes every reply
+ * already queued, then reads the dead worker's stamp: the task it was
+ * running fails with how it died (MPE_EDIED, or MPE_ETIMEDOUT when the pool
+ * killed it for running past the timeout), everything else it held goes back
+ * to the front of the line, and a replacement starts. A transport that knows
+ * only the batch (not the task) gets that batch rerun one task at a time, so
+ * a task that kills its worker again is then named exactly. Workers that
+ * die before finishing a task, outside any task, CRASH_LOOP(n) times in a
+ * row break the pool, as does an initializer that fails: then, and on
+ * terminate, every task without a result gets one saying so.
+ *
+ * Invariants: a task is in exactly one of the pending line, a batch held by
+ * one worker, or the done ring; `unfinished` counts the first two,
+ * `outstanding` all three. A block of inputs is freed when its last task
+ * has its result. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 
-#include "internal.h"
+#include "pool.h"
 
-#define SLICE 0.01
-#define TAG_TASK 1
-#define TAG_QUIT 2
+#define SLICE 0.01              /* the parent looks at its workers this often */
+#define QUEUED 0.02             /* seconds of work a worker may hold */
+#define MAXDEPTH ((size_t)1 << 16) /* and at most this many tasks */
+#define CRASH_LOOP(n) (3 * (n) + 3)
+
+enum { RUN, CLOSED, JOINED, TERMINATED };
+
+typedef struct block {
+  size_t left; /* tasks without a result */
+  char data[];
+} block;
 
 typedef struct task {
   uint64_t id;
-  void *in;
-  size_t len;
+  const char *in;
+  block *blk;
+  uint32_t len;
+  uint32_t solo; /* send alone (a rerun to name a culprit) */
 } task;
 
+typedef struct batch {
+  uint64_t bid;
+  uint32_t n, done; /* done: tasks answered (a prefix) */
+  task t[];
+} batch;
+
 typedef struct worker {
-  mpe_process *proc;
-  mpe_queue *inbox;
-  int busy;
-  task t; /* the task it holds while busy */
+  int alive, retiring, timed_out;
+  uint64_t kill_seq;
+  batch **held; /* in the order sent */
+  size_t nheld, hcap;
+  size_t tasks_held, dispatched, finished;
 } worker;
 
-typedef struct reply_hdr {
-  uint64_t id;
-  int32_t status, code;
-} reply_hdr;
-
-struct mpe_pool {
-  int n;
+typedef struct legacy {
   mpe_task_fn fn;
   void *ctx;
-  mpe_queue *results;
+} legacy;
+
+struct mpe_pool {
+  int n, state, broken, shut;
+  mpe__pool_transport *tr;
+  mpe__pool_cfg cfg;
+  size_t chunksize;
+  double timeout;
+  task *pend; /* deque */
+  size_t phead, plen, pcap;
+  mpe_task_result *done; /* ring */
+  size_t dhead, dlen, dcap;
   worker *w;
-  task *pending;
-  size_t phead, ptail, pcap;
-  mpe_task_result *done;
-  size_t ndone, dcap;
-  size_t outstanding;
-  uint64_t next_id;
-  mpe_qmsg m;
-  int self; /* the slot a worker process serves (in the worker) */
+  size_t unfinished, outstanding;
+  uint64_t next_id, next_bid;
+  double task_time, last_check;
+  int crashes;
+  mpe_buf msg;
+  legacy *lg;
+  char error[256];
 };
 
-/* ------------------------------------------------------------ in a worker */
+/* ------------------------------------------------------------- the lines */
 
-static int worker_main(void *arg) {
-  mpe_pool *p = arg;
-  mpe_queue *inbox = p->w[p->self].inbox;
-  mpe_qmsg m = {0};
-  for (;;) {
-    int rc = mpe_queue_get(inbox, -1, &m);
-    if (rc == MPE_EINTR) continue;
-    if (rc != 0 || m.tag == TAG_QUIT) break;
-    reply_hdr h;
-    memcpy(&h.id, m.data, sizeof h.id);
-    void *out = NULL;
-    size_t out_len = 0;
-    int code = p->fn(m.data + sizeof h.id, m.len - sizeof h.id, &out, &out_len, p->ctx);
-    h.status = code == 0 ? 0 : MPE_ETASK;
-    h.code = code;
-    char *buf = malloc(sizeof h + out_len);
-    if (!buf) return 3;
-    memcpy(buf, &h, sizeof h);
-    if (out_len) memcpy(buf + sizeof h, out, out_len);
-    free(out);
-    rc = mpe_queue_put(p->results, buf, sizeof h + out_len, 0, -1);
-    free(buf);
-    if (rc != 0) return 4;
-  }
-  mpe_qmsg_free(&m);
+static int grow(void **v, size_t *cap, size_t head, size_t len, size_t size) {
+  size_t ncap = *cap ? 2 * *cap : 64;
+  char *nv = malloc(ncap * size);
+  if (!nv) return -ENOMEM;
+  for (size_t i = 0; i < len; i++) memcpy(nv + i * size, (char *)*v + ((head + i) % *cap) * size, size);
+  free(*v);
+  *v = nv;
+  *cap = ncap;
   return 0;
 }
 
-/* ------------------------------------------------------------ the parent */
+static int pend_reserve(mpe_pool *p, size_t more) {
+  while (p->pcap - p->plen < more) {
+    if (grow((void **)&p->pend, &p->pcap, p->phead, p->plen, sizeof *p->pend) < 0) return -ENOMEM;
+    p->phead = 0;
+  }
+  return 0;
+}
+
+/* Back to the front of the line (room reserved by the caller or freed by
+ * the dispatch that took it). */
+static void pend_front(mpe_pool *p, const task *t) {
+  p->phead = (p->phead + p->pcap - 1) % p->pcap;
+  p->pend[p->phead] = *t;
+  p->plen++;
+}
+
+static void pend_back(mpe_pool *p, const task *t) {
+  p->pend[(p->phead + p->plen++) % p->pcap] = *t;
+}
+
+static task pend_pop(mpe_pool *p) {
+  task t = p->pend[p->phead];
+  p->phead = (p->phead + 1) % p->pcap;
+  p->plen--;
+  return t;
+}
+
+static void drop_input(task *t) {
+  if (t->blk && --t->blk->left == 0) free(t->blk);
+  t->blk = NULL;
+}
+
+/* The result of task t (data: malloc'ed, given to the ring). */
+static int finish(mpe_pool *p, task *t, int status, int code, void *data, size_t len) {
+  if (p->dlen == p->dcap) {
+    if (grow((void **)&p->done, &p->dcap, p->dhead, p->dlen, sizeof *p->done) < 0) {
+      free(data);
+      return -ENOMEM;
+    }
+    p->dhead = 0;
+  }
+  p->done[(p->dhead + p->dlen++) % p->dcap] =
+      (mpe_task_result){.id = t->id, .status = status, .code = code, .data = data, .len = len};
+  drop_input(t);
+  p->unfinished--;
+  return 0;
+}
+
+/* ------------------------------------------------------------ the workers */
+
+__attribute__((format(printf, 2, 3))) static void break_pool(mpe_pool *p, const char *fmt, ...) {
+  if (p->broken || p->state == TERMINATED) return;
+  p->broken = 1;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(p->error, sizeof p->error, fmt, ap);
+  va_end(ap);
+}
 
 static int start_worker(mpe_pool *p, int slot) {
-  worker *w = &p->w[slot];
-  int rc = mpe_queue_new(&w->inbox, 0);
+  int rc = p->tr->start(p->tr, slot);
   if (rc < 0) return rc;
-  p->self = slot; /* what the child sees */
-  rc = mpe_process_spawn(&w->proc, worker_main, p, NULL);
-  if (rc < 0) {
-    mpe_queue_free(w->inbox);
-    w->inbox = NULL;
+  worker *w = &p->w[slot];
+  w->alive = 1;
+  w->retiring = w->timed_out = 0;
+  w->tasks_held = w->dispatched = w->finished = 0;
+  return 0;
+}
+
+static batch *find_batch(worker *w, uint64_t bid, size_t *at) {
+  for (size_t i = 0; i < w->nheld; i++)
+    if (w->held[i]->bid == bid) {
+      *at = i;
+      return w->held[i];
+    }
+  return NULL;
+}
+
+static int handle_reply(mpe_pool *p, const char *data, size_t len, uint32_t tag) {
+  mpe__reply_hdr h;
+  if (len < sizeof h) return MPE_ECORRUPT;
+  memcpy(&h, data, sizeof h);
+  if (tag == MPE__REPLY_INIT_FAILED) {
+    if ((int32_t)h.n == -1)
+      break_pool(p, "Pool: cannot set memory_limit in a worker (slot %d)", (int)h.slot);
+    else
+      break_pool(p, "Pool: the initializer failed in a worker (slot %d): it returned %d", (int)h.slot,
+                 (int)h.n);
+    return 0;
   }
-  w->busy = 0;
+  size_t at;
+  batch *b = h.slot < (uint32_t)p->n ? find_batch(&p->w[h.slot], h.bid, &at) : NULL;
+  if (!b) return 0; /* a batch already settled: nothing to give */
+  if (h.from != b->done || h.n > b->n - b->done) return MPE_ECORRUPT;
+  worker *w = &p->w[h.slot];
+  const char *pos = data + sizeof h, *end = data + len;
+  for (uint32_t i = 0; i < h.n; i++) {
+    mpe__result_hdr r;
+    if ((size_t)(end - pos) < sizeof r) return MPE_ECORRUPT;
+    memcpy(&r, pos, sizeof r);
+    pos += sizeof r;
+    if ((size_t)(end - pos) < r.len) return MPE_ECORRUPT;
+    void *out = NULL;
+    if (r.len) {
+      out = malloc(r.len);
+      if (!out) return -ENOMEM;
+      memcpy(out, pos, r.len);
+      pos += r.len;
+    }
+    int rc = finish(p, &b->t[b->done++], r.code ? MPE_ETASK : 0, r.code, out, r.len);
+    if (rc < 0) return rc;
+  }
+  w->tasks_held -= h.n;
+  w->finished += h.n;
+  p->crashes = 0;
+  p->task_time = p->task_time > 0 ? 0.8 * p->task_time + 0.2 * h.dt : h.dt;
+  if (b->done == b->n) {
+    free(b);
+    memmove(w->held + at, w->held + at + 1, (--w->nheld - at) * sizeof *w->held);
+  }
+  return 0;
+}
+
+/* Takes every reply already queued, without waiting. */
+static int drain(mpe_pool *p) {
+  const char *data;
+  size_t len;
+  uint32_t tag;
+  int rc;
+  while ((rc = p->tr->take(p->tr, 0, &data, &len, &tag)) == 0) {
+    rc = handle_reply(p, data, len, tag);
+    if (rc < 0) return rc;
+  }
+  return rc == MPE_ETIMEDOUT || rc == MPE_EINTR ? 0 : rc;
+}
+
+static int wanted(const mpe_pool *p) {
+  return !p->broken && !p->shut && (p->state == RUN || p->unfinished > 0);
+}
+
+/* The worker of slot has gone with code (see the opening comment). */
+static int worker_gone(mpe_pool *p, int slot, int code) {
+  int rc = drain(p);
+  if (rc < 0) return rc;
+  worker *w = &p->w[slot];
+  mpe__running r;
+  p->tr->running(p->tr, slot, &r);
+  int status = 0; /* what the culprit, if one is known, gets */
+  if (w->timed_out) status = r.seq == w->kill_seq && r.task >= 0 ? MPE_ETIMEDOUT : 0;
+  else if (r.task >= 0 || (r.batch && !r.exact)) status = MPE_EDIED;
+  rc = pend_reserve(p, w->tasks_held);
+  for (size_t k = w->nheld; k-- > 0;) {
+    batch *b = w->held[k];
+    int running = r.batch == b->bid && status;
+    int unknown = running && (!r.exact || r.task < 0) && b->n - b->done > 1;
+    for (uint32_t i = b->n; i-- > b->done;) {
+      task *t = &b->t[i];
+      if (running && !unknown && (r.exact ? (long)i == r.task : 1)) {
+        if (rc == 0) rc = finish(p, t, status, code, NULL, 0);
+        else drop_input(t);
+        continue;
+      }
+      t->solo = unknown;
+      if (rc == 0) pend_front(p, t);
+      else {
+        drop_input(t);
+        p->unfinished--;
+      }
+    }
+    free(b);
+  }
+  w->nheld = w->tasks_held = 0;
+  if (w->finished == 0 && !r.batch && !w->retiring && !w->timed_out && ++p->crashes >= CRASH_LOOP(p->n))
+    break_pool(p, "Pool: %d workers in a row died before finishing a task; the last %s %d", p->crashes,
+               code < 0 ? "was killed by signal" : "exited with code", code < 0 ? -code : code);
+  p->tr->release(p->tr, slot, 0);
+  w->alive = 0;
+  if (rc == 0 && wanted(p)) rc = start_worker(p, slot);
   return rc;
 }
 
-int mpe_pool_new(mpe_pool **out, int workers, mpe_task_fn fn, void *ctx) {
-  if (!fn || workers < 0) return -EINVAL;
+/* Looks for workers that have gone and tasks past their time; restarts a
+ * slot whose replacement could not start before. */
+static int check_workers(mpe_pool *p) {
+  double now = mpe_time();
+  p->last_check = now;
+  for (int slot = 0; slot < p->n; slot++) {
+    worker *w = &p->w[slot];
+    int code, rc = 0;
+    if (!w->alive) {
+      if (wanted(p)) rc = start_worker(p, slot);
+    } else if (p->tr->gone(p->tr, slot, &code)) {
+      rc = worker_gone(p, slot, code);
+    } else if (p->timeout > 0 && !w->timed_out) {
+      mpe__running r;
+      p->tr->running(p->tr, slot, &r);
+      if (r.task >= 0 && now - r.since > p->timeout) {
+        w->timed_out = 1;
+        w->kill_seq = r.seq;
+        p->tr->kill(p->tr, slot);
+      }
+    }
+    if (rc < 0) return rc;
+  }
+  return 0;
+}
+
+/* Kills every worker; every task without a result gets status. */
+static void shutdown(mpe_pool *p, int status) {
+  p->shut = 1;
+  for (int slot = 0; slot < p->n; slot++)
+    if (p->w[slot].alive) {
+      p->tr->release(p->tr, slot, 0);
+      p->w[slot].alive = 0;
+    }
+  drain(p); /* what was answered before the end is real */
+  for (int slot = 0; slot < p->n; slot++) {
+    worker *w = &p->w[slot];
+    for (size_t k = 0; k < w->nheld; k++) {
+      batch *b = w->held[k];
+      for (uint32_t i = b->done; i < b->n; i++)
+        if (finish(p, &b->t[i], status, 0, NULL, 0) < 0) {
+          drop_input(&b->t[i]);
+          p->unfinished--;
+        }
+      free(b);
+    }
+    w->nheld = w->tasks_held = 0;
+  }
+  while (p->plen) {
+    task t = pend_pop(p);
+    if (finish(p, &t, status, 0, NULL, 0) < 0) {
+      drop_input(&t);
+      p->unfinished--;
+    }
+  }
+}
+
+/* ------------------------------------------------------------- dispatching */
+
+static int send_batch(mpe_pool *p, int slot, size_t k) {
+  worker *w = &p->w[slot];
+  if (w->nheld == w->hcap) {
+    size_t cap = w->hcap ? 2 * w->hcap : 8;
+    batch **h = realloc(w->held, cap * sizeof *h);
+    if (!h) return -ENOMEM;
+    w->held = h;
+    w->hcap = cap;
+  }
+  batch *b = malloc(sizeof *b + k * sizeof(task));
+  if (!b) return -ENOMEM;
+  b->bid = ++p->next_bid;
+  b->n = (uint32_t)k;
+  b->done = 0;
+  size_t bytes = 0;
+  for (size_t i = 0; i < k; i++) {
+    b->t[i] = pend_pop(p);
+    bytes += b->t[i].len;
+  }
+  mpe__batch_hdr h = {.bid = b->bid, .n = b->n};
+  p->msg.len = 0;
+  int rc = mpe_buf_add(&p->msg, NULL, sizeof h + k * sizeof(uint32_t) + bytes);
+  if (rc == 0) {
+    char *o = p->msg.data;
+    memcpy(o, &h, sizeof h);
+    o += sizeof h;
+    for (size_t i = 0; i < k; i++, o += sizeof(uint32_t)) memcpy(o, &b->t[i].len, sizeof(uint32_t));
+    for (size_t i = 0; i < k; i++) {
+      memcpy(o, b->t[i].in, b->t[i].len);
+      o += b->t[i].len;
+    }
+    rc = p->tr->send(p->tr, slot, p->msg.data, p->msg.len);
+  }
+  if (rc < 0) { /* back to the front, in order */
+    for (size_t i = k; i-- > 0;) pend_front(p, &b->t[i]);
+    free(b);
+    return rc;
+  }
+  w->held[w->nheld++] = b;
+  w->tasks_held += k;
+  w->dispatched += k;
+  if (p->cfg.maxtasks && w->dispatched >= p->cfg.maxtasks) w->retiring = 1;
+  return 0;
+}
+
+/* Hands pending tasks to the workers with room. */
+static int dispatch(mpe_pool *p) {
+  if (!p->plen || p->shut) return 0;
+  size_t depth = 1, per_batch = 1;
+  if (p->chunksize) {
+    per_batch = p->chunksize;
+    depth = 2 * per_batch;
+  } else if (p->task_time > 0) {
+    double d = QUEUED / p->task_time;
+    depth = d >= (double)MAXDEPTH ? MAXDEPTH : d < 1 ? 1 : (size_t)d;
+    per_batch = depth / 2 ? depth / 2 : 1;
+    /* no worker takes much more than its share of the line */
+    size_t share = (p->plen + (size_t)p->n - 1) / (size_t)p->n;
+    if (per_batch > share) per_batch = share;
+  }
+  while (p->plen) {
+    int slot = -1;
+    for (int s = 0; s < p->n; s++) {
+      worker *w = &p->w[s];
+      if (w->alive && !w->retiring && w->tasks_held < depth &&
+          (slot < 0 || w->tasks_held < p->w[slot].tasks_held))
+        slot = s;
+    }
+    if (slot < 0) break;
+    worker *w = &p->w[slot];
+    size_t k = depth - w->tasks_held;
+    if (k > per_batch) k = per_batch;
+    if (k > p->plen) k = p->plen;
+    if (p->cfg.maxtasks && k > p->cfg.maxtasks - w->dispatched) k = p->cfg.maxtasks - w->dispatched;
+    if (k > UINT32_MAX / 2) k = UINT32_MAX / 2;
+    /* a rerun task goes alone, and a batch stops before one */
+    size_t i = 1;
+    if (p->pend[p->phead].solo) k = 1;
+    while (i < k && !p->pend[(p->phead + i) % p->pcap].solo) i++;
+    int rc = send_batch(p, slot, i);
+    if (rc < 0) return rc;
+  }
+  return 0;
+}
+
+/* Runs the pool until ready(p) or the deadline. */
+static int pump(mpe_pool *p, const mpe__deadline *d, int (*ready)(const mpe_pool *)) {
+  for (;;) {
+    if (p->broken && !p->shut) shutdown(p, MPE_EBROKEN);
+    if (ready(p)) return 0;
+    int rc = dispatch(p);
+    if (rc < 0) return rc;
+    int ms = mpe__deadline_ms(d);
+    if (ms == 0) return MPE_ETIMEDOUT;
+    double wait = ms < 0 || ms > SLICE * 1000 ? SLICE : ms * 1e-3;
+    const char *data;
+    size_t len;
+    uint32_t tag;
+    rc = p->tr->take(p->tr, wait, &data, &len, &tag);
+    if (rc == 0) {
+      rc = handle_reply(p, data, len, tag);
+      for (int k = 0; rc == 0 && k < 64; k++) {
+        if (p->tr->take(p->tr, 0, &data, &len, &tag) != 0) break;
+        rc = handle_reply(p, data, len, tag);
+      }
+      if (rc < 0) return rc;
+    } else if (rc != MPE_ETIMEDOUT) {
+      return rc;
+    }
+    if (rc == MPE_ETIMEDOUT || mpe_time() - p->last_check >= SLICE) {
+      rc = check_workers(p);
+      if (rc < 0) return rc;
+    }
+  }
+}
+
+static int has_result(const mpe_pool *p) { return p->dlen > 0 || p->unfinished == 0; }
+static int all_finished(const mpe_pool *p) { return p->unfinished == 0; }
+
+/* ------------------------------------------------------------ the public API */
+
+int mpe_pool_start(mpe_pool **out, mpe_pool_fn fn, void *ctx, const mpe_pool_options *opts) {
+  mpe_pool_options o = {0};
+  if (opts) o = *opts;
+  if (!fn || o.processes < 0 || o.timeout != o.timeout) return -EINVAL;
   if (!mpe_initialized()) return MPE_ENOINIT;
   mpe_pool *p = calloc(1, sizeof *p);
   if (!p) return -ENOMEM;
-  p->n = workers ? workers : mpe_cpu_count();
-  p->fn = fn;
-  p->ctx = ctx;
+  p->n = o.processes ? o.processes : mpe_cpu_count();
+  p->cfg = (mpe__pool_cfg){fn, ctx, o.initializer, o.initarg, o.maxtasksperchild, o.memory_limit,
+                           o.timeout > 0};
+  p->timeout = o.timeout > 0 ? o.timeout : 0;
+  p->chunksize = o.chunksize;
   p->w = calloc((size_t)p->n, sizeof *p->w);
-  int rc = p->w ? mpe_queue_new(&p->results, 0) : -ENOMEM;
+  int rc = p->w ? mpe__pool_local_new(&p->tr, p->n, &p->cfg) : -ENOMEM;
   for (int i = 0; rc == 0 && i < p->n; i++) rc = start_worker(p, i);
   if (rc < 0) {
     mpe_pool_free(p, 1);
     return rc;
   }
+  p->last_check = mpe_time();
   *out = p;
   return 0;
 }
 
-int mpe_pool_size(const mpe_pool *p) { return p->n; }
+static int legacy_call(void *ctx, const void *in, size_t n, mpe_buf *out) {
+  legacy *lg = ctx;
+  void *o = NULL;
+  size_t olen = 0;
+  int code = lg->fn(in, n, &o, &olen, lg->ctx);
+  int rc = olen ? mpe_buf_add(out, o, olen) : 0;
+  free(o);
+  return rc < 0 && code == 0 ? rc : code;
+}
 
-static int push_done(mpe_pool *p, uint64_t id, int status, int code, void *data, size_t len) {
-  if (p->ndone == p->dcap) {
-    size_t cap = p->dcap ? 2 * p->dcap : 16;
-    mpe_task_result *d = realloc(p->done, cap * sizeof *d);
-    if (!d) return -ENOMEM;
-    p->done = d;
-    p->dcap = cap;
+int mpe_pool_new(mpe_pool **out, int workers, mpe_task_fn fn, void *ctx) {
+  if (!fn || workers < 0) return -EINVAL;
+  legacy *lg = malloc(sizeof *lg);
+  if (!lg) return -ENOMEM;
+  *lg = (legacy){fn, ctx};
+  mpe_pool_options o = {.processes = workers};
+  int rc = mpe_pool_start(out, legacy_call, lg, &o);
+  if (rc < 0) free(lg);
+  else (*out)->lg = lg;
+  return rc;
+}
+
+int mpe_pool_size(const mpe_pool *p) { return p->n; }
+const char *mpe_pool_error(const mpe_pool *p) { return p->broken ? p->error : NULL; }
+
+int mpe_pool_pids(const mpe_pool *p, pid_t *pids, int max) {
+  int k = 0;
+  for (int s = 0; s < p->n && k < max; s++)
+    if (p->w[s].alive) pids[k++] = p->tr->pid(p->tr, s);
+  return k;
+}
+
+/* Queues n tasks over blk's bytes (lens[i] each), taking blk. */
+static int enqueue(mpe_pool *p, block *blk, const size_t *lens, size_t n, uint64_t *first_id) {
+  if (pend_reserve(p, n) < 0) {
+    free(blk);
+    return -ENOMEM;
   }
-  mpe_task_result *r = &p->done[p->ndone++];
-  r->id = id;
-  r->status = status;
-  r->code = code;
-  r->data = data;
-  r->len = len;
+  if (first_id) *first_id = p->next_id;
+  const char *in = blk ? blk->data : NULL;
+  for (size_t i = 0; i < n; i++) {
+    task t = {.id = p->next_id++, .in = in, .blk = blk, .len = (uint32_t)lens[i]};
+    pend_back(p, &t);
+    in += lens[i];
+  }
+  p->unfinished += n;
+  p->outstanding += n;
+  dispatch(p); /* a failure leaves the tasks in line: the next wait retries */
   return 0;
+}
+
+static int check_submit(const mpe_pool *p, const size_t *lens, size_t n, size_t *total) {
+  if (p->broken) return MPE_EBROKEN;
+  if (p->state != RUN) return MPE_ECLOSED;
+  *total = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (lens[i] > UINT32_MAX || *total + lens[i] < *total) return -EINVAL;
+    *total += lens[i];
+  }
+  return 0;
+}
+
+static block *new_block(size_t n, size_t total) {
+  if (!n) return NULL;
+  block *b = malloc(sizeof *b + total);
+  if (b) b->left = n;
+  return b;
+}
+
+int mpe_pool_submit_batch(mpe_pool *p, const void *data, const size_t *lens, size_t n,
+                          uint64_t *first_id) {
+  size_t total;
+  int rc = check_submit(p, lens, n, &total);
+  if (rc < 0) return rc;
+  block *b = new_block(n, total);
+  if (n && !b) return -ENOMEM;
+  if (total) memcpy(b->data, data, total);
+  return enqueue(p, b, lens, n, first_id);
 }
 
 int mpe_pool_submit(mpe_pool *p, const void *in, size_t len, uint64_t *id) {
-  if (p->ptail - p->phead == p->pcap) {
-    size_t cap = p->pcap ? 2 * p->pcap : 64, n = p->ptail - p->phead;
-    task *t = malloc(cap * sizeof *t);
-    if (!t) return -ENOMEM;
-    for (size_t i = 0; i < n; i++) t[i] = p->pending[(p->phead + i) % (p->pcap ? p->pcap : 1)];
-    free(p->pending);
-    p->pending = t;
-    p->pcap = cap;
-    p->phead = 0;
-    p->ptail = n;
-  }
-  task t = {p->next_id++, malloc(sizeof(uint64_t) + len), len};
-  if (!t.in) return -ENOMEM;
-  memcpy(t.in, &t.id, sizeof t.id);
-  if (len) memcpy((char *)t.in + sizeof t.id, in, len);
-  p->pending[p->ptail++ % p->pcap] = t;
-  p->outstanding++;
-  if (id) *id = t.id;
-  return 0;
-}
-
-/* Gives pending tasks to idle workers. */
-static int dispatch(mpe_pool *p) {
-  for (int i = 0; i < p->n && p->phead < p->ptail; i++) {
-    worker *w = &p->w[i];
-    if (w->busy || !w->proc) continue;
-    task t = p->pending[p->phead % p->pcap];
-    int rc = mpe_queue_put(w->inbox, t.in, sizeof t.id + t.len, TAG_TASK, -1);
-    if (rc < 0) return rc;
-    p->phead++;
-    w->busy = 1;
-    w->t = t;
-  }
-  return 0;
-}
-
-static int take_reply(mpe_pool *p) {
-  reply_hdr h;
-  if (p->m.len < sizeof h) return MPE_ECORRUPT;
-  memcpy(&h, p->m.data, sizeof h);
-  size_t len = p->m.len - sizeof h;
-  void *data = NULL;
-  if (len) {
-    data = malloc(len);
-    if (!data) return -ENOMEM;
-    memcpy(data, p->m.data + sizeof h, len);
-  }
-  for (int i = 0; i < p->n; i++) {
-    worker *w = &p->w[i];
-    if (w->busy && w->t.id == h.id) {
-      free(w->t.in);
-      w->busy = 0;
-    }
-  }
-  return push_done(p, h.id, h.status, h.code, data, len);
-}
-
-/* Reports the task of each dead worker and starts a replacement. */
-static int check_workers(mpe_pool *p) {
-  for (int i = 0; i < p->n; i++) {
-    worker *w = &p->w[i];
-    int code;
-    if (!w->proc || mpe_process_exitcode(w->proc, &code) != 1) continue;
-    /* Its results, if any, are queued already: take them first. */
-    while (mpe_queue_get(p->results, 0, &p->m) == 0) {
-      int rc = take_reply(p);
-      if (rc < 0) return rc;
-    }
-    if (w->busy) {
-      int rc = push_done(p, w->t.id, MPE_EDIED, code, NULL, 0);
-      if (rc < 0) return rc;
-      free(w->t.in);
-      w->busy = 0;
-    }
-    mpe_process_free(w->proc);
-    w->proc = NULL;
-    mpe_queue_free(w->inbox);
-    w->inbox = NULL;
-    int rc = start_worker(p, i);
-    if (rc < 0) return rc;
-  }
-  return 0;
+  return mpe_pool_submit_batch(p, in, &len, 1, id);
 }
 
 int mpe_pool_collect(mpe_pool *p, double timeout, mpe_task_result *r) {
   mpe__deadline d = mpe__deadline_in(timeout);
   for (;;) {
-    if (p->ndone > 0) {
-      *r = p->done[0];
-      memmove(p->done, p->done + 1, --p->ndone * sizeof *p->done);
+    if (p->dlen > 0) {
+      *r = p->done[p->dhead];
+      p->dhead = (p->dhead + 1) % p->dcap;
+      p->dlen--;
       p->outstanding--;
       return 0;
     }
-    if (p->outstanding == 0) return MPE_EEMPTY;
-    int rc = dispatch(p);
-    if (rc < 0) return rc;
-    int ms = mpe__deadline_ms(&d);
-    if (ms == 0) return MPE_ETIMEDOUT;
-    double wait = ms < 0 || ms > SLICE * 1000 ? SLICE : ms * 1e-3;
-    rc = mpe_queue_get(p->results, wait, &p->m);
-    if (rc == 0) rc = take_reply(p);
-    else if (rc == MPE_ETIMEDOUT) rc = check_workers(p);
+    if (p->outstanding == 0) return p->broken ? MPE_EBROKEN : MPE_EEMPTY;
+    int rc = pump(p, &d, has_result);
     if (rc < 0) return rc;
   }
 }
@@ -250,20 +597,26 @@ int mpe_pool_collect(mpe_pool *p, double timeout, mpe_task_result *r) {
 int mpe_pool_map(mpe_pool *p, size_t n, const void *const *in, const size_t *len,
                  mpe_task_result *results) {
   if (p->outstanding) return -EBUSY; /* ids would not be the indexes */
-  p->next_id = 0;
-  for (size_t i = 0; i < n; i++) {
-    int rc = mpe_pool_submit(p, in[i], len[i], NULL);
-    if (rc < 0) return rc;
-  }
+  size_t total;
+  int rc = check_submit(p, len, n, &total);
+  if (rc < 0) return rc;
+  block *b = new_block(n, total);
+  if (n && !b) return -ENOMEM;
+  for (size_t i = 0, at = 0; i < n; at += len[i++])
+    if (len[i]) memcpy(b->data + at, in[i], len[i]);
+  uint64_t base;
+  rc = enqueue(p, b, len, n, &base);
+  if (rc < 0) return rc;
   for (size_t got = 0; got < n;) {
     mpe_task_result r;
-    int rc = mpe_pool_collect(p, -1, &r);
+    rc = mpe_pool_collect(p, -1, &r);
     if (rc == MPE_EINTR) continue;
     if (rc < 0) return rc;
+    r.id -= base;
     results[r.id] = r;
     got++;
   }
-  return 0;
+  return p->broken ? MPE_EBROKEN : 0;
 }
 
 void mpe_task_result_clear(mpe_task_result *r) {
@@ -272,25 +625,59 @@ void mpe_task_result_clear(mpe_task_result *r) {
   r->len = 0;
 }
 
+void mpe_pool_close(mpe_pool *p) {
+  if (p->state == RUN) p->state = CLOSED;
+}
+
+int mpe_pool_join(mpe_pool *p, double timeout) {
+  if (p->state == RUN) return -EINVAL;
+  if (p->state == CLOSED) {
+    mpe__deadline d = mpe__deadline_in(timeout);
+    int rc = pump(p, &d, all_finished);
+    if (rc < 0) return rc;
+    for (int slot = 0; slot < p->n; slot++)
+      if (p->w[slot].alive) {
+        p->tr->release(p->tr, slot, 1);
+        p->w[slot].alive = 0;
+      }
+    p->state = JOINED;
+  }
+  return p->broken ? MPE_EBROKEN : 0;
+}
+
+void mpe_pool_terminate(mpe_pool *p) {
+  if (p->state == TERMINATED || p->shut) {
+    p->state = p->state == JOINED ? JOINED : TERMINATED;
+    return;
+  }
+  p->state = TERMINATED;
+  shutdown(p, MPE_ETERMINATED);
+}
+
 void mpe_pool_free(mpe_pool *p, int kill) {
   if (!p) return;
-  for (int i = 0; p->w && i < p->n; i++) {
-    worker *w = &p->w[i];
-    if (!w->proc) continue;
-    if (!kill) mpe_queue_put(w->inbox, "", 0, TAG_QUIT, -1);
-    else mpe_process_signal(w->proc, SIGKILL);
-    while (mpe_process_wait(w->proc, -1) == MPE_EINTR) {
-    }
-    mpe_process_free(w->proc);
-    mpe_queue_free(w->inbox);
-    if (w->busy) free(w->t.in);
+  if (p->tr) {
+    for (int slot = 0; p->w && slot < p->n; slot++)
+      if (p->w[slot].alive) p->tr->release(p->tr, slot, !kill);
+    p->tr->destroy(p->tr);
   }
-  for (size_t i = p->phead; i < p->ptail; i++) free(p->pending[i % p->pcap].in);
-  for (size_t i = 0; i < p->ndone; i++) free(p->done[i].data);
-  if (p->results) mpe_queue_free(p->results);
-  mpe_qmsg_free(&p->m);
-  free(p->pending);
+  for (int slot = 0; p->w && slot < p->n; slot++) {
+    worker *w = &p->w[slot];
+    for (size_t k = 0; k < w->nheld; k++) {
+      for (uint32_t i = w->held[k]->done; i < w->held[k]->n; i++) drop_input(&w->held[k]->t[i]);
+      free(w->held[k]);
+    }
+    free(w->held);
+  }
+  while (p->plen) {
+    task t = pend_pop(p);
+    drop_input(&t);
+  }
+  for (size_t i = 0; i < p->dlen; i++) free(p->done[(p->dhead + i) % p->dcap].data);
+  free(p->pend);
   free(p->done);
   free(p->w);
+  free(p->msg.data);
+  free(p->lg);
   free(p);
 }

@@ -45,6 +45,19 @@ function B.python(code)
   return cjson.decode(json)
 end
 
+-- A program built with the tests (tests/NAME beside the running mpengine
+-- command, or build/tests/NAME), or nil.
+function B.test_program(name)
+  local p = io.popen("readlink /proc/$PPID/exe 2>/dev/null")
+  local exe = p:read("l") or ""
+  p:close()
+  for _, cand in ipairs{(exe:match("^(.*)/[^/]*$") or ".") .. "/tests/" .. name, "build/tests/" .. name} do
+    local f = io.open(cand)
+    if f then f:close() return cand end
+  end
+  return nil
+end
+
 -- The machine's floors (tests/probe.c): cache-line, futex and pipe round
 -- trips in ns, fork+waitpid in ns, memcpy in GB/s. Read from
 -- MPENGINE_FLOORS (a JSON object, as the report passes it), else measured
@@ -56,15 +69,7 @@ function B.floors()
   local json = os.getenv("MPENGINE_FLOORS")
   if not json then
     local probe = os.getenv("MPENGINE_PROBE")
-    if not probe then
-      local p = io.popen("readlink /proc/$PPID/exe 2>/dev/null")
-      local exe = p:read("l") or ""
-      p:close()
-      for _, cand in ipairs{(exe:match("^(.*)/[^/]*$") or ".") .. "/tests/probe", "build/tests/probe"} do
-        local f = io.open(cand)
-        if f then f:close() probe = cand break end
-      end
-    end
+    probe = probe or B.test_program("probe")
     if probe then
       local p = io.popen(probe .. " 2>/dev/null")
       json = p:read("a")
