@@ -470,16 +470,7 @@ static int enc_function(enc *e, int idx) {
  * state, reused): weak, so that it keeps none alive once the message went,
  * and emptied of the last message's. */
 static void objs_open(lua_State *L, int slot) {
-  if (lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.inflight") != LUA_TTABLE) {
-    lua_pop(L, 1);
-    lua_newtable(L);
-    lua_createtable(L, 0, 1);
-    lua_pushliteral(L, "v");
-    lua_setfield(L, -2, "__mode");
-    lua_setmetatable(L, -2);
-    lua_pushvalue(L, -1);
-    lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.inflight");
-  }
+  mpel_weak_registry(L, "mpengine.inflight", "v");
   lua_Integer n = (lua_rawgeti(L, -1, 0), lua_tointeger(L, -1));
   lua_pop(L, 1);
   for (lua_Integer i = 1; i <= n; i++) {

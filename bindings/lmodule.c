@@ -74,18 +74,21 @@ void mpel_register_class(lua_State *L, const mpel_class *cls) {
   lua_pop(L, 1);
 }
 
+void mpel_weak_registry(lua_State *L, const char *name, const char *mode) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, name) == LUA_TTABLE) return;
+  lua_pop(L, 1);
+  lua_newtable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushstring(L, mode);
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, LUA_REGISTRYINDEX, name);
+}
+
 void mpel_track(lua_State *L, int idx) {
   idx = lua_absindex(L, idx);
-  if (lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.handles") != LUA_TTABLE) {
-    lua_pop(L, 1);
-    lua_newtable(L);
-    lua_createtable(L, 0, 1);
-    lua_pushliteral(L, "k");
-    lua_setfield(L, -2, "__mode");
-    lua_setmetatable(L, -2);
-    lua_pushvalue(L, -1);
-    lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.handles");
-  }
+  mpel_weak_registry(L, "mpengine.handles", "k");
   lua_pushvalue(L, idx);
   lua_pushboolean(L, 1);
   lua_rawset(L, -3);

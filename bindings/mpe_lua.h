@@ -128,6 +128,8 @@ void mpel_register_class(lua_State *L, const mpel_class *cls);
 /* Tracks the shared-object handle at idx (a weak registry), so a forked
  * child gets references of its own (mpel_handles_fork). */
 void mpel_track(lua_State *L, int idx);
+/* Pushes the registry's weak table name (mode "k" or "v"), made on first use. */
+void mpel_weak_registry(lua_State *L, const char *name, const char *mode);
 /* The references a child holds to the shared objects it inherits: taken by
  * the parent before fork (MPEL_FOR_CHILD, so none can be freed in between),
  * given back by the child when it ends (MPEL_CHILD_ENDS), or by the parent
