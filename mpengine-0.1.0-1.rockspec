@@ -9,6 +9,7 @@
 -- The project has no public home yet, so the source is the release archive
 -- made from a clone, beside this file:
 --   git archive --prefix=mpengine-0.1.0/ -o mpengine-0.1.0.tar.gz v0.1.0
+-- (HEAD instead of v0.1.0 until the release is tagged)
 --   luarocks build --lua-version=5.4 mpengine-0.1.0-1.rockspec
 -- (`luarocks make` builds the clone it runs in and fetches nothing).
 package = "mpengine"

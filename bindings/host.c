@@ -70,10 +70,12 @@ static void usage(FILE *f) {
           "      A script that returns a table with a main function has main(...)\n"
           "      called with ARGS. The result is the exit status: nothing or true: 0,\n"
           "      false: 1, an integer 0-255: itself.\n"
-          "test: runs busted (the one on PATH, or $MPENGINE_BUSTED) under Lua 5.4\n"
-          "      with the mpengine module loaded, in the current folder.\n\n"
+          "test: runs busted under Lua 5.4 with the mpengine module loaded, in the\n"
+          "      current folder. It takes $MPENGINE_BUSTED, else busted on PATH,\n"
+          "      else /usr/bin/busted.\n\n"
           "exit status: 0 success, 1 script error, 2 usage error (or a result that\n"
-          "             is not an exit status), 128+N ended by signal N (130 for SIGINT)\n",
+          "             is not an exit status), 128+N ended by signal N (130 for SIGINT,\n"
+          "             143 for SIGTERM)\n",
           progname, progname, progname, progname, progname);
 }
 

@@ -179,11 +179,16 @@ static mpe_value *check_any(lua_State *L, int idx) {
   return h->o;
 }
 
+/* "Value" or "Array": the handle at 1, as its messages name it. */
+static const char *kind_name(lua_State *L) {
+  return mpel_test_shared(L, 1, &array_type) ? array_type.cls.name : value_type.cls.name;
+}
+
 static int get_lock(lua_State *L) {
   mpe_value *v = check_any(L, 1);
   if (lua_getiuservalue(L, 1, 2) != LUA_TNIL) return 1;
   mpe_lock *l = mpe_value_lock(v);
-  if (!l) return luaL_error(L, "this %s was made with {lock = false}: it has no lock", luaL_typename(L, 1));
+  if (!l) return luaL_error(L, "this %s was made with {lock = false}: it has no lock", kind_name(L));
   mpel_push_lock(L, l);
   lua_pushvalue(L, -1);
   lua_setiuservalue(L, 1, 2);
@@ -192,7 +197,7 @@ static int get_lock(lua_State *L) {
 
 /* add() is for numbers: a byte ('c') is a one-byte string in Lua. */
 static void check_addable(lua_State *L, mpe_value *v) {
-  if (mpe_value_typecode(v) == 'c') luaL_error(L, "%s: add needs a number typecode, not 'c'", luaL_typename(L, 1));
+  if (mpe_value_typecode(v) == 'c') luaL_error(L, "%s: add needs a number typecode, not 'c'", kind_name(L));
 }
 
 static int value_add(lua_State *L) {

@@ -11,6 +11,8 @@ describe("mpengine CLI", function()
     out, rc = H.sh(H.CLI .. " --help")
     assert.are.equal(0, rc)
     assert.matches("usage: mpengine run", out)
+    -- the order test looks for busted in, as the README gives it
+    assert.matches("$MPENGINE_BUSTED, else busted on PATH,", out, 1, true)
     _, rc = H.sh(H.CLI)
     assert.are.equal(2, rc)
     out, rc = H.sh(H.CLI .. " frobnicate")
