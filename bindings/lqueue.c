@@ -163,7 +163,7 @@ static int q_join(lua_State *L) {
 
 static int q_gc(lua_State *L) {
   lqueue *h = lua_touserdata(L, 1);
-  mpe_qmsg_free(&h->m);
+  if (h) mpe_qmsg_free(&h->m); /* not a handle: see mpel_shared_gc */
   return mpel_shared_gc(L);
 }
 
