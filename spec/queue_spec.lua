@@ -18,6 +18,40 @@ describe("Queue", function()
     assert.is_true(q:empty())
   end)
 
+  it("a method of one queue class works on a handle of another, and on nothing else", function()
+    local q, jq, sq = mp.Queue(), mp.JoinableQueue(), mp.SimpleQueue()
+    assert.is_true(q.put(jq, "to jq"))
+    assert.is_true(jq.put(sq, "to sq"))
+    assert.is_true(sq.put(q, "to q"))
+    assert.are.equal("to jq", q.get(jq))
+    assert.are.equal("to sq", jq.get(sq))
+    assert.are.equal("to q", sq.get(q))
+    assert.are.equal(0, q.qsize(jq))
+    local v = mp.Value('i', 0)
+    assert.has_error(function() q.put(v, 1) end)
+    assert.has_error(function() q.get(v) end)
+    assert.has_error(function() q.get(mp.Lock()) end)
+    assert.has_error(function() q.put(setmetatable({}, getmetatable(q)), 1) end)
+  end)
+
+  it("scalars between tables: every table's own shared parts and cycles", function()
+    local q = mp.Queue()
+    local shared = {1}
+    local t = {a = shared, b = shared}
+    t.self = t
+    for _, v in ipairs{7, t, "s", {shared, shared}, false, t} do q:put(v) end
+    assert.are.equal(7, q:get())
+    local r = q:get()
+    assert.are.equal(r, r.self)
+    assert.are.equal(r.a, r.b)
+    assert.are.equal("s", q:get())
+    local pair = q:get()
+    assert.are.equal(pair[1], pair[2])
+    assert.are.same({1}, pair[1])
+    assert.is_false(q:get())
+    assert.are_not.equal(r, q:get()) -- each message decodes its own tables
+  end)
+
   it("bounds: full, put_nowait, put with a timeout", function()
     local q = mp.Queue(2)
     assert.are.equal(2, q:maxsize())
