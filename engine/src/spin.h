@@ -6,6 +6,9 @@
 /* One waiting place's memory (process-local; zero is a valid start). */
 typedef struct mpe__spin {
   long budget_ns; /* 0: not yet set; adapts between SPIN_MIN and the cap */
+  int stream;     /* set by the caller: the answer is one of a stream (the
+                     last wait did not have to wait), so look first after the
+                     longest gap and let a batch gather (see spin.c) */
 } mpe__spin;
 
 /* Spins until ready(arg) is true (returns 1) or spinning stops paying
