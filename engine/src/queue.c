@@ -311,7 +311,7 @@ int mpe_queue_put(mpe_queue *q, const void *buf, size_t len, uint32_t tag, doubl
       waited = 1;
     }
   }
-  if (rc == 0 && !waited && q->maxsize) put_spin.stream = 1;
+  if (rc == 0 && !waited && q->maxsize) put_spin.stream = kind == REC_INLINE;
   if (rc == 0) rc = append(q, kind, buf, len, tag, mpe_ref(block));
   mpe__mutex_unlock(&q->plock);
   if (rc == 0) mpe__seq_signal(&q->get_seq, &q->get_waiters, atomic_load(&q->watchers) ? INT32_MAX : 1);
@@ -366,7 +366,9 @@ int mpe_queue_get(mpe_queue *q, double timeout, mpe_qmsg *m) {
       waited = 1;
     }
   }
-  if (rc == 0 && !waited) get_spin.stream = 1; /* it found one there */
+  /* it found one there: a stream, if of small records (a big one costs its
+   * copy, not a line transfer, and a consumer that lags lets blocks pile up) */
+  if (rc == 0 && !waited) get_spin.stream = m->block == NULL;
   mpe__mutex_unlock(&q->clock);
   if (rc == 0 && q->maxsize) mpe__seq_signal(&q->put_seq, &q->put_waiters, 1);
   return rc;
