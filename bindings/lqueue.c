@@ -69,8 +69,9 @@ static int l_joinable(lua_State *L) { return new_queue(L, JOINABLE); }
 static int l_simple(lua_State *L) { return new_queue(L, SIMPLE); }
 
 static int do_put(lua_State *L, double timeout, int nowait) {
+  int nargs = lua_gettop(L); /* check_q may leave the metatable above the arguments */
   lqueue *h = check_q(L, 1);
-  luaL_checkany(L, 2);
+  if (nargs < 2) return luaL_argerror(L, 2, "value expected");
   if (lua_isnil(L, 2)) return luaL_argerror(L, 2, "cannot put nil");
   if (mpe_queue_is_closed(QOF(h))) return luaL_error(L, "%s is closed", class_names[VARIANT(h)]);
   /* upvalue 2: the state's wire (a method called from its class) */
@@ -163,6 +164,7 @@ static int q_task_done(lua_State *L) {
 }
 
 static int q_join(lua_State *L) {
+  lua_settop(L, 2); /* check_q may leave one value above the arguments */
   lqueue *h = check_q(L, 1);
   double timeout = mpel_opt_timeout(L, 2);
   double deadline = mpel_deadline(timeout);
