@@ -61,28 +61,33 @@ static int wire_gc(lua_State *L) {
   return 0;
 }
 
-mpel_wire *mpel_wire_get(lua_State *L, int allow_ends) {
-  mpel_wire *w;
-  if (lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.wire") == LUA_TUSERDATA) {
-    w = lua_touserdata(L, -1);
-  } else {
-    lua_pop(L, 1); /* the nil */
-    w = lua_newuserdatauv(L, sizeof *w, 0);
-    memset(w, 0, sizeof *w);
-    lua_createtable(L, 0, 1);
-    lua_pushcfunction(L, wire_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_setmetatable(L, -2);
-    lua_pushvalue(L, -1);
-    lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.wire");
-  }
-  lua_pop(L, 1); /* the registry keeps it alive */
+void mpel_push_wire(lua_State *L) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.wire") == LUA_TUSERDATA) return;
+  lua_pop(L, 1); /* the nil */
+  mpel_wire *w = lua_newuserdatauv(L, sizeof *w, 0);
+  memset(w, 0, sizeof *w);
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, wire_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.wire");
+}
+
+mpel_wire *mpel_wire_begin(mpel_wire *w, int allow_ends) {
   w->len = 0;
   w->nends = 0;
   w->allow_ends = allow_ends;
   w->transfer = 1;
   w->inflight = 0;
   return w;
+}
+
+mpel_wire *mpel_wire_get(lua_State *L, int allow_ends) {
+  mpel_push_wire(L);
+  mpel_wire *w = lua_touserdata(L, -1);
+  lua_pop(L, 1); /* the registry keeps it alive */
+  return mpel_wire_begin(w, allow_ends);
 }
 
 void mpel_wire_done(mpel_wire *w) {

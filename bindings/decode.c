@@ -27,7 +27,7 @@
 typedef struct dec {
   lua_State *L;
   const unsigned char *p, *end;
-  int refs; /* stack index: id -> value */
+  int refs; /* stack index: id -> value (nil until the first id is given) */
   int nrefs;
   int depth;
   mpe_pipe **ends;
@@ -53,6 +53,10 @@ static uint64_t take_be(dec *d, int n) {
 static void dec_value(dec *d);
 
 static void reg(dec *d) {
+  if (!d->nrefs) { /* the first table or function: the id table, in the slot kept for it */
+    lua_newtable(d->L);
+    lua_replace(d->L, d->refs);
+  }
   lua_pushvalue(d->L, -1);
   lua_rawseti(d->L, d->refs, ++d->nrefs);
 }
@@ -343,11 +347,11 @@ static void decode(lua_State *L, const char *buf, size_t len, mpe_pipe **ends, s
     d.sealed = 1;
     d.p += MPEL_SEAL_LEN;
   }
-  lua_newtable(L);
+  lua_pushnil(L); /* a plain scalar needs no id table: made on first use (reg) */
   d.refs = lua_gettop(L);
   dec_value(&d);
   if (d.p != d.end) bad(&d, "trailing bytes");
-  lua_remove(L, d.refs);
+  lua_replace(L, d.refs); /* the value where the id table (or its slot) was */
 }
 
 void mpel_decode(lua_State *L, const char *buf, size_t len, mpe_pipe **ends, size_t nends) {

@@ -429,7 +429,7 @@ static int d_get_lock(lua_State *L) {
 
 static int d_gc(lua_State *L) {
   ldict *h = lua_touserdata(L, 1);
-  mpe_dval_free(&h->v);
+  if (h) mpe_dval_free(&h->v); /* not a handle: see mpel_shared_gc */
   return mpel_shared_gc(L);
 }
 

@@ -23,7 +23,15 @@ typedef struct lqueue {
 #define VARIANT(h) ((h)->variant)
 
 static lqueue *check_q(lua_State *L, int idx) {
-  lqueue *h = (lqueue *)mpel_test_shared_any(L, idx);
+  /* The hot path, a method called on a handle of its own class (upvalue 1
+   * is the class's metatable): the metatable stays on the stack, under the
+   * method's results. */
+  lqueue *h = lua_touserdata(L, idx);
+  if (h && lua_getmetatable(L, idx)) {
+    if (lua_rawequal(L, -1, lua_upvalueindex(1)) && h->base.o) return h;
+    lua_pop(L, 1);
+  }
+  h = (lqueue *)mpel_test_shared_any(L, idx);
   if (h && h->base.t->cls.kind == MPEL_QUEUE) {
     if (!h->base.o) luaL_error(L, "%s is released", class_names[VARIANT(h)]);
     return h;
@@ -61,11 +69,14 @@ static int l_joinable(lua_State *L) { return new_queue(L, JOINABLE); }
 static int l_simple(lua_State *L) { return new_queue(L, SIMPLE); }
 
 static int do_put(lua_State *L, double timeout, int nowait) {
+  int nargs = lua_gettop(L); /* check_q may leave the metatable above the arguments */
   lqueue *h = check_q(L, 1);
-  luaL_checkany(L, 2);
+  if (nargs < 2) return luaL_argerror(L, 2, "value expected");
   if (lua_isnil(L, 2)) return luaL_argerror(L, 2, "cannot put nil");
   if (mpe_queue_is_closed(QOF(h))) return luaL_error(L, "%s is closed", class_names[VARIANT(h)]);
-  mpel_wire *w = mpel_wire_get(L, 0);
+  /* upvalue 2: the state's wire (a method called from its class) */
+  mpel_wire *w = lua_touserdata(L, lua_upvalueindex(2));
+  w = w ? mpel_wire_begin(w, 0) : mpel_wire_get(L, 0);
   mpel_encode(L, 2, "item", w);
   double deadline = mpel_deadline(timeout);
   int rc;
@@ -153,6 +164,7 @@ static int q_task_done(lua_State *L) {
 }
 
 static int q_join(lua_State *L) {
+  lua_settop(L, 2); /* check_q may leave one value above the arguments */
   lqueue *h = check_q(L, 1);
   double timeout = mpel_opt_timeout(L, 2);
   double deadline = mpel_deadline(timeout);
@@ -163,7 +175,7 @@ static int q_join(lua_State *L) {
 
 static int q_gc(lua_State *L) {
   lqueue *h = lua_touserdata(L, 1);
-  mpe_qmsg_free(&h->m);
+  if (h) mpe_qmsg_free(&h->m); /* not a handle: see mpel_shared_gc */
   return mpel_shared_gc(L);
 }
 
@@ -221,9 +233,15 @@ static const luaL_Reg joinable_methods[] = {{"task_done", q_task_done}, {"join",
 void mpel_open_queue(lua_State *L) {
   for (int v = 0; v < 3; v++) {
     if (luaL_newmetatable(L, class_names[v])) {
-      luaL_newlib(L, simple_methods);
-      if (v != SIMPLE) luaL_setfuncs(L, queue_methods, 0);
-      if (v == JOINABLE) luaL_setfuncs(L, joinable_methods, 0);
+      /* the methods, each with upvalues 1 the metatable (check_q), 2 the wire (do_put) */
+      lua_newtable(L);
+      for (int set = 0; set < 3; set++) {
+        static const luaL_Reg *const sets[] = {simple_methods, queue_methods, joinable_methods};
+        if ((set == 1 && v == SIMPLE) || (set == 2 && v != JOINABLE)) continue;
+        lua_pushvalue(L, -2);
+        mpel_push_wire(L);
+        luaL_setfuncs(L, sets[set], 2);
+      }
       lua_setfield(L, -2, "__index");
       mpel_shared_metatable(L, &queue_types[v]);
       lua_pushcfunction(L, q_gc);

@@ -64,8 +64,11 @@ mpel_obj *mpel_check_shared(lua_State *L, int idx, const mpel_shared_type *t) {
   return h;
 }
 
+/* A metamethod may meet a table that a script gave the class's metatable
+ * (setmetatable({}, getmetatable(handle))): no handle, nothing to free. */
 int mpel_shared_gc(lua_State *L) {
   mpel_obj *h = lua_touserdata(L, 1);
+  if (!h) return 0;
   if (h->o) h->t->obj_free(h->o);
   h->o = NULL;
   return 0;
@@ -79,7 +82,8 @@ static int shared_eq(lua_State *L) {
 }
 
 static int shared_tostring(lua_State *L) {
-  mpel_obj *h = lua_touserdata(L, 1);
+  mpel_obj *h = mpel_test_shared_any(L, 1);
+  if (!h) return luaL_typeerror(L, 1, "shared object");
   lua_pushfstring(L, "%s (%p)", h->t->cls.name, h->o);
   return 1;
 }

@@ -143,6 +143,10 @@ const char *mpel_put_object(mpel_wire *w, int kind, const void *payload, size_t 
 /* A reusable wire buffer for this state; release it with mpel_wire_done.
  * transfer: 1 for a real send (see mpel_wire.transfer). */
 mpel_wire *mpel_wire_get(lua_State *L, int allow_ends);
+/* The same in two steps, for a hot path that keeps the wire as an upvalue:
+ * pushes the state's wire (a userdata), and readies one for a message. */
+void mpel_push_wire(lua_State *L);
+mpel_wire *mpel_wire_begin(mpel_wire *w, int allow_ends);
 void mpel_wire_done(mpel_wire *w);
 /* The send of w's message failed: gives back its references in flight. */
 void mpel_wire_unsend(lua_State *L, mpel_wire *w);

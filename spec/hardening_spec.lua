@@ -159,6 +159,28 @@ describe("load", function()
 end)
 
 describe("errors scripts see", function()
+  it("a table given a shared object's metatable: tostring raises, collecting it frees nothing", function()
+    -- in a separate process: before, collecting such a table crashed the process
+    local code = [[local mp = require 'mpengine'
+for _, o in ipairs{mp.Queue(), mp.JoinableQueue(), mp.SimpleQueue(), mp.Lock(), mp.RLock(),
+                   mp.Value('i', 0), mp.Array('i', 2), mp.Event(), mp.Semaphore(), mp.Dict()} do
+  local fake = setmetatable({}, getmetatable(o))
+  assert(not pcall(tostring, fake))
+  fake = nil
+  collectgarbage() collectgarbage()
+  assert(tostring(o):match('^%a'))
+end
+print('done')]]
+    local path = H.tmpname()
+    local f = assert(io.open(path, "w"))
+    f:write(code)
+    f:close()
+    local out, rc = H.run(path)
+    os.remove(path)
+    assert.are.equal(0, rc, out)
+    assert.matches("done", out)
+  end)
+
   it("a runtime error in a worker: file:line, non-zero exit", function()
     local out, rc = H.run("spec/fixtures/errors.lua", "worker")
     assert.are.equal(1, rc)

@@ -55,6 +55,7 @@
 #include <unistd.h>
 
 #include "mutex.h"
+#include "spin.h"
 
 #define FRAME_MAGIC 0x4d50u
 #define PAGE_MAGIC  0x4d50504cu
@@ -682,21 +683,36 @@ static int sender_gone(mpe_pipe *p) {
   return gone;
 }
 
+/* One look of the spin before a receive sleeps: a non-blocking read step.
+ * Ready when it ended (a frame, an error), or a frame began (the rest is
+ * read below, where a signal cannot slip by), or the budget is spent. */
+typedef struct rx_look {
+  mpe_pipe *p;
+  size_t maxlen, budget;
+  mpe_msg *m;
+  int rc;
+} rx_look;
+
+static int rx_ready(void *arg) {
+  rx_look *k = arg;
+  k->rc = rx_step(k->p, k->maxlen, k->m, &k->budget);
+  return k->rc != 0 || k->p->pm->rx[k->p->side].active || k->budget == 0;
+}
+
 /* With the receive lock held: reads a frame, or the rest of one. */
 static int rx_wait(mpe_pipe *p, const mpe__deadline *d, double timeout, size_t maxlen, mpe_msg *m) {
   rx_state *r = &p->pm->rx[p->side];
-  /* First spin briefly on non-blocking reads: a peer on another CPU usually
+  /* First spin on non-blocking reads, by the shared policy (spin.c: only
+   * while a CPU is free, with growing gaps): a peer on another CPU usually
    * answers within microseconds, and a sleeping receiver costs a cross-CPU
    * wake-up (about 20 us on a small VM). A small message is read here whole;
    * a big one goes on below, where a signal cannot slip by unseen. */
-  double until =
-      timeout != 0 && !r->active && mpe__spin_ns() > 0 ? mpe_time() + (double)mpe__spin_ns() * 1e-9 : 0;
-  size_t budget = OPEN_BYTES;
-  for (;;) {
-    int rc = rx_step(p, maxlen, m, &budget);
-    if (rc != 0) return rc > 0 ? 0 : rc;
-    if (until == 0 || r->active || budget == 0 || mpe_time() >= until) break;
-  }
+  static mpe__spin spin;
+  rx_look k = {p, maxlen, OPEN_BYTES, m, 0};
+  if (timeout != 0 && !r->active) mpe__spin_wait(&spin, rx_ready, &k);
+  else rx_ready(&k);
+  if (k.rc != 0) return k.rc > 0 ? 0 : k.rc;
+  size_t budget = k.budget;
   if (budget > 0 && mpe__deadline_ms(d) == 0) return MPE_ETIMEDOUT; /* nothing more is there */
   /* Then wait in the kernel, in ppoll(), in slices while a frame is half
    * read, to look at its sender. Signals are blocked but in ppoll: one that

@@ -24,7 +24,11 @@
  * the spin budget watching the two words (no lock, no system call), then
  * sleeps on the get_seq futex; a putter bumps get_seq after its commit and
  * wakes one sleeper only if get_waiters says there is one, so the fast path
- * of both sides makes no system call. The same holds for putters waiting
+ * of both sides makes no system call. A getter whose last get found a
+ * message waiting is in a stream: its spin looks first after a gap
+ * (spin.c), so a consumer that keeps up with its producer takes several
+ * records per transfer of the producer's line instead of pulling the line
+ * after every put. The same holds for putters waiting
  * for room (put_seq) and for join (join_seq). close() sets the flag under
  * plock, so a getter that sees it closed and then finds nothing after a
  * last look at the tail has seen every put. */
@@ -281,6 +285,10 @@ static int has_room(mpe_queue *q) {
   return puts - wcnt(atomic_load(&q->head_seen)) < q->maxsize;
 }
 
+/* Each side's spin state, per process (spin.c). A side is in a stream
+ * while its calls find what they want without waiting. */
+static mpe__spin get_spin, put_spin;
+
 int mpe_queue_put(mpe_queue *q, const void *buf, size_t len, uint32_t tag, double timeout) {
   void *block = NULL;
   int kind = REC_INLINE;
@@ -291,17 +299,19 @@ int mpe_queue_put(mpe_queue *q, const void *buf, size_t len, uint32_t tag, doubl
     kind = REC_BLOCK;
   }
   mpe__deadline d = mpe__deadline_in(timeout);
-  int rc = take(&q->plock), late = 0;
+  int rc = take(&q->plock), late = 0, waited = 0;
   while (rc == 0) {
     if (atomic_load(&q->closed)) rc = MPE_ECLOSED;
     else if (has_room(q)) break;
     else if (late) rc = MPE_ETIMEDOUT;
     else {
-      static mpe__spin spin;
-      rc = wait_on(q, &q->plock, &q->put_seq, &q->put_waiters, &d, can_put, &spin);
+      rc = wait_on(q, &q->plock, &q->put_seq, &q->put_waiters, &d, can_put, &put_spin);
+      put_spin.stream = 0;
       if (rc == MPE_ETIMEDOUT) late = 1, rc = 0; /* look once more */
+      waited = 1;
     }
   }
+  if (rc == 0 && !waited && q->maxsize) put_spin.stream = kind == REC_INLINE;
   if (rc == 0) rc = append(q, kind, buf, len, tag, mpe_ref(block));
   mpe__mutex_unlock(&q->plock);
   if (rc == 0) mpe__seq_signal(&q->get_seq, &q->get_waiters, atomic_load(&q->watchers) ? INT32_MAX : 1);
@@ -318,7 +328,7 @@ int mpe_queue_get(mpe_queue *q, double timeout, mpe_qmsg *m) {
     m->cap = INLINE_MAX;
   }
   mpe__deadline d = mpe__deadline_in(timeout);
-  int rc = take(&q->clock), late = 0;
+  int rc = take(&q->clock), late = 0, waited = 0;
   while (rc == 0) {
     uint64_t hw = atomic_load_explicit(&q->headw, memory_order_relaxed);
     uint32_t head = wpos(hw);
@@ -350,11 +360,15 @@ int mpe_queue_get(mpe_queue *q, double timeout, mpe_qmsg *m) {
       if (head == wpos(atomic_load(&q->tail_seen))) rc = MPE_ECLOSED;
     } else if (late) rc = MPE_ETIMEDOUT;
     else {
-      static mpe__spin spin;
-      rc = wait_on(q, &q->clock, &q->get_seq, &q->get_waiters, &d, can_get, &spin);
+      rc = wait_on(q, &q->clock, &q->get_seq, &q->get_waiters, &d, can_get, &get_spin);
+      get_spin.stream = 0; /* it had to wait: the next wait looks at once */
       if (rc == MPE_ETIMEDOUT) late = 1, rc = 0;
+      waited = 1;
     }
   }
+  /* it found one there: a stream, if of small records (a big one costs its
+   * copy, not a line transfer, and a consumer that lags lets blocks pile up) */
+  if (rc == 0 && !waited) get_spin.stream = m->block == NULL;
   mpe__mutex_unlock(&q->clock);
   if (rc == 0 && q->maxsize) mpe__seq_signal(&q->put_seq, &q->put_waiters, 1);
   return rc;

@@ -21,6 +21,18 @@
  *    from the writer it waits for: every look moves the line, and the writer
  *    then pays to take it back. It yields the CPU every 8 looks, so a peer
  *    that the scheduler placed on the same CPU gets to run.
+ * 4. A waiter in a stream (the caller says so: its last wait found the
+ *    answer there already, as a consumer that keeps up with its producer
+ *    does) waits the longest gap before its first look. Looking at once
+ *    would take the producer's line after every message, and the producer
+ *    would pay a transfer per message to take it back; after the gap,
+ *    several messages are there to take with one transfer. A ping-pong,
+ *    whose every wait has to wait, never looks late. With no CPU free, a
+ *    waiter in a stream gives its CPU away once (sched_yield) and looks
+ *    again before it sleeps: the producer may be the one waiting for that
+ *    CPU, and it then fills a batch without a wake-up per message, where a
+ *    consumer that slept at once was woken, and switched to, every few
+ *    messages.
  *
  * The state is per waiting place and per process (queue get, queue put...),
  * with no shared writes: spinning reads the shared word only. */
@@ -63,11 +75,19 @@ int mpe__cpu_free(void) {
 
 int mpe__spin_wait(mpe__spin *s, int (*ready)(void *), void *arg) {
   long cap = mpe__spin_ns();
-  if (ready(arg)) return 1;
-  if (cap <= 0 || !mpe__cpu_free()) return 0;
+  if (!s->stream && ready(arg)) return 1;
+  if (cap <= 0 || !mpe__cpu_free()) {
+    if (!s->stream) return 0;
+    sched_yield(); /* see 4. above */
+    return ready(arg);
+  }
   if (s->budget_ns <= 0 || s->budget_ns > cap) s->budget_ns = cap;
   double t0 = mpe_time(), until = t0 + (double)s->budget_ns * 1e-9;
   unsigned gap = 1; /* pauses between two looks: doubles up to MAX_GAP */
+  if (s->stream) {
+    for (unsigned k = 0; k < MAX_GAP; k++) mpe__cpu_relax();
+    gap = MAX_GAP;
+  }
   for (unsigned i = 1;; i++) {
     if (ready(arg)) {
       long took = (long)((mpe_time() - t0) * 1e9);
