@@ -44,6 +44,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -55,6 +56,7 @@
 #include <unistd.h>
 
 #include "mutex.h"
+#include "spin.h"
 
 #define FRAME_MAGIC 0x4d50u
 #define PAGE_MAGIC  0x4d50504cu
@@ -64,6 +66,7 @@
 #define SOCKBUF     (4 << 20)
 #define WATCH_MS    20    /* a receiver stuck in a frame looks at its sender this often */
 #define OPEN_BYTES  65536 /* read before signals are blocked: a longer copy could hide one */
+#define SPARE_MAX   (4u << 20) /* the largest payload buffer kept for the next message */
 
 enum { CAN_SEND = 1, CAN_RECV = 2 };
 
@@ -111,7 +114,7 @@ typedef struct page_side {
   _Atomic uint32_t sending;   /* a frame out of this end is part written */
   _Atomic uint32_t receiving; /* a frame at this end is part read */
   _Atomic uint32_t broken;    /* why the stream out of this end broke */
-  uint32_t pad;
+  _Atomic uint32_t sent;      /* bumped after each frame out of this end (and a break) */
   uint64_t ino; /* the socket's inode: tells a received end which side it is */
 } __attribute__((aligned(64))) page_side;
 
@@ -150,6 +153,7 @@ typedef struct page_map {
   dev_t dev;
   ino_t ino;
   int users[2]; /* open handles of each side */
+  mpe__spin spin[2]; /* receivers' spin budget, per side */
   rx_state rx[2];
   tx_state tx[2];
   struct page_map *next;
@@ -345,6 +349,7 @@ const char *mpe_pipe_broken(const mpe_pipe *p, int sending) {
 static void break_stream(mpe_pipe *p, int from, uint32_t why) {
   uint32_t none = WHY_NONE;
   atomic_compare_exchange_strong(&p->pm->pg->side[from].broken, &none, why);
+  atomic_fetch_add(&p->pm->pg->side[from].sent, 1); /* a spinning receiver looks again */
   shutdown(p->fd, from == p->side ? SHUT_WR : SHUT_RD);
 }
 
@@ -353,9 +358,11 @@ static void close_fds(const int *fds, size_t n) {
     close(fds[i]);
 }
 
+static void buf_give(char *b);
+
 static void rx_forget(rx_state *r) {
   close_fds(r->fds, r->nfds);
-  free(r->data);
+  buf_give(r->data);
   memset(r, 0, sizeof *r);
 }
 
@@ -450,8 +457,8 @@ static int tx_write(mpe_pipe *p, mpe_pipe *const *ends) {
     char buf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
     struct cmsghdr align;
   } ctl;
-  memset(&ctl, 0, sizeof ctl); /* the control message's padding goes out too */
   if (t->nends && t->done == 0) {
+    memset(&ctl, 0, sizeof ctl); /* the control message's padding goes out too */
     msg.msg_control = ctl.buf;
     msg.msg_controllen = CMSG_SPACE(sizeof(int) * 2 * t->nends);
     struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
@@ -477,6 +484,7 @@ static int tx_write(mpe_pipe *p, mpe_pipe *const *ends) {
   }
   t->done += (size_t)n;
   if (t->done == total) {
+    atomic_fetch_add(&p->pm->pg->side[p->side].sent, 1); /* after its last byte is in */
     tx_end(p, WHY_NONE);
     return 0;
   }
@@ -527,6 +535,31 @@ void mpe_pipe_abort(mpe_pipe *p) {
 
 /* ---------------------------------------------------------------- receive */
 
+/* One payload buffer kept from the last message cleared: a message a
+ * process receives and clears in a loop reuses it, instead of a malloc and a
+ * free each time (for sizes near glibc's trim threshold, each free gave the
+ * heap back and each malloc took it again, page faults and all). */
+static char *spare;
+
+static char *buf_take(size_t len) {
+  if (spare && malloc_usable_size(spare) >= len) {
+    char *b = spare;
+    spare = NULL;
+    return b;
+  }
+  return malloc(len);
+}
+
+static void buf_give(char *b) {
+  size_t n = b ? malloc_usable_size(b) : 0;
+  if (n == 0 || n > SPARE_MAX || (spare && malloc_usable_size(spare) >= n)) {
+    free(b);
+    return;
+  }
+  free(spare);
+  spare = b;
+}
+
 int mpe_pipe_poll(mpe_pipe *p, double timeout) {
   if (p->fd < 0 || !(p->dir & CAN_RECV)) return -EBADF;
   mpe__deadline d = mpe__deadline_in(timeout);
@@ -557,7 +590,7 @@ static int rx_header(mpe_pipe *p, size_t maxlen) {
       h->len > (uint64_t)SIZE_MAX / 2)
     return rx_fail(p, MPE_ECORRUPT, WHY_MALFORMED);
   if (h->len > maxlen) return rx_fail(p, -EMSGSIZE, WHY_TOO_LONG);
-  r->data = malloc(h->len ? h->len : 1);
+  r->data = buf_take(h->len ? h->len : 1);
   if (!r->data) return rx_fail(p, -ENOMEM, WHY_NO_MEMORY);
   return 0;
 }
@@ -682,39 +715,59 @@ static int sender_gone(mpe_pipe *p) {
   return gone;
 }
 
+/* A spinning receiver's question: has a frame gone out since it looked? */
+typedef struct sent_watch {
+  _Atomic uint32_t *sent;
+  uint32_t seen;
+} sent_watch;
+
+static int sent_moved(void *arg) {
+  sent_watch *w = arg;
+  return atomic_load_explicit(w->sent, memory_order_acquire) != w->seen;
+}
+
 /* With the receive lock held: reads a frame, or the rest of one. */
 static int rx_wait(mpe_pipe *p, const mpe__deadline *d, double timeout, size_t maxlen, mpe_msg *m) {
-  rx_state *r = &p->pm->rx[p->side];
-  /* First spin briefly on non-blocking reads: a peer on another CPU usually
+  /* First non-blocking reads, and while the socket is empty a spin by the
+   * shared policy (spin.c: only while a CPU is free) on the count of frames
+   * the peer side has finished sending: a peer on another CPU usually
    * answers within microseconds, and a sleeping receiver costs a cross-CPU
-   * wake-up (about 20 us on a small VM). A small message is read here whole;
-   * a big one goes on below, where a signal cannot slip by unseen. */
-  double until =
-      timeout != 0 && !r->active && mpe__spin_ns() > 0 ? mpe_time() + (double)mpe__spin_ns() * 1e-9 : 0;
+   * wake-up (about 20 us on a small VM). The count is read before the read
+   * that found nothing, so a frame finished after it moves the count. A
+   * small message is read here whole; a big one goes on below, where a
+   * signal cannot slip by unseen. */
+  sent_watch w = {&p->pm->pg->side[1 - p->side].sent, 0};
   size_t budget = OPEN_BYTES;
   for (;;) {
+    w.seen = atomic_load_explicit(w.sent, memory_order_acquire);
     int rc = rx_step(p, maxlen, m, &budget);
     if (rc != 0) return rc > 0 ? 0 : rc;
-    if (until == 0 || r->active || budget == 0 || mpe_time() >= until) break;
+    if (timeout == 0 || budget == 0 || !mpe__spin_wait(&p->pm->spin[p->side], sent_moved, &w)) break;
   }
   if (budget > 0 && mpe__deadline_ms(d) == 0) return MPE_ETIMEDOUT; /* nothing more is there */
   /* Then wait in the kernel, in ppoll(), in slices while a frame is half
    * read, to look at its sender. Signals are blocked but in ppoll: one that
    * comes while we read (a long copy) or look at the sender is not lost, it
-   * ends the next ppoll, so the first SIGINT ends the wait. */
+   * ends the next ppoll, so the first SIGINT ends the wait. The socket was
+   * found empty just now (unless the budget stopped the reading): ppoll
+   * comes first, and sees whatever arrived since. */
   sigset_t block, old;
   sigfillset(&block);
   static const int faults[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT};
   for (size_t i = 0; i < sizeof faults / sizeof *faults; i++)
     sigdelset(&block, faults[i]);
   pthread_sigmask(SIG_BLOCK, &block, &old);
-  int rc;
+  rx_state *r = &p->pm->rx[p->side];
+  int rc, step = budget == 0;
   for (;;) {
-    rc = rx_step(p, maxlen, m, NULL);
-    if (rc != 0) {
-      rc = rc > 0 ? 0 : rc;
-      break;
+    if (step) {
+      rc = rx_step(p, maxlen, m, NULL);
+      if (rc != 0) {
+        rc = rc > 0 ? 0 : rc;
+        break;
+      }
     }
+    step = 1;
     int ms = mpe__deadline_ms(d);
     if (ms == 0) {
       rc = MPE_ETIMEDOUT;
@@ -759,7 +812,7 @@ int mpe_pipe_recv(mpe_pipe *p, double timeout, mpe_msg *m) {
 }
 
 void mpe_msg_clear(mpe_msg *m) {
-  free(m->data);
+  buf_give(m->data);
   for (size_t i = 0; i < m->nends; i++)
     mpe_pipe_free(m->ends[i]);
   free(m->ends);
