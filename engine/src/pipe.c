@@ -10,8 +10,11 @@
  *
  * Frame: a 16-byte header {magic:16, nends:16, tag:32, len:64} (host order,
  * both ends are on one machine), then one direction byte per passed end, then
- * len bytes. The descriptors ride on the header as SCM_RIGHTS, two per end:
- * its socket and its lock page.
+ * len bytes, then zeros up to FIRST bytes if it is shorter. The descriptors
+ * ride on the header as SCM_RIGHTS, two per end: its socket and its lock
+ * page. A frame goes out in one sendmsg(); a receiver reads FIRST bytes
+ * first (never more than one frame, thanks to the padding), so a small
+ * message comes in with one recvmsg(), header and payload together.
  *
  * Many processes may hold one end (fork, or an end sent through a pipe), and
  * a stream socket interleaves what two writers send. So every pipe has a lock
@@ -65,6 +68,7 @@
 #define MAX_FDS     (2 * MAX_ENDS)
 #define SOCKBUF     (4 << 20)
 #define WATCH_MS    20    /* a receiver stuck in a frame looks at its sender this often */
+#define FIRST       128   /* a frame's least length on the wire: the receiver's first read */
 #define OPEN_BYTES  65536 /* read before signals are blocked: a longer copy could hide one */
 #define SPARE_MAX   (4u << 20) /* the largest payload buffer kept for the next message */
 
@@ -127,7 +131,8 @@ typedef struct lock_page {
 typedef struct rx_state {
   int active; /* bytes of it are consumed: this process holds the receive lock */
   int bad;    /* descriptors were lost on the way: malformed */
-  size_t hgot;
+  size_t hgot; /* of first */
+  unsigned char first[FIRST];
   frame_hdr h;
   int fds[MAX_FDS];
   size_t nfds;
@@ -435,12 +440,14 @@ static void tx_end(mpe_pipe *p, uint32_t why) {
 /* Writes what is left of the frame; ends' descriptors go with its first byte. */
 static int tx_write(mpe_pipe *p, mpe_pipe *const *ends) {
   tx_state *t = &p->pm->tx[p->side];
-  size_t parts[3] = {sizeof t->h, t->nends, t->len};
-  const char *base[3] = {(const char *)&t->h, (const char *)t->dirs, t->buf};
-  struct iovec iov[3];
-  size_t skip = t->done, total = parts[0] + parts[1] + parts[2];
+  static const char zeros[FIRST];
+  size_t frame = sizeof t->h + t->nends + t->len;
+  size_t parts[4] = {sizeof t->h, t->nends, t->len, frame < FIRST ? FIRST - frame : 0};
+  const char *base[4] = {(const char *)&t->h, (const char *)t->dirs, t->buf, zeros};
+  struct iovec iov[4];
+  size_t skip = t->done, total = parts[0] + parts[1] + parts[2] + parts[3];
   int niov = 0;
-  for (int i = 0; i < 3; i++) {
+  for (int i = 0; i < 4; i++) {
     if (skip >= parts[i]) {
       skip -= parts[i];
       continue;
@@ -582,23 +589,31 @@ static int rx_fail(mpe_pipe *p, int rc, uint32_t why) {
   return rc;
 }
 
-/* The header is in: checks it and makes room for the rest. */
+/* The frame's first bytes are in: checks the header, makes room for the
+ * rest and keeps what of it came along. */
 static int rx_header(mpe_pipe *p, size_t maxlen) {
   rx_state *r = &p->pm->rx[p->side];
   const frame_hdr *h = &r->h;
+  memcpy(&r->h, r->first, sizeof r->h);
   if (r->bad || h->magic != FRAME_MAGIC || h->nends > MAX_ENDS || r->nfds != 2u * h->nends ||
       h->len > (uint64_t)SIZE_MAX / 2)
     return rx_fail(p, MPE_ECORRUPT, WHY_MALFORMED);
   if (h->len > maxlen) return rx_fail(p, -EMSGSIZE, WHY_TOO_LONG);
   r->data = buf_take(h->len ? h->len : 1);
   if (!r->data) return rx_fail(p, -ENOMEM, WHY_NO_MEMORY);
+  size_t nd = h->nends, rest = nd + h->len, k = FIRST - sizeof r->h; /* the rest, and what came */
+  if (k > rest) k = rest;                                           /* the padding is left */
+  size_t kd = k < nd ? k : nd;
+  memcpy(r->dirs, r->first + sizeof r->h, kd);
+  memcpy(r->data, r->first + sizeof r->h + kd, k - kd);
+  r->got = k;
   return 0;
 }
 
-/* Reads the header's first bytes and the descriptors riding on them. */
+/* Reads (more of) the frame's first bytes and the descriptors riding on them. */
 static ssize_t rx_first(mpe_pipe *p) {
   rx_state *r = &p->pm->rx[p->side];
-  struct iovec iov = {&r->h, sizeof r->h};
+  struct iovec iov = {r->first + r->hgot, FIRST - r->hgot};
   union {
     char buf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
     struct cmsghdr align;
@@ -657,14 +672,11 @@ static int rx_step(mpe_pipe *p, size_t maxlen, mpe_msg *m, size_t *budget) {
   for (;;) {
     if (atomic_load(&p->pm->pg->side[1 - p->side].broken)) return rx_fail(p, MPE_ECLOSED, WHY_NONE);
     ssize_t n;
-    if (r->hgot == 0) {
-      atomic_store(&mine->receiving, 1); /* before a byte can be consumed */
+    if (r->hgot < FIRST) {
+      if (r->hgot == 0) atomic_store(&mine->receiving, 1); /* before a byte can be consumed */
       n = rx_first(p);
-    } else if (r->hgot < sizeof r->h) {
-      n = recv(p->fd, (char *)&r->h + r->hgot, sizeof r->h - r->hgot, MSG_DONTWAIT);
     } else {
       size_t nd = r->h.nends, off = r->got;
-      if (off == nd + r->h.len) return rx_done(p, m);
       struct iovec iov[2];
       int k = 0;
       if (off < nd) iov[k++] = (struct iovec){r->dirs + off, nd - off};
@@ -686,9 +698,9 @@ static int rx_step(mpe_pipe *p, size_t maxlen, mpe_msg *m, size_t *budget) {
     }
     if (n == 0) return rx_fail(p, MPE_ECLOSED, r->active ? WHY_ENDED : WHY_NONE); /* EOF */
     r->active = 1;
-    if (r->hgot < sizeof r->h) {
+    if (r->hgot < FIRST) {
       r->hgot += (size_t)n;
-      if (r->hgot == sizeof r->h) {
+      if (r->hgot == FIRST) {
         int rc = rx_header(p, maxlen);
         if (rc < 0) return rc;
       }
@@ -696,6 +708,7 @@ static int rx_step(mpe_pipe *p, size_t maxlen, mpe_msg *m, size_t *budget) {
       r->got += (size_t)n;
       if (budget) *budget -= (size_t)n < *budget ? (size_t)n : *budget;
     }
+    if (r->hgot == FIRST && r->got == r->h.nends + r->h.len) return rx_done(p, m);
   }
 }
 
