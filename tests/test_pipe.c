@@ -248,33 +248,55 @@ TEST(test_timeout_mid_message_then_resume) {
 
 /* Messages a process holds at once keep their own bytes, whatever their
  * sizes (the receiver reuses a cleared message's buffer for the next). */
+static const size_t held_sizes[] = {70000, 10, 5000000, 70000, 0, 300, 1u << 20, 1u << 20, 64};
+#define NHELD (sizeof held_sizes / sizeof *held_sizes)
+
+static mpe_pipe *held_end;
+
+static int held_sender(void *arg) {
+  (void)arg;
+  for (unsigned round = 0; round < 2; round++)
+    for (size_t i = 0; i < NHELD; i++) {
+      unsigned char *buf = malloc(held_sizes[i] ? held_sizes[i] : 1);
+      if (!buf) return 2;
+      fill(buf, held_sizes[i], (unsigned)(i + 10 * round));
+      int rc = mpe_pipe_send(held_end, buf, held_sizes[i], (uint32_t)i, NULL, 0);
+      free(buf);
+      if (rc != 0) return 3;
+    }
+  return 0;
+}
+
 TEST(test_held_messages_keep_their_bytes) {
-  static const size_t n[] = {70000, 10, 5000000, 70000, 0, 300, 1u << 20, 1u << 20, 64};
-  enum { N = sizeof n / sizeof *n };
   mpe_pipe *a, *b;
   CHECK_RC(mpe_pipe_new(&a, &b, 0), 0);
-  mpe_msg held[N];
-  for (size_t round = 0; round < 2; round++) {
-    for (size_t i = 0; i < N; i++) {
-      unsigned char *buf = malloc(n[i] ? n[i] : 1);
-      fill(buf, n[i], (unsigned)(i + 10 * round));
-      CHECK_RC(mpe_pipe_send(b, buf, n[i], (uint32_t)i, NULL, 0), 0);
-      free(buf);
-      CHECK_RC(mpe_pipe_recv(a, 30, &held[i]), 0);
-      /* every other one is cleared at once: its buffer goes to the next */
-      if (i % 2) {
-        CHECK(held[i].len == n[i] && check_fill((unsigned char *)held[i].data, n[i], 0, (unsigned)(i + 10 * round)));
+  held_end = b;
+  mpe_pipe *keep[1] = {b};
+  mpe_spawn_options o = {.keep = keep, .nkeep = 1};
+  mpe_process *p;
+  CHECK_RC(mpe_process_spawn(&p, held_sender, NULL, &o), 0);
+  mpe_pipe_free(b);
+  mpe_msg held[NHELD];
+  for (unsigned round = 0; round < 2; round++) {
+    for (size_t i = 0; i < NHELD; i++) {
+      int rc;
+      while ((rc = mpe_pipe_recv(a, 30, &held[i])) == MPE_EINTR) {
+      }
+      CHECK_RC(rc, 0);
+      if (i % 2) { /* every other one is cleared at once: its buffer goes to the next */
+        CHECK(held[i].len == held_sizes[i]);
+        CHECK(check_fill((unsigned char *)held[i].data, held_sizes[i], 0, (unsigned)(i + 10 * round)));
         mpe_msg_clear(&held[i]);
       }
     }
-    for (size_t i = 0; i < N; i += 2) {
-      CHECK(held[i].len == n[i] && held[i].tag == i);
-      CHECK(check_fill((unsigned char *)held[i].data, n[i], 0, (unsigned)(i + 10 * round)));
+    for (size_t i = 0; i < NHELD; i += 2) {
+      CHECK(held[i].len == held_sizes[i] && held[i].tag == i);
+      CHECK(check_fill((unsigned char *)held[i].data, held_sizes[i], 0, (unsigned)(i + 10 * round)));
       mpe_msg_clear(&held[i]);
     }
   }
+  join_ok(p);
   mpe_pipe_free(a);
-  mpe_pipe_free(b);
 }
 
 static mpe_pipe *waiter_end, *waiter_talk;
