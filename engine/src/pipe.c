@@ -37,11 +37,12 @@
  *   then the direction is shut down in the kernel, which wakes every waiter
  *   of both sides. Later receives and sends of that direction return
  *   MPE_ECLOSED, and mpe_pipe_broken() says why.
- * - Receivers wait in poll(), never in a blocking read, and say "receiving"
- *   before a read can consume a byte: one killed while it waits breaks
- *   nothing. A receiver in the middle of a frame wakes every WATCH seconds to
- *   look at the frame's sender; if it is dead (or gone without finishing),
- *   the stream is broken instead of waiting forever.
+ * - Receivers wait in poll() (after a spin by the shared policy, spin.c, on
+ *   the lock page's count of frames sent), never in a blocking read, and say
+ *   "receiving" before a read can consume a byte: one killed while it waits
+ *   breaks nothing. A receiver in the middle of a frame wakes every WATCH
+ *   seconds to look at the frame's sender; if it is dead (or gone without
+ *   finishing), the stream is broken instead of waiting forever.
  * - Every descriptor is opened close-on-exec, and a child keeps only the ends
  *   it was given; it forgets the frames its parent left unfinished. */
 #define _GNU_SOURCE
