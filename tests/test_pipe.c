@@ -4,8 +4,10 @@
  * every wait. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -14,7 +16,8 @@
 
 #include "check.h"
 
-static const size_t sizes[] = {0, 1, 65536, 16u << 20};
+/* around the least frame on the wire (128 bytes, 16 of them the header) too */
+static const size_t sizes[] = {0, 1, 111, 112, 113, 127, 128, 129, 65536, 16u << 20, 3, 200000, 5};
 
 static void fill(unsigned char *b, size_t n, unsigned seed) {
   for (size_t i = 0; i < n; i++)
@@ -239,6 +242,124 @@ TEST(test_timeout_mid_message_then_resume) {
   CHECK_RC(mpe_pipe_recv(a, 1, &m), 0);
   CHECK(m.len == 4 && m.tag == 2 && memcmp(m.data, "next", 4) == 0);
   mpe_msg_clear(&m);
+  mpe_pipe_free(a);
+  mpe_pipe_free(b);
+}
+
+/* Messages a process holds at once keep their own bytes, whatever their
+ * sizes (the receiver reuses a cleared message's buffer for the next). */
+static const size_t held_sizes[] = {70000, 10, 5000000, 70000, 0, 300, 1u << 20, 1u << 20, 64};
+#define NHELD (sizeof held_sizes / sizeof *held_sizes)
+
+static mpe_pipe *held_end;
+
+static int held_sender(void *arg) {
+  (void)arg;
+  for (unsigned round = 0; round < 2; round++)
+    for (size_t i = 0; i < NHELD; i++) {
+      unsigned char *buf = malloc(held_sizes[i] ? held_sizes[i] : 1);
+      if (!buf) return 2;
+      fill(buf, held_sizes[i], (unsigned)(i + 10 * round));
+      int rc = mpe_pipe_send(held_end, buf, held_sizes[i], (uint32_t)i, NULL, 0);
+      free(buf);
+      if (rc != 0) return 3;
+    }
+  return 0;
+}
+
+TEST(test_held_messages_keep_their_bytes) {
+  mpe_pipe *a, *b;
+  CHECK_RC(mpe_pipe_new(&a, &b, 0), 0);
+  held_end = b;
+  mpe_pipe *keep[1] = {b};
+  mpe_spawn_options o = {.keep = keep, .nkeep = 1};
+  mpe_process *p;
+  CHECK_RC(mpe_process_spawn(&p, held_sender, NULL, &o), 0);
+  mpe_pipe_free(b);
+  mpe_msg held[NHELD];
+  for (unsigned round = 0; round < 2; round++) {
+    for (size_t i = 0; i < NHELD; i++) {
+      int rc;
+      while ((rc = mpe_pipe_recv(a, 30, &held[i])) == MPE_EINTR) {
+      }
+      CHECK_RC(rc, 0);
+      if (i % 2) { /* every other one is cleared at once: its buffer goes to the next */
+        CHECK(held[i].len == held_sizes[i]);
+        CHECK(check_fill((unsigned char *)held[i].data, held_sizes[i], 0, (unsigned)(i + 10 * round)));
+        mpe_msg_clear(&held[i]);
+      }
+    }
+    for (size_t i = 0; i < NHELD; i += 2) {
+      CHECK(held[i].len == held_sizes[i] && held[i].tag == i);
+      CHECK(check_fill((unsigned char *)held[i].data, held_sizes[i], 0, (unsigned)(i + 10 * round)));
+      mpe_msg_clear(&held[i]);
+    }
+  }
+  join_ok(p);
+  mpe_pipe_free(a);
+}
+
+static mpe_pipe *waiter_end, *waiter_talk;
+
+/* Says it is about to wait, then waits for a message that only comes after
+ * it is killed. */
+static int waiting_receiver(void *arg) {
+  (void)arg;
+  if (mpe_pipe_send(waiter_talk, "w", 1, 0, NULL, 0) != 0) return 2;
+  mpe_msg m;
+  mpe_pipe_recv(waiter_end, -1, &m);
+  return 3;
+}
+
+/* 1 once pid sleeps (state S in /proc/PID/stat). */
+static int asleep(pid_t pid) {
+  char path[64], buf[256];
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+  FILE *f = fopen(path, "r");
+  if (!f) return 0;
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = 0;
+  const char *close_paren = strrchr(buf, ')');
+  return close_paren && close_paren[1] == ' ' && close_paren[2] == 'S';
+}
+
+/* A receiver killed while it waits (after its spin, asleep in the kernel)
+ * breaks nothing: the next message comes whole to the next receiver. Each
+ * round's handshake has its own pipe: a sender killed right after its last
+ * byte, before it says it is done, breaks the stream it sent on (it cannot
+ * be told from one killed in the middle). */
+TEST(test_receiver_killed_while_waiting_breaks_nothing) {
+  mpe_pipe *a, *b;
+  CHECK_RC(mpe_pipe_new(&a, &b, 1), 0);
+  waiter_end = a;
+  for (unsigned round = 0; round < 10; round++) {
+    mpe_pipe *ta, *tb;
+    CHECK_RC(mpe_pipe_new(&ta, &tb, 0), 0);
+    waiter_talk = tb;
+    mpe_pipe *keep[2] = {a, tb};
+    mpe_spawn_options o = {.keep = keep, .nkeep = 2};
+    mpe_process *p;
+    mpe_msg m;
+    CHECK_RC(mpe_process_spawn(&p, waiting_receiver, NULL, &o), 0);
+    CHECK_RC(mpe_pipe_recv(ta, 30, &m), 0);
+    mpe_msg_clear(&m);
+    double until = mpe_time() + 30;
+    while (!asleep(mpe_process_pid(p)) && mpe_time() < until)
+      sched_yield();
+    CHECK(asleep(mpe_process_pid(p)));
+    kill_child(p);
+    mpe_pipe_free(ta);
+    mpe_pipe_free(tb);
+    char msg[200];
+    size_t len = round % 2 ? sizeof msg : 5;
+    fill((unsigned char *)msg, len, round);
+    CHECK_RC(mpe_pipe_send(b, msg, len, round, NULL, 0), 0);
+    CHECK_RC(mpe_pipe_recv(a, 30, &m), 0);
+    CHECK(m.len == len && m.tag == round && memcmp(m.data, msg, len) == 0);
+    mpe_msg_clear(&m);
+    CHECK(mpe_pipe_broken(a, 0) == NULL);
+  }
   mpe_pipe_free(a);
   mpe_pipe_free(b);
 }
@@ -529,6 +650,8 @@ int main(void) {
   RUN(test_end_travels_through_pipe);
   RUN(test_sender_killed_mid_message);
   RUN(test_timeout_mid_message_then_resume);
+  RUN(test_held_messages_keep_their_bytes);
+  RUN(test_receiver_killed_while_waiting_breaks_nothing);
   RUN(test_senders_on_one_end_never_interleave);
   RUN(test_receivers_on_one_end_get_whole_messages);
   RUN(test_signals_end_every_wait);

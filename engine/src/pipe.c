@@ -5,13 +5,18 @@
  * dead ones included), and descriptors can travel inside messages
  * (SCM_RIGHTS), which is how a pipe end is sent through a pipe. One-way pipes
  * are a socketpair with the unused directions shut down. Socket buffers are
- * raised to 4 MiB (capped by net.core.wmem_max): on a 2-core machine that
- * moves 1 MiB messages several times faster than a pipe(2).
+ * raised to 1 MiB (capped by net.core.wmem_max): on a 2-core machine that
+ * moves 1 MiB messages several times faster than a pipe(2), and 64 KiB ones
+ * faster than 4 MiB buffers did (less of the data in flight falls out of
+ * the caches before it is read).
  *
  * Frame: a 16-byte header {magic:16, nends:16, tag:32, len:64} (host order,
  * both ends are on one machine), then one direction byte per passed end, then
- * len bytes. The descriptors ride on the header as SCM_RIGHTS, two per end:
- * its socket and its lock page.
+ * len bytes, then zeros up to FIRST bytes if it is shorter. The descriptors
+ * ride on the header as SCM_RIGHTS, two per end: its socket and its lock
+ * page. A frame goes out in one sendmsg(); a receiver reads FIRST bytes
+ * first (never more than one frame, thanks to the padding), so a small
+ * message comes in with one recvmsg(), header and payload together.
  *
  * Many processes may hold one end (fork, or an end sent through a pipe), and
  * a stream socket interleaves what two writers send. So every pipe has a lock
@@ -32,11 +37,12 @@
  *   then the direction is shut down in the kernel, which wakes every waiter
  *   of both sides. Later receives and sends of that direction return
  *   MPE_ECLOSED, and mpe_pipe_broken() says why.
- * - Receivers wait in poll(), never in a blocking read, and say "receiving"
- *   before a read can consume a byte: one killed while it waits breaks
- *   nothing. A receiver in the middle of a frame wakes every WATCH seconds to
- *   look at the frame's sender; if it is dead (or gone without finishing),
- *   the stream is broken instead of waiting forever.
+ * - Receivers wait in poll() (after a spin by the shared policy, spin.c, on
+ *   the lock page's count of frames sent), never in a blocking read, and say
+ *   "receiving" before a read can consume a byte: one killed while it waits
+ *   breaks nothing. A receiver in the middle of a frame wakes every WATCH
+ *   seconds to look at the frame's sender; if it is dead (or gone without
+ *   finishing), the stream is broken instead of waiting forever.
  * - Every descriptor is opened close-on-exec, and a child keeps only the ends
  *   it was given; it forgets the frames its parent left unfinished. */
 #define _GNU_SOURCE
@@ -44,6 +50,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -62,9 +69,11 @@
 #define PAGE_BYTES  4096
 #define MAX_ENDS    64
 #define MAX_FDS     (2 * MAX_ENDS)
-#define SOCKBUF     (4 << 20)
+#define SOCKBUF     (1 << 20)
 #define WATCH_MS    20    /* a receiver stuck in a frame looks at its sender this often */
+#define FIRST       128   /* a frame's least length on the wire: the receiver's first read */
 #define OPEN_BYTES  65536 /* read before signals are blocked: a longer copy could hide one */
+#define SPARE_MAX   (4u << 20) /* the largest payload buffer kept for the next message */
 
 enum { CAN_SEND = 1, CAN_RECV = 2 };
 
@@ -112,7 +121,7 @@ typedef struct page_side {
   _Atomic uint32_t sending;   /* a frame out of this end is part written */
   _Atomic uint32_t receiving; /* a frame at this end is part read */
   _Atomic uint32_t broken;    /* why the stream out of this end broke */
-  uint32_t pad;
+  _Atomic uint32_t sent;      /* bumped after each frame out of this end (and a break) */
   uint64_t ino; /* the socket's inode: tells a received end which side it is */
 } __attribute__((aligned(64))) page_side;
 
@@ -125,7 +134,8 @@ typedef struct lock_page {
 typedef struct rx_state {
   int active; /* bytes of it are consumed: this process holds the receive lock */
   int bad;    /* descriptors were lost on the way: malformed */
-  size_t hgot;
+  size_t hgot; /* of first */
+  unsigned char first[FIRST];
   frame_hdr h;
   int fds[MAX_FDS];
   size_t nfds;
@@ -151,6 +161,7 @@ typedef struct page_map {
   dev_t dev;
   ino_t ino;
   int users[2]; /* open handles of each side */
+  mpe__spin spin[2]; /* receivers' spin budget, per side */
   rx_state rx[2];
   tx_state tx[2];
   struct page_map *next;
@@ -346,6 +357,7 @@ const char *mpe_pipe_broken(const mpe_pipe *p, int sending) {
 static void break_stream(mpe_pipe *p, int from, uint32_t why) {
   uint32_t none = WHY_NONE;
   atomic_compare_exchange_strong(&p->pm->pg->side[from].broken, &none, why);
+  atomic_fetch_add(&p->pm->pg->side[from].sent, 1); /* a spinning receiver looks again */
   shutdown(p->fd, from == p->side ? SHUT_WR : SHUT_RD);
 }
 
@@ -354,9 +366,11 @@ static void close_fds(const int *fds, size_t n) {
     close(fds[i]);
 }
 
+static void buf_give(char *b);
+
 static void rx_forget(rx_state *r) {
   close_fds(r->fds, r->nfds);
-  free(r->data);
+  buf_give(r->data);
   memset(r, 0, sizeof *r);
 }
 
@@ -429,12 +443,14 @@ static void tx_end(mpe_pipe *p, uint32_t why) {
 /* Writes what is left of the frame; ends' descriptors go with its first byte. */
 static int tx_write(mpe_pipe *p, mpe_pipe *const *ends) {
   tx_state *t = &p->pm->tx[p->side];
-  size_t parts[3] = {sizeof t->h, t->nends, t->len};
-  const char *base[3] = {(const char *)&t->h, (const char *)t->dirs, t->buf};
-  struct iovec iov[3];
-  size_t skip = t->done, total = parts[0] + parts[1] + parts[2];
+  static const char zeros[FIRST];
+  size_t frame = sizeof t->h + t->nends + t->len;
+  size_t parts[4] = {sizeof t->h, t->nends, t->len, frame < FIRST ? FIRST - frame : 0};
+  const char *base[4] = {(const char *)&t->h, (const char *)t->dirs, t->buf, zeros};
+  struct iovec iov[4];
+  size_t skip = t->done, total = parts[0] + parts[1] + parts[2] + parts[3];
   int niov = 0;
-  for (int i = 0; i < 3; i++) {
+  for (int i = 0; i < 4; i++) {
     if (skip >= parts[i]) {
       skip -= parts[i];
       continue;
@@ -451,8 +467,8 @@ static int tx_write(mpe_pipe *p, mpe_pipe *const *ends) {
     char buf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
     struct cmsghdr align;
   } ctl;
-  memset(&ctl, 0, sizeof ctl); /* the control message's padding goes out too */
   if (t->nends && t->done == 0) {
+    memset(&ctl, 0, sizeof ctl); /* the control message's padding goes out too */
     msg.msg_control = ctl.buf;
     msg.msg_controllen = CMSG_SPACE(sizeof(int) * 2 * t->nends);
     struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
@@ -478,6 +494,7 @@ static int tx_write(mpe_pipe *p, mpe_pipe *const *ends) {
   }
   t->done += (size_t)n;
   if (t->done == total) {
+    atomic_fetch_add(&p->pm->pg->side[p->side].sent, 1); /* after its last byte is in */
     tx_end(p, WHY_NONE);
     return 0;
   }
@@ -528,6 +545,31 @@ void mpe_pipe_abort(mpe_pipe *p) {
 
 /* ---------------------------------------------------------------- receive */
 
+/* One payload buffer kept from the last message cleared: a message a
+ * process receives and clears in a loop reuses it, instead of a malloc and a
+ * free each time (for sizes near glibc's trim threshold, each free gave the
+ * heap back and each malloc took it again, page faults and all). */
+static char *spare;
+
+static char *buf_take(size_t len) {
+  if (spare && malloc_usable_size(spare) >= len) {
+    char *b = spare;
+    spare = NULL;
+    return b;
+  }
+  return malloc(len);
+}
+
+static void buf_give(char *b) {
+  size_t n = b ? malloc_usable_size(b) : 0;
+  if (n == 0 || n > SPARE_MAX || (spare && malloc_usable_size(spare) >= n)) {
+    free(b);
+    return;
+  }
+  free(spare);
+  spare = b;
+}
+
 int mpe_pipe_poll(mpe_pipe *p, double timeout) {
   if (p->fd < 0 || !(p->dir & CAN_RECV)) return -EBADF;
   mpe__deadline d = mpe__deadline_in(timeout);
@@ -550,23 +592,31 @@ static int rx_fail(mpe_pipe *p, int rc, uint32_t why) {
   return rc;
 }
 
-/* The header is in: checks it and makes room for the rest. */
+/* The frame's first bytes are in: checks the header, makes room for the
+ * rest and keeps what of it came along. */
 static int rx_header(mpe_pipe *p, size_t maxlen) {
   rx_state *r = &p->pm->rx[p->side];
   const frame_hdr *h = &r->h;
+  memcpy(&r->h, r->first, sizeof r->h);
   if (r->bad || h->magic != FRAME_MAGIC || h->nends > MAX_ENDS || r->nfds != 2u * h->nends ||
       h->len > (uint64_t)SIZE_MAX / 2)
     return rx_fail(p, MPE_ECORRUPT, WHY_MALFORMED);
   if (h->len > maxlen) return rx_fail(p, -EMSGSIZE, WHY_TOO_LONG);
-  r->data = malloc(h->len ? h->len : 1);
+  r->data = buf_take(h->len ? h->len : 1);
   if (!r->data) return rx_fail(p, -ENOMEM, WHY_NO_MEMORY);
+  size_t nd = h->nends, rest = nd + h->len, k = FIRST - sizeof r->h; /* the rest, and what came */
+  if (k > rest) k = rest;                                           /* the padding is left */
+  size_t kd = k < nd ? k : nd;
+  memcpy(r->dirs, r->first + sizeof r->h, kd);
+  memcpy(r->data, r->first + sizeof r->h + kd, k - kd);
+  r->got = k;
   return 0;
 }
 
-/* Reads the header's first bytes and the descriptors riding on them. */
+/* Reads (more of) the frame's first bytes and the descriptors riding on them. */
 static ssize_t rx_first(mpe_pipe *p) {
   rx_state *r = &p->pm->rx[p->side];
-  struct iovec iov = {&r->h, sizeof r->h};
+  struct iovec iov = {r->first + r->hgot, FIRST - r->hgot};
   union {
     char buf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
     struct cmsghdr align;
@@ -625,14 +675,11 @@ static int rx_step(mpe_pipe *p, size_t maxlen, mpe_msg *m, size_t *budget) {
   for (;;) {
     if (atomic_load(&p->pm->pg->side[1 - p->side].broken)) return rx_fail(p, MPE_ECLOSED, WHY_NONE);
     ssize_t n;
-    if (r->hgot == 0) {
-      atomic_store(&mine->receiving, 1); /* before a byte can be consumed */
+    if (r->hgot < FIRST) {
+      if (r->hgot == 0) atomic_store(&mine->receiving, 1); /* before a byte can be consumed */
       n = rx_first(p);
-    } else if (r->hgot < sizeof r->h) {
-      n = recv(p->fd, (char *)&r->h + r->hgot, sizeof r->h - r->hgot, MSG_DONTWAIT);
     } else {
       size_t nd = r->h.nends, off = r->got;
-      if (off == nd + r->h.len) return rx_done(p, m);
       struct iovec iov[2];
       int k = 0;
       if (off < nd) iov[k++] = (struct iovec){r->dirs + off, nd - off};
@@ -654,9 +701,9 @@ static int rx_step(mpe_pipe *p, size_t maxlen, mpe_msg *m, size_t *budget) {
     }
     if (n == 0) return rx_fail(p, MPE_ECLOSED, r->active ? WHY_ENDED : WHY_NONE); /* EOF */
     r->active = 1;
-    if (r->hgot < sizeof r->h) {
+    if (r->hgot < FIRST) {
       r->hgot += (size_t)n;
-      if (r->hgot == sizeof r->h) {
+      if (r->hgot == FIRST) {
         int rc = rx_header(p, maxlen);
         if (rc < 0) return rc;
       }
@@ -664,6 +711,7 @@ static int rx_step(mpe_pipe *p, size_t maxlen, mpe_msg *m, size_t *budget) {
       r->got += (size_t)n;
       if (budget) *budget -= (size_t)n < *budget ? (size_t)n : *budget;
     }
+    if (r->hgot == FIRST && r->got == r->h.nends + r->h.len) return rx_done(p, m);
   }
 }
 
@@ -683,54 +731,59 @@ static int sender_gone(mpe_pipe *p) {
   return gone;
 }
 
-/* One look of the spin before a receive sleeps: a non-blocking read step.
- * Ready when it ended (a frame, an error), or a frame began (the rest is
- * read below, where a signal cannot slip by), or the budget is spent. */
-typedef struct rx_look {
-  mpe_pipe *p;
-  size_t maxlen, budget;
-  mpe_msg *m;
-  int rc;
-} rx_look;
+/* A spinning receiver's question: has a frame gone out since it looked? */
+typedef struct sent_watch {
+  _Atomic uint32_t *sent;
+  uint32_t seen;
+} sent_watch;
 
-static int rx_ready(void *arg) {
-  rx_look *k = arg;
-  k->rc = rx_step(k->p, k->maxlen, k->m, &k->budget);
-  return k->rc != 0 || k->p->pm->rx[k->p->side].active || k->budget == 0;
+static int sent_moved(void *arg) {
+  sent_watch *w = arg;
+  return atomic_load_explicit(w->sent, memory_order_acquire) != w->seen;
 }
 
 /* With the receive lock held: reads a frame, or the rest of one. */
 static int rx_wait(mpe_pipe *p, const mpe__deadline *d, double timeout, size_t maxlen, mpe_msg *m) {
-  rx_state *r = &p->pm->rx[p->side];
-  /* First spin on non-blocking reads, by the shared policy (spin.c: only
-   * while a CPU is free, with growing gaps): a peer on another CPU usually
+  /* First non-blocking reads, and while the socket is empty a spin by the
+   * shared policy (spin.c: only while a CPU is free) on the count of frames
+   * the peer side has finished sending: a peer on another CPU usually
    * answers within microseconds, and a sleeping receiver costs a cross-CPU
-   * wake-up (about 20 us on a small VM). A small message is read here whole;
-   * a big one goes on below, where a signal cannot slip by unseen. */
-  static mpe__spin spin;
-  rx_look k = {p, maxlen, OPEN_BYTES, m, 0};
-  if (timeout != 0 && !r->active) mpe__spin_wait(&spin, rx_ready, &k);
-  else rx_ready(&k);
-  if (k.rc != 0) return k.rc > 0 ? 0 : k.rc;
-  size_t budget = k.budget;
+   * wake-up (about 20 us on a small VM). The count is read before the read
+   * that found nothing, so a frame finished after it moves the count. A
+   * small message is read here whole; a big one goes on below, where a
+   * signal cannot slip by unseen. */
+  sent_watch w = {&p->pm->pg->side[1 - p->side].sent, 0};
+  size_t budget = OPEN_BYTES;
+  for (;;) {
+    w.seen = atomic_load_explicit(w.sent, memory_order_acquire);
+    int rc = rx_step(p, maxlen, m, &budget);
+    if (rc != 0) return rc > 0 ? 0 : rc;
+    if (timeout == 0 || budget == 0 || !mpe__spin_wait(&p->pm->spin[p->side], sent_moved, &w)) break;
+  }
   if (budget > 0 && mpe__deadline_ms(d) == 0) return MPE_ETIMEDOUT; /* nothing more is there */
   /* Then wait in the kernel, in ppoll(), in slices while a frame is half
    * read, to look at its sender. Signals are blocked but in ppoll: one that
    * comes while we read (a long copy) or look at the sender is not lost, it
-   * ends the next ppoll, so the first SIGINT ends the wait. */
+   * ends the next ppoll, so the first SIGINT ends the wait. The socket was
+   * found empty just now (unless the budget stopped the reading): ppoll
+   * comes first, and sees whatever arrived since. */
   sigset_t block, old;
   sigfillset(&block);
   static const int faults[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT};
   for (size_t i = 0; i < sizeof faults / sizeof *faults; i++)
     sigdelset(&block, faults[i]);
   pthread_sigmask(SIG_BLOCK, &block, &old);
-  int rc;
+  rx_state *r = &p->pm->rx[p->side];
+  int rc, step = budget == 0;
   for (;;) {
-    rc = rx_step(p, maxlen, m, NULL);
-    if (rc != 0) {
-      rc = rc > 0 ? 0 : rc;
-      break;
+    if (step) {
+      rc = rx_step(p, maxlen, m, NULL);
+      if (rc != 0) {
+        rc = rc > 0 ? 0 : rc;
+        break;
+      }
     }
+    step = 1;
     int ms = mpe__deadline_ms(d);
     if (ms == 0) {
       rc = MPE_ETIMEDOUT;
@@ -775,7 +828,7 @@ int mpe_pipe_recv(mpe_pipe *p, double timeout, mpe_msg *m) {
 }
 
 void mpe_msg_clear(mpe_msg *m) {
-  free(m->data);
+  buf_give(m->data);
   for (size_t i = 0; i < m->nends; i++)
     mpe_pipe_free(m->ends[i]);
   free(m->ends);
