@@ -93,7 +93,8 @@ struct mpe_pool {
   int crashes;
   mpe_buf msg;
   legacy *lg;
-  char error[256];
+  pid_t gone_pid; /* the worker whose tasks worker_gone() is failing */
+  char error[4096];
 };
 
 /* ------------------------------------------------------------- the lines */
@@ -150,8 +151,9 @@ static int finish(mpe_pool *p, task *t, int status, int code, void *data, size_t
     }
     p->dhead = 0;
   }
-  p->done[(p->dhead + p->dlen++) % p->dcap] =
-      (mpe_task_result){.id = t->id, .status = status, .code = code, .data = data, .len = len};
+  pid_t pid = status == MPE_EDIED || status == MPE_ETIMEDOUT ? p->gone_pid : 0;
+  p->done[(p->dhead + p->dlen++) % p->dcap] = (mpe_task_result){
+      .id = t->id, .status = status, .code = code, .data = data, .len = len, .pid = pid};
   drop_input(t);
   p->unfinished--;
   return 0;
@@ -192,8 +194,12 @@ static int handle_reply(mpe_pool *p, const char *data, size_t len, uint32_t tag)
   if (len < sizeof h) return MPE_ECORRUPT;
   memcpy(&h, data, sizeof h);
   if (tag == MPE__REPLY_INIT_FAILED) {
+    int why = (int)(len - sizeof h > 2048 ? 2048 : len - sizeof h);
     if ((int32_t)h.n == -1)
       break_pool(p, "Pool: cannot set memory_limit in a worker (slot %d)", (int)h.slot);
+    else if (why > 0)
+      break_pool(p, "Pool: the initializer failed in a worker (slot %d):\n%.*s", (int)h.slot, why,
+                 data + sizeof h);
     else
       break_pool(p, "Pool: the initializer failed in a worker (slot %d): it returned %d", (int)h.slot,
                  (int)h.n);
@@ -256,6 +262,7 @@ static int worker_gone(mpe_pool *p, int slot, int code) {
   worker *w = &p->w[slot];
   mpe__running r;
   p->tr->running(p->tr, slot, &r);
+  p->gone_pid = p->tr->pid(p->tr, slot);
   int status = 0; /* what the culprit, if one is known, gets */
   if (w->timed_out) status = r.seq == w->kill_seq && r.task >= 0 ? MPE_ETIMEDOUT : 0;
   else if (r.task >= 0 || (r.batch && !r.exact)) status = MPE_EDIED;
@@ -441,8 +448,7 @@ static int pump(mpe_pool *p, const mpe__deadline *d, int (*ready)(const mpe_pool
     if (ready(p)) return 0;
     int rc = dispatch(p);
     if (rc < 0) return rc;
-    int ms = mpe__deadline_ms(d);
-    if (ms == 0) return MPE_ETIMEDOUT;
+    int ms = mpe__deadline_ms(d); /* 0: a poll still takes the replies already there */
     double wait = ms < 0 || ms > SLICE * 1000 ? SLICE : ms * 1e-3;
     const char *data;
     size_t len;
@@ -458,10 +464,11 @@ static int pump(mpe_pool *p, const mpe__deadline *d, int (*ready)(const mpe_pool
     } else if (rc != MPE_ETIMEDOUT) {
       return rc;
     }
-    if (rc == MPE_ETIMEDOUT || mpe_time() - p->last_check >= SLICE) {
+    if ((rc == MPE_ETIMEDOUT && ms != 0) || mpe_time() - p->last_check >= SLICE) {
       rc = check_workers(p);
       if (rc < 0) return rc;
     }
+    if (ms == 0) return ready(p) ? 0 : MPE_ETIMEDOUT;
   }
 }
 
@@ -478,8 +485,8 @@ int mpe_pool_start(mpe_pool **out, mpe_pool_fn fn, void *ctx, const mpe_pool_opt
   mpe_pool *p = calloc(1, sizeof *p);
   if (!p) return -ENOMEM;
   p->n = o.processes ? o.processes : mpe_cpu_count();
-  p->cfg = (mpe__pool_cfg){fn, ctx, o.initializer, o.initarg, o.maxtasksperchild, o.memory_limit,
-                           o.timeout > 0};
+  p->cfg = (mpe__pool_cfg){fn, ctx, o.initializer, o.initarg, o.setup, o.at_exit, o.before_fork,
+                           o.maxtasksperchild, o.memory_limit, o.timeout > 0};
   p->timeout = o.timeout > 0 ? o.timeout : 0;
   p->chunksize = o.chunksize;
   p->w = calloc((size_t)p->n, sizeof *p->w);
@@ -579,7 +586,8 @@ int mpe_pool_submit(mpe_pool *p, const void *in, size_t len, uint64_t *id) {
 }
 
 int mpe_pool_collect(mpe_pool *p, double timeout, mpe_task_result *r) {
-  mpe__deadline d = mpe__deadline_in(timeout);
+  mpe__deadline d = {0};
+  int timed = 0; /* the deadline is read only once there is a wait */
   for (;;) {
     if (p->dlen > 0) {
       *r = p->done[p->dhead];
@@ -589,6 +597,7 @@ int mpe_pool_collect(mpe_pool *p, double timeout, mpe_task_result *r) {
       return 0;
     }
     if (p->outstanding == 0) return p->broken ? MPE_EBROKEN : MPE_EEMPTY;
+    if (!timed) d = mpe__deadline_in(timeout), timed = 1;
     int rc = pump(p, &d, has_result);
     if (rc < 0) return rc;
   }
