@@ -497,6 +497,30 @@ TEST(died_pid_and_poll) {
   mpe_pool_free(p, 0);
 }
 
+/* The host's interrupt flag set (a signal that landed outside a sleep):
+ * collect and map return MPE_EINTR instead of waiting on. */
+TEST(interrupt_flag) {
+  mpe_pool *p;
+  mpe_pool_options o = {.processes = 1};
+  CHECK_RC(mpe_pool_start(&p, echo_pid, NULL, &o), 0);
+  uint64_t x = 5, pid;
+  CHECK_RC(mpe_pool_submit(p, &x, 8, NULL), 0);
+  mpe_qmsg m = {0};
+  CHECK_RC(mpe_queue_get(started, 30, &m), 0); /* the task blocks */
+  memcpy(&pid, m.data, sizeof pid);
+  mpe_qmsg_free(&m);
+  static volatile sig_atomic_t stop = 1;
+  mpe_interrupt_flag(&stop);
+  mpe_task_result r;
+  CHECK_RC(mpe_pool_collect(p, 5, &r), MPE_EINTR);
+  mpe_interrupt_flag(NULL);
+  mpe_pool_terminate(p);
+  CHECK_RC(mpe_pool_collect(p, -1, &r), 0);
+  CHECK(r.status == MPE_ETERMINATED);
+  mpe_pool_free(p, 1);
+  check_gone((pid_t[]){(pid_t)pid}, 1);
+}
+
 int main(void) {
   CHECK_RC(mpe_init(0), 0);
   CHECK_RC(mpe_queue_new(&started, 0), 0);
@@ -513,6 +537,7 @@ int main(void) {
   RUN(first_api);
   RUN(host_hooks);
   RUN(died_pid_and_poll);
+  RUN(interrupt_flag);
   mpe_queue_free(started);
   return 0;
 }

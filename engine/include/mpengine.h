@@ -678,7 +678,7 @@ MPE_API int mpe_pool_collect(mpe_pool *p, double timeout, mpe_task_result *r);
 /* Runs fn over n inputs and fills results[0..n-1] in input order (ids are
  * the indexes; nothing else may be outstanding: -EBUSY). Blocks until all
  * are done: 0, or MPE_EBROKEN (every result still filled), or an engine
- * error. Tasks that fail, time out or whose worker dies are reported in
+ * error (MPE_EINTR once the host's interrupt flag is set). Tasks that fail, time out or whose worker dies are reported in
  * their result. */
 MPE_API int mpe_pool_map(mpe_pool *p, size_t n, const void *const *in, const size_t *len,
                          mpe_task_result *results);

@@ -35,6 +35,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "futex.h"
 #include "pool.h"
 
 #define SLICE 0.01              /* the parent looks at its workers this often */
@@ -446,6 +447,8 @@ static int pump(mpe_pool *p, const mpe__deadline *d, int (*ready)(const mpe_pool
   for (;;) {
     if (p->broken && !p->shut) shutdown(p, MPE_EBROKEN);
     if (ready(p)) return 0;
+    /* a signal that landed outside a sleep: the host's flag says it came */
+    if (mpe__stop_requested()) return MPE_EINTR;
     int rc = dispatch(p);
     if (rc < 0) return rc;
     int ms = mpe__deadline_ms(d); /* 0: a poll still takes the replies already there */
@@ -619,7 +622,7 @@ int mpe_pool_map(mpe_pool *p, size_t n, const void *const *in, const size_t *len
   for (size_t got = 0; got < n;) {
     mpe_task_result r;
     rc = mpe_pool_collect(p, -1, &r);
-    if (rc == MPE_EINTR) continue;
+    if (rc == MPE_EINTR && !mpe__stop_requested()) continue;
     if (rc < 0) return rc;
     r.id -= base;
     results[r.id] = r;
