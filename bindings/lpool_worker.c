@@ -37,6 +37,7 @@ static lpool *w_pool;           /* in a worker: the pool it works for */
 static lua_State *w_co;         /* the thread tasks run on */
 static int w_cache = LUA_NOREF; /* function id -> function */
 static int w_cached;
+static uint32_t w_last; /* the id of the function at 2 on w_co's stack (0: none) */
 static char w_name[32];
 
 typedef struct task_in {
@@ -160,6 +161,11 @@ int mpel_pool_task(void *ctx, const void *in, size_t n, mpe_buf *out) {
   if (n < HDR) return 3;
   memcpy(&fid, in, 4);
   task_in t = {(const char *)in + HDR, n - HDR, ((const unsigned char *)in)[12]};
+  if (fid == w_last && lua_gettop(co) >= 2) { /* the stack keeps the handler and the last function */
+    lua_settop(co, 2);
+    goto call;
+  }
+  w_last = 0;
   lua_settop(co, 0);
   lua_pushcfunction(co, task_handler);         /* 1 */
   lua_rawgeti(co, LUA_REGISTRYINDEX, w_cache); /* 2 */
@@ -184,13 +190,16 @@ int mpel_pool_task(void *ctx, const void *in, size_t n, mpe_buf *out) {
     lua_pushvalue(co, -1);
     lua_rawseti(co, 2, fid);
   }
-  lua_remove(co, 2);
+  lua_remove(co, 2); /* 2: the function */
+  w_last = fid;
+call:
+  lua_pushvalue(co, 2);
   int st;
   if (!t.star && mpel_decode_scalar(co, t.in, t.n)) { /* the common case: no decoder to protect */
     st = lua_pcall(co, 1, 1, 1);
   } else {
     lua_pushcfunction(co, call_task);
-    lua_insert(co, 2);
+    lua_insert(co, 3);
     lua_pushlightuserdata(co, &t);
     st = lua_pcall(co, 2, 1, 1);
   }

@@ -100,6 +100,8 @@ struct mpe_pool {
 
 /* ------------------------------------------------------------- the lines */
 
+/* The lines' capacities are powers of two (64, then doubled): an index
+ * wraps with a mask. */
 static int grow(void **v, size_t *cap, size_t head, size_t len, size_t size) {
   size_t ncap = *cap ? 2 * *cap : 64;
   char *nv = malloc(ncap * size);
@@ -122,18 +124,18 @@ static int pend_reserve(mpe_pool *p, size_t more) {
 /* Back to the front of the line (room reserved by the caller or freed by
  * the dispatch that took it). */
 static void pend_front(mpe_pool *p, const task *t) {
-  p->phead = (p->phead + p->pcap - 1) % p->pcap;
+  p->phead = (p->phead + p->pcap - 1) & (p->pcap - 1);
   p->pend[p->phead] = *t;
   p->plen++;
 }
 
 static void pend_back(mpe_pool *p, const task *t) {
-  p->pend[(p->phead + p->plen++) % p->pcap] = *t;
+  p->pend[(p->phead + p->plen++) & (p->pcap - 1)] = *t;
 }
 
 static task pend_pop(mpe_pool *p) {
   task t = p->pend[p->phead];
-  p->phead = (p->phead + 1) % p->pcap;
+  p->phead = (p->phead + 1) & (p->pcap - 1);
   p->plen--;
   return t;
 }
@@ -153,7 +155,7 @@ static int finish(mpe_pool *p, task *t, int status, int code, void *data, size_t
     p->dhead = 0;
   }
   pid_t pid = status == MPE_EDIED || status == MPE_ETIMEDOUT ? p->gone_pid : 0;
-  p->done[(p->dhead + p->dlen++) % p->dcap] = (mpe_task_result){
+  p->done[(p->dhead + p->dlen++) & (p->dcap - 1)] = (mpe_task_result){
       .id = t->id, .status = status, .code = code, .data = data, .len = len, .pid = pid};
   drop_input(t);
   p->unfinished--;
@@ -384,9 +386,11 @@ static int send_batch(mpe_pool *p, int slot, size_t k) {
     memcpy(o, &h, sizeof h);
     o += sizeof h;
     for (size_t i = 0; i < k; i++, o += sizeof(uint32_t)) memcpy(o, &b->t[i].len, sizeof(uint32_t));
-    for (size_t i = 0; i < k; i++) {
-      memcpy(o, b->t[i].in, b->t[i].len);
-      o += b->t[i].len;
+    for (size_t i = 0, j; i < k; i = j) { /* inputs end to end in their block: one copy */
+      size_t run = b->t[i].len;
+      for (j = i + 1; j < k && b->t[j].in == b->t[j - 1].in + b->t[j - 1].len; j++) run += b->t[j].len;
+      memcpy(o, b->t[i].in, run);
+      o += run;
     }
     rc = p->tr->send(p->tr, slot, p->msg.data, p->msg.len);
   }
@@ -435,7 +439,7 @@ static int dispatch(mpe_pool *p) {
     /* a rerun task goes alone, and a batch stops before one */
     size_t i = 1;
     if (p->pend[p->phead].solo) k = 1;
-    while (i < k && !p->pend[(p->phead + i) % p->pcap].solo) i++;
+    while (i < k && !p->pend[(p->phead + i) & (p->pcap - 1)].solo) i++;
     int rc = send_batch(p, slot, i);
     if (rc < 0) return rc;
   }
@@ -594,7 +598,7 @@ int mpe_pool_collect(mpe_pool *p, double timeout, mpe_task_result *r) {
   for (;;) {
     if (p->dlen > 0) {
       *r = p->done[p->dhead];
-      p->dhead = (p->dhead + 1) % p->dcap;
+      p->dhead = (p->dhead + 1) & (p->dcap - 1);
       p->dlen--;
       p->outstanding--;
       return 0;
