@@ -770,3 +770,41 @@ void mpel_wire_unsend(lua_State *L, mpel_wire *w) {
   }
   lua_pop(L, 1);
 }
+
+size_t mpel_encode_scalar(lua_State *L, int idx, unsigned char out[9]) {
+  uint64_t u;
+  int n;
+  switch (lua_type(L, idx)) {
+  case LUA_TNIL: out[0] = 0xc0; return 1;
+  case LUA_TBOOLEAN: out[0] = lua_toboolean(L, idx) ? 0xc3 : 0xc2; return 1;
+  case LUA_TNUMBER: break;
+  default: return 0;
+  }
+  int isnum;
+  lua_Integer i = lua_tointegerx(L, idx, &isnum);
+  if (isnum && lua_isinteger(L, idx)) { /* as put_int */
+    if (i >= 0 && i < 128) {
+      out[0] = (unsigned char)i;
+      return 1;
+    }
+    if (i < 0 && i >= -32) {
+      out[0] = (unsigned char)(0xe0 | (i + 32));
+      return 1;
+    }
+    u = (uint64_t)i;
+    if (i >= 0) {
+      n = i < 256 ? 1 : i < 65536 ? 2 : i <= 0xffffffffLL ? 4 : 8;
+      out[0] = n == 1 ? 0xcc : n == 2 ? 0xcd : n == 4 ? 0xce : 0xcf;
+    } else {
+      n = i >= -128 ? 1 : i >= -32768 ? 2 : i >= INT32_MIN ? 4 : 8;
+      out[0] = n == 1 ? 0xd0 : n == 2 ? 0xd1 : n == 4 ? 0xd2 : 0xd3;
+    }
+  } else { /* as put_float */
+    double d = (double)lua_tonumber(L, idx);
+    memcpy(&u, &d, 8);
+    out[0] = 0xcb;
+    n = 8;
+  }
+  for (int k = 0; k < n; k++) out[1 + k] = (unsigned char)(u >> (8 * (n - 1 - k)));
+  return (size_t)n + 1;
+}

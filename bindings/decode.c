@@ -361,3 +361,37 @@ void mpel_decode(lua_State *L, const char *buf, size_t len, mpe_pipe **ends, siz
 void mpel_decode_copy(lua_State *L, const char *buf, size_t len) {
   decode(L, buf, len, NULL, 0, 1);
 }
+
+int mpel_decode_scalar(lua_State *L, const char *buf, size_t len) {
+  const unsigned char *p = (const unsigned char *)buf;
+  if (len == 0) return 0;
+  unsigned c = p[0];
+  uint64_t v = 0;
+  for (size_t i = 1; i < len && i < 9; i++) v = (v << 8) | p[i];
+  if (len == 1) {
+    if (c < 0x80) lua_pushinteger(L, (lua_Integer)c);
+    else if (c >= 0xe0) lua_pushinteger(L, (lua_Integer)c - 256);
+    else if (c == 0xc0) lua_pushnil(L);
+    else if (c == 0xc2 || c == 0xc3) lua_pushboolean(L, c == 0xc3);
+    else return 0;
+    return 1;
+  }
+  switch (c) {
+  case 0xcc: if (len != 2) return 0; lua_pushinteger(L, (lua_Integer)v); return 1;
+  case 0xcd: if (len != 3) return 0; lua_pushinteger(L, (lua_Integer)v); return 1;
+  case 0xce: if (len != 5) return 0; lua_pushinteger(L, (lua_Integer)v); return 1;
+  case 0xcf: if (len != 9) return 0; lua_pushinteger(L, (lua_Integer)v); return 1;
+  case 0xd0: if (len != 2) return 0; lua_pushinteger(L, (int8_t)v); return 1;
+  case 0xd1: if (len != 3) return 0; lua_pushinteger(L, (int16_t)v); return 1;
+  case 0xd2: if (len != 5) return 0; lua_pushinteger(L, (int32_t)v); return 1;
+  case 0xd3: if (len != 9) return 0; lua_pushinteger(L, (lua_Integer)v); return 1;
+  case 0xcb: {
+    if (len != 9) return 0;
+    double d;
+    memcpy(&d, &v, 8);
+    lua_pushnumber(L, (lua_Number)d);
+    return 1;
+  }
+  default: return 0;
+  }
+}

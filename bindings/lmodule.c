@@ -195,68 +195,15 @@ static int l_term_width(lua_State *L) {
   return 1;
 }
 
-static int l_spin(lua_State *L) {
-  /* mp._spin([microseconds]) -> the previous microseconds (no argument: just read) */
-  long ns = lua_isnoneornil(L, 1) ? -1 : (long)(luaL_checknumber(L, 1) * 1000);
-  lua_pushnumber(L, (lua_Number)mpe_spin_set(ns) / 1000);
-  return 1;
-}
-
 /* mp._limit_memory(bytes): this process may allocate about bytes more of
- * private memory (RLIMIT_DATA above what it uses now; the shared arena is
- * not counted). Returns true, or nil and why. */
+ * private memory (mpe_limit_memory). Returns true, or nil and why. */
 static int l_limit_memory(lua_State *L) {
   lua_Integer extra = luaL_checkinteger(L, 1);
   luaL_argcheck(L, extra > 0, 1, "bytes must be > 0");
-  long long used_kb = 0;
-  FILE *f = fopen("/proc/self/status", "r");
-  char line[256];
-  while (f && fgets(line, sizeof line, f))
-    if (sscanf(line, "VmData: %lld kB", &used_kb) == 1) break;
-  if (f) fclose(f);
-  struct rlimit r;
-  r.rlim_cur = r.rlim_max = (rlim_t)used_kb * 1024 + (rlim_t)extra;
-  if (setrlimit(RLIMIT_DATA, &r) != 0) return mpel_push_reason(L, -errno);
+  int rc = mpe_limit_memory((size_t)extra);
+  if (rc < 0) return mpel_push_reason(L, rc);
   lua_pushboolean(L, 1);
   return 1;
-}
-
-/* mp._newtable(n): a table with room for n list elements (no rehash while
- * a result list of known length fills up). */
-static int l_newtable(lua_State *L) {
-  lua_Integer n = luaL_checkinteger(L, 1);
-  lua_createtable(L, n > 0 && n < (1 << 30) ? (int)n : 0, 0);
-  return 1;
-}
-
-static int l_in_child(lua_State *L) {
-  lua_pushboolean(L, mpe_in_child());
-  return 1;
-}
-
-extern const unsigned char mpel_pool_lua[], mpel_pool_worker_lua[], mpel_progress_lua[];
-extern const size_t mpel_pool_lua_len, mpel_pool_worker_lua_len, mpel_progress_lua_len;
-
-static void load_chunk(lua_State *L, const unsigned char *code, size_t len, const char *name) {
-  if (luaL_loadbufferx(L, (const char *)code, len, name, "t") != LUA_OK) lua_error(L);
-}
-
-/* Runs the built-in Lua parts with the module at the top: the worker side
- * of the Pool, the progress bar, then the Pool itself (which gets the
- * worker's main and the progress bar). */
-static void open_pool(lua_State *L) {
-  load_chunk(L, mpel_pool_worker_lua, mpel_pool_worker_lua_len, "=mpengine.pool_worker");
-  lua_pushvalue(L, -2);
-  lua_call(L, 1, 1);
-  load_chunk(L, mpel_progress_lua, mpel_progress_lua_len, "=mpengine.progress");
-  lua_pushvalue(L, -3);
-  lua_call(L, 1, 1);
-  load_chunk(L, mpel_pool_lua, mpel_pool_lua_len, "=mpengine.pool");
-  lua_pushvalue(L, -4);
-  lua_pushvalue(L, -4);
-  lua_pushvalue(L, -4);
-  lua_call(L, 3, 0);
-  lua_pop(L, 2);
 }
 
 static int sentinel_gc(lua_State *L) {
@@ -273,12 +220,9 @@ static const luaL_Reg funcs[] = {
     {"arena_stats", l_arena_stats},
     {"encode", l_encode},
     {"decode", l_decode},
+    {"_limit_memory", l_limit_memory},
     {"_isatty", l_isatty},
     {"_term_width", l_term_width},
-    {"_in_child", l_in_child},
-    {"_spin", l_spin},
-    {"_newtable", l_newtable},
-    {"_limit_memory", l_limit_memory},
     {NULL, NULL},
 };
 
@@ -308,6 +252,6 @@ __attribute__((visibility("default"))) int luaopen_mpengine(lua_State *L) {
   mpel_open_sync(L);
   mpel_open_value(L);
   mpel_open_dict(L);
-  open_pool(L);
+  mpel_open_pool(L);
   return 1;
 }

@@ -172,9 +172,7 @@ typedef struct child_ctx {
   pid_t parent; /* the process that starts it */
 } child_ctx;
 
-static int child_main(void *arg) {
-  child_ctx *c = arg;
-  lua_State *L = c->L;
+void mpel_child_begin(lua_State *L, pid_t parent, const char *name, int daemon) {
   /* The engine gave the child default signal handlers: Ctrl-C, which
    * reaches the whole process group, just ends it. */
   mpel_signal = 0;
@@ -182,21 +180,28 @@ static int child_main(void *arg) {
   lua_newtable(L); /* the parent's children are our siblings */
   lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.children");
   /* mp.parent_process(): the parent as a foreign handle, under its name */
-  push_handle(L, FOREIGN, (lua_Integer)c->parent, mpel_process_name, strlen(mpel_process_name));
+  push_handle(L, FOREIGN, (lua_Integer)parent, mpel_process_name, strlen(mpel_process_name));
   lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.parent");
   lua_pushnil(L); /* mp.current_process() is ours now, not the parent's */
   lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.self");
-  self_daemon = ((lproc *)lua_touserdata(L, c->self))->daemon;
+  self_daemon = daemon;
   lua_getglobal(L, "os");
   if (lua_istable(L, -1)) {
     lua_pushcfunction(L, child_exit);
     lua_setfield(L, -2, "exit");
   }
   lua_pop(L, 1);
+  mpel_process_name = name;
+}
+
+static int child_main(void *arg) {
+  child_ctx *c = arg;
+  lua_State *L = c->L;
   lua_getiuservalue(L, c->self, 1);
   int env = lua_gettop(L);
   lua_getfield(L, env, "name");
-  mpel_process_name = lua_tostring(L, -1); /* kept alive by env */
+  /* the name is kept alive by env */
+  mpel_child_begin(L, c->parent, lua_tostring(L, -1), ((lproc *)lua_touserdata(L, c->self))->daemon);
   lua_pop(L, 1);
   /* The target runs in its own coroutine, so a traceback shows the child's
    * frames only, not the parent's call to start() it was forked from. */

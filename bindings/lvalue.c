@@ -309,35 +309,6 @@ static int array_add(lua_State *L) {
   return 1;
 }
 
-/* stamp(cid|nil, index [, timed]): the pool's per-task stamp, three doubles
- * at a fixed place of an Array (chunk id, task index, start time), written
- * without a metamethod lookup: it runs once per task. */
-static void put_double(double *at, double x) {
-  uint64_t u;
-  memcpy(&u, &x, sizeof u);
-  __atomic_store_n((uint64_t *)(void *)at, u, __ATOMIC_RELEASE); /* whole, never torn */
-}
-
-static int stamp(lua_State *L) {
-  /* upvalue 1 keeps the Array alive; upvalue 2 is the address of its stamps */
-  double *at = lua_touserdata(L, lua_upvalueindex(2));
-  if (lua_toboolean(L, 3)) put_double(at + 2, mpe_time());
-  put_double(at + 1, (double)lua_tointeger(L, 2));
-  if (!lua_isnoneornil(L, 1)) put_double(at, (double)lua_tointeger(L, 1));
-  return 0;
-}
-
-static int l_stamper(lua_State *L) {
-  mpe_value *v = check_any(L, 1);
-  lua_Integer base = luaL_checkinteger(L, 2);
-  luaL_argcheck(L, mpe_value_typecode(v) == 'd' && base >= 0 && (size_t)base + 3 <= mpe_value_count(v), 2,
-                "a 'd' Array with room for three stamps expected");
-  lua_settop(L, 1);
-  lua_pushlightuserdata(L, (double *)mpe_value_data(v) + base);
-  lua_pushcclosure(L, stamp, 2);
-  return 1;
-}
-
 /* ---- runs of elements: a:slice(i, j), a:store(list [, i]) */
 
 /* Takes the Array's lock for one run of elements, unless it has none or this
@@ -457,79 +428,6 @@ static int array_totable(lua_State *L) {
   return array_slice(L);
 }
 
-/* ---- the Pool's packed numbers (module functions, not methods): only
- * 'q' and 'd' Arrays, every run checked against the Array's bounds. */
-
-static mpe_value *check_packed(lua_State *L, size_t *first, lua_Integer n, int at_idx) {
-  mpe_value *v = check_any(L, 1);
-  char t = mpe_value_typecode(v);
-  if (t != 'q' && t != 'd') luaL_argerror(L, 1, "a 'q' or 'd' Array expected");
-  lua_Integer at = luaL_checkinteger(L, at_idx);
-  size_t count;
-  if (n < 0) luaL_argerror(L, at_idx, "negative count");
-  check_run(L, v, at, at + n - 1, first, &count);
-  return v;
-}
-
-/* mp._pack(a, t, from, n, at): t[from .. from + n - 1] into elements at ..
- * of a; true if every one was a number of the Array's kind (integers for
- * 'q', floats for 'd'), else false (the caller sends them the usual way). */
-static int l_pack(lua_State *L) {
-  luaL_checktype(L, 2, LUA_TTABLE);
-  lua_Integer from = luaL_checkinteger(L, 3), n = luaL_checkinteger(L, 4);
-  size_t first;
-  mpe_value *v = check_packed(L, &first, n, 5);
-  int isfloat = mpe_typecode_is_float(mpe_value_typecode(v));
-  uint64_t *out = (uint64_t *)mpe_value_data(v) + first;
-  enum { BLOCK = 64 }; /* push a block of elements, read them, drop them at once */
-  luaL_checkstack(L, BLOCK, "_pack");
-  int base = lua_gettop(L);
-  for (lua_Integer i = 0; i < n; i += BLOCK) {
-    lua_Integer m = n - i < BLOCK ? n - i : BLOCK;
-    for (lua_Integer j = 0; j < m; j++) lua_rawgeti(L, 2, from + i + j);
-    for (lua_Integer j = 0; j < m; j++) {
-      int at = base + 1 + (int)j;
-      uint64_t u;
-      if (lua_type(L, at) != LUA_TNUMBER || lua_isinteger(L, at) == isfloat) {
-        lua_pushboolean(L, 0);
-        return 1;
-      }
-      if (isfloat) {
-        double d = (double)lua_tonumber(L, at);
-        memcpy(&u, &d, sizeof u);
-      } else {
-        u = (uint64_t)lua_tointeger(L, at);
-      }
-      __atomic_store_n(out + i + j, u, __ATOMIC_RELAXED);
-    }
-    lua_settop(L, base);
-  }
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
-/* mp._unpack(a, t, at, n): elements at .. at + n - 1 of a into t[at ..]. */
-static int l_unpack(lua_State *L) {
-  luaL_checktype(L, 2, LUA_TTABLE);
-  lua_Integer n = luaL_checkinteger(L, 4);
-  size_t first;
-  mpe_value *v = check_packed(L, &first, n, 3);
-  int isfloat = mpe_typecode_is_float(mpe_value_typecode(v));
-  const uint64_t *in = (const uint64_t *)mpe_value_data(v) + first;
-  for (lua_Integer k = 0; k < n; k++) {
-    uint64_t u = __atomic_load_n(in + k, __ATOMIC_RELAXED);
-    if (isfloat) {
-      double d;
-      memcpy(&d, &u, sizeof d);
-      lua_pushnumber(L, (lua_Number)d);
-    } else {
-      lua_pushinteger(L, (lua_Integer)u);
-    }
-    lua_rawseti(L, 2, (lua_Integer)first + 1 + k);
-  }
-  return 0;
-}
-
 static const luaL_Reg value_methods[] = {{"get_lock", get_lock}, {"add", value_add}, {NULL, NULL}};
 static const luaL_Reg array_methods[] = {
     {"get_lock", get_lock}, {"add", array_add},     {"totable", array_totable},
@@ -559,10 +457,4 @@ void mpel_open_value(lua_State *L) {
   lua_pushcfunction(L, array_len);
   lua_setfield(L, -2, "__len");
   lua_pop(L, 1);
-  lua_pushcfunction(L, l_stamper);
-  lua_setfield(L, -2, "_stamper");
-  lua_pushcfunction(L, l_pack);
-  lua_setfield(L, -2, "_pack");
-  lua_pushcfunction(L, l_unpack);
-  lua_setfield(L, -2, "_unpack");
 }

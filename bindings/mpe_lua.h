@@ -19,7 +19,7 @@
 /* Engine object kinds (wire byte; never renumber). */
 enum {
   MPEL_CONNECTION = 1, MPEL_PROCESS, MPEL_QUEUE, MPEL_LOCK, MPEL_RLOCK, MPEL_SEM, MPEL_BSEM,
-  MPEL_EVENT, MPEL_COND, MPEL_BARRIER, MPEL_VALUE, MPEL_ARRAY, MPEL_DICT
+  MPEL_EVENT, MPEL_COND, MPEL_BARRIER, MPEL_VALUE, MPEL_ARRAY, MPEL_DICT, MPEL_POOL
 };
 
 /* Bytes being built for the wire, plus the pipe ends that ride along. */
@@ -160,6 +160,11 @@ void mpel_encode(lua_State *L, int idx, const char *root, mpel_wire *w);
  * takes new ones, to objects still alive, so any bytes (mp.decode, a stored
  * encoding) decode any number of times. */
 void mpel_decode(lua_State *L, const char *buf, size_t len, mpe_pipe **ends, size_t nends);
+/* The fast path for the values most tasks carry: writes the nil, boolean or
+ * number at idx to out (its length), else 0; and pushes the one that
+ * buf[len] holds (1), else 0. Neither raises. */
+size_t mpel_encode_scalar(lua_State *L, int idx, unsigned char out[9]);
+int mpel_decode_scalar(lua_State *L, const char *buf, size_t len);
 void mpel_decode_copy(lua_State *L, const char *buf, size_t len);
 /* Set by the decoder before each object decoder runs: 1 take a new
  * reference (mpe_obj_claim), 0 adopt the message's. */
@@ -207,6 +212,12 @@ mpe_pipe *mpel_test_connection(lua_State *L, int idx);
 mpe_process *mpel_test_process(lua_State *L, int idx);
 /* mp.wait(objects [, timeout]) (lwait.c). */
 int mpel_l_wait(lua_State *L);
+/* In a child just forked (a Process's target, a Pool's worker): the
+ * parent's children, hook and interruption are not its own, os.exit leaves
+ * at once, and name (kept alive by the caller) is its name. */
+void mpel_child_begin(lua_State *L, pid_t parent, const char *name, int daemon);
+/* mp.Pool and its worker side (lpool.c); the module at -1. */
+void mpel_open_pool(lua_State *L);
 /* Ends the run for this state's processes (see lprocess.c). */
 void mpel_processes_atexit(lua_State *L);
 

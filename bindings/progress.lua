@@ -31,7 +31,6 @@ local EVIDENCE = 1      -- seconds of results before a rate and an ETA are shown
 local TAU = 3           -- the rate's moving average forgets over about this many seconds
 local BAR_MAX = 30      -- the bar's width at most, in cells
 local BAR_MIN = 5       -- below this the bar is left out
-local STEPS = 1000      -- with a bar, automatic chunks give at least this many steps
 
 local active            -- the bar on the terminal now, if any
 local plain_print       -- print as it was before a bar replaced it
@@ -205,13 +204,6 @@ function P.total(p, n)
   if not p then return end
   p.total = n
   P.draw(p)
-end
-
--- The chunk size to use for n tasks when the pool would pick cs: with a
--- bar, small enough that the bar moves in small steps.
-function P.chunksize(p, cs, n)
-  if not p then return cs end
-  return math.max(1, math.min(cs, math.ceil(n / STEPS)))
 end
 
 -- Draws p (bar.done and bar.failed as they are now); final: the job ended.

@@ -1,5 +1,5 @@
 -- array_spec.lua - Array runs of elements (slice, store), the methods an
--- Array offers, the bounds of the Pool's packed helpers, and typecode 'c'.
+-- Array offers, that the Pool left no helpers over Arrays, and typecode 'c'.
 local mp = require "mpengine"
 
 local function methods_of(a)
@@ -66,21 +66,10 @@ describe("Array slice and store", function()
     assert.is_nil(a._into)
   end)
 
-  it("the Pool's packed helpers take only 'q' and 'd' Arrays and stay inside them", function()
-    local a = mp.Array('b', 2)
-    assert.has_error(function() mp._pack(a, {1, 2, 3, 4}, 1, 2, 1) end)
-    assert.has_error(function() mp._unpack(a, {}, 1, 2) end)
-    local q = mp.Array('q', 4)
-    assert.is_true(mp._pack(q, {1, 2, 3, 4}, 1, 4, 1))
-    assert.has_error(function() mp._pack(q, {1, 2, 3, 4, 5}, 1, 5, 1) end)
-    assert.has_error(function() mp._pack(q, {1}, 1, 1, 5) end)
-    assert.has_error(function() mp._pack(q, {1}, 1, -1, 1) end)
-    assert.has_error(function() mp._unpack(q, {}, 3, 3) end)
-    assert.is_false(mp._pack(q, {1, 2.5}, 1, 2, 1))
-    local t = {}
-    mp._unpack(q, t, 2, 2)
-    assert.are.same({nil, 2, 3}, t)
-    assert.has_error(function() mp._stamper(mp.Array('d', 3), 1) end)
+  it("the module has none of the Pool's old helpers over Arrays", function()
+    for _, name in ipairs{"_pack", "_unpack", "_stamper", "_newtable", "_spin", "_in_child"} do
+      assert.is_nil(mp[name], name)
+    end
   end)
 
   it("slice and store are each one round of the lock: another process never sees half a store", function()

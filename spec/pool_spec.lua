@@ -43,6 +43,17 @@ describe("Pool", function()
     assert.are.equal(1, slow:get(30))
   end)
 
+  it("ready() alone, polled, sees the result come in", function()
+    local r = pool:apply_async(function() return 7 end)
+    local polls = 0
+    while not r:ready() and polls < 30000 do -- bounded: fails rather than hangs
+      polls = polls + 1
+      mp.sleep(0.001)
+    end
+    assert.is_true(r:ready())
+    assert.are.equal(7, r:get(0))
+  end)
+
   it("runs callbacks in the parent, in completion order", function()
     local order = {}
     local me = mp.getpid()

@@ -427,6 +427,100 @@ TEST(first_api) {
   mpe_pool_free(p, 1);
 }
 
+/* The host's hooks: before_fork runs in the parent once per worker, setup
+ * in each worker first (its failure, with its text, breaks the pool), and
+ * at_exit in each worker that leaves normally. */
+static int forks, setup_code;
+static void fork_hook(void *arg, int failed) {
+  (void)arg;
+  if (!failed) forks++;
+}
+static int setup_hook(void *arg, mpe_buf *why) {
+  (void)arg;
+  if (setup_code) mpe_buf_add(why, "no config here", 14);
+  return setup_code;
+}
+static void exit_hook(void *arg) {
+  (void)arg;
+  uint64_t pid = (uint64_t)getpid();
+  mpe_queue_put(started, &pid, sizeof pid, 0, -1);
+}
+
+TEST(host_hooks) {
+  mpe_pool *p;
+  mpe_pool_options o = {.processes = 2, .setup = setup_hook, .at_exit = exit_hook, .before_fork = fork_hook};
+  forks = setup_code = 0;
+  CHECK_RC(mpe_pool_start(&p, square, NULL, &o), 0);
+  CHECK(forks == 2);
+  uint64_t xs[4] = {1, 2, 3, 4};
+  mpe_task_result r[4];
+  map_u64(p, 4, xs, r, 0);
+  for (int i = 0; i < 4; i++) mpe_task_result_clear(&r[i]);
+  mpe_pool_close(p);
+  CHECK_RC(mpe_pool_join(p, -1), 0);
+  mpe_qmsg m = {0};
+  for (int i = 0; i < 2; i++) CHECK_RC(mpe_queue_get(started, 30, &m), 0); /* each worker's at_exit */
+  CHECK_RC(mpe_queue_get(started, 0, &m), MPE_ETIMEDOUT);
+  mpe_qmsg_free(&m);
+  mpe_pool_free(p, 0);
+  setup_code = 3;
+  CHECK_RC(mpe_pool_start(&p, square, NULL, &o), 0);
+  map_u64(p, 4, xs, r, MPE_EBROKEN);
+  const char *why = mpe_pool_error(p);
+  CHECK(why && strstr(why, "initializer failed") && strstr(why, "no config here"));
+  mpe_pool_free(p, 0);
+}
+
+/* A task whose worker died names that worker's pid; a poll (timeout 0)
+ * takes the replies already there. */
+TEST(died_pid_and_poll) {
+  mpe_pool *p;
+  mpe_pool_options o = {.processes = 1};
+  CHECK_RC(mpe_pool_start(&p, square, NULL, &o), 0);
+  pid_t pid;
+  CHECK(mpe_pool_pids(p, &pid, 1) == 1);
+  uint64_t x = 77777;
+  CHECK_RC(mpe_pool_submit(p, &x, 8, NULL), 0);
+  mpe_task_result r;
+  CHECK_RC(mpe_pool_collect(p, -1, &r), 0);
+  CHECK(r.status == MPE_EDIED && r.code == -SIGKILL && r.pid == pid);
+  x = 3;
+  CHECK_RC(mpe_pool_submit(p, &x, 8, NULL), 0);
+  int rc = MPE_ETIMEDOUT;
+  for (int i = 0; i < 30000 && rc == MPE_ETIMEDOUT; i++) { /* bounded: fail, never hang */
+    rc = mpe_pool_collect(p, 0, &r);
+    if (rc == MPE_ETIMEDOUT) mpe_sleep(0.001, NULL);
+  }
+  CHECK_RC(rc, 0);
+  CHECK(r.status == 0 && r.pid == 0 && get64(r.data) == 9);
+  mpe_task_result_clear(&r);
+  mpe_pool_free(p, 0);
+}
+
+/* The host's interrupt flag set (a signal that landed outside a sleep):
+ * collect and map return MPE_EINTR instead of waiting on. */
+TEST(interrupt_flag) {
+  mpe_pool *p;
+  mpe_pool_options o = {.processes = 1};
+  CHECK_RC(mpe_pool_start(&p, echo_pid, NULL, &o), 0);
+  uint64_t x = 5, pid;
+  CHECK_RC(mpe_pool_submit(p, &x, 8, NULL), 0);
+  mpe_qmsg m = {0};
+  CHECK_RC(mpe_queue_get(started, 30, &m), 0); /* the task blocks */
+  memcpy(&pid, m.data, sizeof pid);
+  mpe_qmsg_free(&m);
+  static volatile sig_atomic_t stop = 1;
+  mpe_interrupt_flag(&stop);
+  mpe_task_result r;
+  CHECK_RC(mpe_pool_collect(p, 5, &r), MPE_EINTR);
+  mpe_interrupt_flag(NULL);
+  mpe_pool_terminate(p);
+  CHECK_RC(mpe_pool_collect(p, -1, &r), 0);
+  CHECK(r.status == MPE_ETERMINATED);
+  mpe_pool_free(p, 1);
+  check_gone((pid_t[]){(pid_t)pid}, 1);
+}
+
 int main(void) {
   CHECK_RC(mpe_init(0), 0);
   CHECK_RC(mpe_queue_new(&started, 0), 0);
@@ -441,6 +535,9 @@ int main(void) {
   RUN(random_kills);
   RUN(memory_limit);
   RUN(first_api);
+  RUN(host_hooks);
+  RUN(died_pid_and_poll);
+  RUN(interrupt_flag);
   mpe_queue_free(started);
   return 0;
 }

@@ -621,6 +621,15 @@ MPE_API int mpe_buf_add(mpe_buf *b, const void *data, size_t n);
 typedef int (*mpe_pool_fn)(void *ctx, const void *in, size_t n, mpe_buf *out);
 /* Runs once in each worker before its first task; nonzero breaks the pool. */
 typedef int (*mpe_pool_init_fn)(void *arg);
+/* Hooks for a host that keeps state of its own in the workers (a language
+ * binding), each given initarg. setup runs in each worker before the
+ * initializer: nonzero breaks the pool, and what it appended to why ends
+ * mpe_pool_error's text. at_exit runs in a worker that leaves normally.
+ * before_fork runs in the parent just before each worker is forked (failed
+ * 0), and again with failed 1 if that fork failed. */
+typedef int (*mpe_pool_setup_fn)(void *arg, mpe_buf *why);
+typedef void (*mpe_pool_exit_fn)(void *arg);
+typedef void (*mpe_pool_fork_fn)(void *arg, int failed);
 
 typedef struct mpe_pool_options {
   int processes;            /* workers (0: mpe_cpu_count()) */
@@ -630,6 +639,9 @@ typedef struct mpe_pool_options {
   void *initarg;
   size_t memory_limit;      /* private bytes a worker may allocate beyond its start (0: no limit) */
   size_t chunksize;         /* tasks per batch (0: adaptive, from the measured task time) */
+  mpe_pool_setup_fn setup;  /* the host's hooks (see above); each may be NULL */
+  mpe_pool_exit_fn at_exit;
+  mpe_pool_fork_fn before_fork;
 } mpe_pool_options;
 
 typedef struct mpe_pool mpe_pool;
@@ -645,6 +657,7 @@ typedef struct mpe_task_result {
   int code;
   void *data;    /* the task's output (or message) */
   size_t len;
+  pid_t pid;     /* MPE_EDIED, MPE_ETIMEDOUT: the worker that ran it (0 if not known) */
 } mpe_task_result;
 
 /* Starts a pool running fn(ctx, ...) (opts may be NULL: defaults). Returns at
@@ -665,10 +678,14 @@ MPE_API int mpe_pool_collect(mpe_pool *p, double timeout, mpe_task_result *r);
 /* Runs fn over n inputs and fills results[0..n-1] in input order (ids are
  * the indexes; nothing else may be outstanding: -EBUSY). Blocks until all
  * are done: 0, or MPE_EBROKEN (every result still filled), or an engine
- * error. Tasks that fail, time out or whose worker dies are reported in
+ * error (MPE_EINTR once the host's interrupt flag is set). Tasks that fail, time out or whose worker dies are reported in
  * their result. */
 MPE_API int mpe_pool_map(mpe_pool *p, size_t n, const void *const *in, const size_t *len,
                          mpe_task_result *results);
+/* This process may allocate about extra more bytes of private memory
+ * (RLIMIT_DATA above what it uses now; the shared arena is not counted,
+ * as memory_limit in a worker): 0 or -errno. */
+MPE_API int mpe_limit_memory(size_t extra);
 /* Frees the data of a result. */
 MPE_API void mpe_task_result_clear(mpe_task_result *r);
 /* Number of worker processes. */

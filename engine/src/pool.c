@@ -35,6 +35,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "futex.h"
 #include "pool.h"
 
 #define SLICE 0.01              /* the parent looks at its workers this often */
@@ -93,11 +94,14 @@ struct mpe_pool {
   int crashes;
   mpe_buf msg;
   legacy *lg;
-  char error[256];
+  pid_t gone_pid; /* the worker whose tasks worker_gone() is failing */
+  char error[4096];
 };
 
 /* ------------------------------------------------------------- the lines */
 
+/* The lines' capacities are powers of two (64, then doubled): an index
+ * wraps with a mask. */
 static int grow(void **v, size_t *cap, size_t head, size_t len, size_t size) {
   size_t ncap = *cap ? 2 * *cap : 64;
   char *nv = malloc(ncap * size);
@@ -120,18 +124,18 @@ static int pend_reserve(mpe_pool *p, size_t more) {
 /* Back to the front of the line (room reserved by the caller or freed by
  * the dispatch that took it). */
 static void pend_front(mpe_pool *p, const task *t) {
-  p->phead = (p->phead + p->pcap - 1) % p->pcap;
+  p->phead = (p->phead + p->pcap - 1) & (p->pcap - 1);
   p->pend[p->phead] = *t;
   p->plen++;
 }
 
 static void pend_back(mpe_pool *p, const task *t) {
-  p->pend[(p->phead + p->plen++) % p->pcap] = *t;
+  p->pend[(p->phead + p->plen++) & (p->pcap - 1)] = *t;
 }
 
 static task pend_pop(mpe_pool *p) {
   task t = p->pend[p->phead];
-  p->phead = (p->phead + 1) % p->pcap;
+  p->phead = (p->phead + 1) & (p->pcap - 1);
   p->plen--;
   return t;
 }
@@ -150,8 +154,9 @@ static int finish(mpe_pool *p, task *t, int status, int code, void *data, size_t
     }
     p->dhead = 0;
   }
-  p->done[(p->dhead + p->dlen++) % p->dcap] =
-      (mpe_task_result){.id = t->id, .status = status, .code = code, .data = data, .len = len};
+  pid_t pid = status == MPE_EDIED || status == MPE_ETIMEDOUT ? p->gone_pid : 0;
+  p->done[(p->dhead + p->dlen++) & (p->dcap - 1)] = (mpe_task_result){
+      .id = t->id, .status = status, .code = code, .data = data, .len = len, .pid = pid};
   drop_input(t);
   p->unfinished--;
   return 0;
@@ -192,8 +197,12 @@ static int handle_reply(mpe_pool *p, const char *data, size_t len, uint32_t tag)
   if (len < sizeof h) return MPE_ECORRUPT;
   memcpy(&h, data, sizeof h);
   if (tag == MPE__REPLY_INIT_FAILED) {
+    int why = (int)(len - sizeof h > 2048 ? 2048 : len - sizeof h);
     if ((int32_t)h.n == -1)
       break_pool(p, "Pool: cannot set memory_limit in a worker (slot %d)", (int)h.slot);
+    else if (why > 0)
+      break_pool(p, "Pool: the initializer failed in a worker (slot %d):\n%.*s", (int)h.slot, why,
+                 data + sizeof h);
     else
       break_pool(p, "Pool: the initializer failed in a worker (slot %d): it returned %d", (int)h.slot,
                  (int)h.n);
@@ -256,6 +265,7 @@ static int worker_gone(mpe_pool *p, int slot, int code) {
   worker *w = &p->w[slot];
   mpe__running r;
   p->tr->running(p->tr, slot, &r);
+  p->gone_pid = p->tr->pid(p->tr, slot);
   int status = 0; /* what the culprit, if one is known, gets */
   if (w->timed_out) status = r.seq == w->kill_seq && r.task >= 0 ? MPE_ETIMEDOUT : 0;
   else if (r.task >= 0 || (r.batch && !r.exact)) status = MPE_EDIED;
@@ -376,9 +386,11 @@ static int send_batch(mpe_pool *p, int slot, size_t k) {
     memcpy(o, &h, sizeof h);
     o += sizeof h;
     for (size_t i = 0; i < k; i++, o += sizeof(uint32_t)) memcpy(o, &b->t[i].len, sizeof(uint32_t));
-    for (size_t i = 0; i < k; i++) {
-      memcpy(o, b->t[i].in, b->t[i].len);
-      o += b->t[i].len;
+    for (size_t i = 0, j; i < k; i = j) { /* inputs end to end in their block: one copy */
+      size_t run = b->t[i].len;
+      for (j = i + 1; j < k && b->t[j].in == b->t[j - 1].in + b->t[j - 1].len; j++) run += b->t[j].len;
+      memcpy(o, b->t[i].in, run);
+      o += run;
     }
     rc = p->tr->send(p->tr, slot, p->msg.data, p->msg.len);
   }
@@ -427,7 +439,7 @@ static int dispatch(mpe_pool *p) {
     /* a rerun task goes alone, and a batch stops before one */
     size_t i = 1;
     if (p->pend[p->phead].solo) k = 1;
-    while (i < k && !p->pend[(p->phead + i) % p->pcap].solo) i++;
+    while (i < k && !p->pend[(p->phead + i) & (p->pcap - 1)].solo) i++;
     int rc = send_batch(p, slot, i);
     if (rc < 0) return rc;
   }
@@ -439,10 +451,11 @@ static int pump(mpe_pool *p, const mpe__deadline *d, int (*ready)(const mpe_pool
   for (;;) {
     if (p->broken && !p->shut) shutdown(p, MPE_EBROKEN);
     if (ready(p)) return 0;
+    /* a signal that landed outside a sleep: the host's flag says it came */
+    if (mpe__stop_requested()) return MPE_EINTR;
     int rc = dispatch(p);
     if (rc < 0) return rc;
-    int ms = mpe__deadline_ms(d);
-    if (ms == 0) return MPE_ETIMEDOUT;
+    int ms = mpe__deadline_ms(d); /* 0: a poll still takes the replies already there */
     double wait = ms < 0 || ms > SLICE * 1000 ? SLICE : ms * 1e-3;
     const char *data;
     size_t len;
@@ -458,10 +471,11 @@ static int pump(mpe_pool *p, const mpe__deadline *d, int (*ready)(const mpe_pool
     } else if (rc != MPE_ETIMEDOUT) {
       return rc;
     }
-    if (rc == MPE_ETIMEDOUT || mpe_time() - p->last_check >= SLICE) {
+    if ((rc == MPE_ETIMEDOUT && ms != 0) || mpe_time() - p->last_check >= SLICE) {
       rc = check_workers(p);
       if (rc < 0) return rc;
     }
+    if (ms == 0) return ready(p) ? 0 : MPE_ETIMEDOUT;
   }
 }
 
@@ -478,8 +492,8 @@ int mpe_pool_start(mpe_pool **out, mpe_pool_fn fn, void *ctx, const mpe_pool_opt
   mpe_pool *p = calloc(1, sizeof *p);
   if (!p) return -ENOMEM;
   p->n = o.processes ? o.processes : mpe_cpu_count();
-  p->cfg = (mpe__pool_cfg){fn, ctx, o.initializer, o.initarg, o.maxtasksperchild, o.memory_limit,
-                           o.timeout > 0};
+  p->cfg = (mpe__pool_cfg){fn, ctx, o.initializer, o.initarg, o.setup, o.at_exit, o.before_fork,
+                           o.maxtasksperchild, o.memory_limit, o.timeout > 0};
   p->timeout = o.timeout > 0 ? o.timeout : 0;
   p->chunksize = o.chunksize;
   p->w = calloc((size_t)p->n, sizeof *p->w);
@@ -579,16 +593,18 @@ int mpe_pool_submit(mpe_pool *p, const void *in, size_t len, uint64_t *id) {
 }
 
 int mpe_pool_collect(mpe_pool *p, double timeout, mpe_task_result *r) {
-  mpe__deadline d = mpe__deadline_in(timeout);
+  mpe__deadline d = {0};
+  int timed = 0; /* the deadline is read only once there is a wait */
   for (;;) {
     if (p->dlen > 0) {
       *r = p->done[p->dhead];
-      p->dhead = (p->dhead + 1) % p->dcap;
+      p->dhead = (p->dhead + 1) & (p->dcap - 1);
       p->dlen--;
       p->outstanding--;
       return 0;
     }
     if (p->outstanding == 0) return p->broken ? MPE_EBROKEN : MPE_EEMPTY;
+    if (!timed) d = mpe__deadline_in(timeout), timed = 1;
     int rc = pump(p, &d, has_result);
     if (rc < 0) return rc;
   }
@@ -610,7 +626,7 @@ int mpe_pool_map(mpe_pool *p, size_t n, const void *const *in, const size_t *len
   for (size_t got = 0; got < n;) {
     mpe_task_result r;
     rc = mpe_pool_collect(p, -1, &r);
-    if (rc == MPE_EINTR) continue;
+    if (rc == MPE_EINTR && !mpe__stop_requested()) continue;
     if (rc < 0) return rc;
     r.id -= base;
     results[r.id] = r;

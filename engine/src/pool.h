@@ -21,6 +21,9 @@ typedef struct mpe__pool_cfg {
   void *ctx;
   mpe_pool_init_fn init;
   void *initarg;
+  mpe_pool_setup_fn setup; /* the host's hooks (mpengine.h), given initarg */
+  mpe_pool_exit_fn at_exit;
+  mpe_pool_fork_fn before_fork;
   size_t maxtasks;     /* a worker leaves after this many tasks (0: never) */
   size_t memory_limit; /* private bytes a worker may add (0: no limit) */
   int timed;           /* stamp each task's start time (a timeout is set) */
@@ -98,7 +101,8 @@ typedef struct mpe__batch_hdr {
 enum { MPE__REPLY_RESULTS = 1, MPE__REPLY_INIT_FAILED = 2, MPE__MSG_BATCH = 3, MPE__MSG_QUIT = 4 };
 
 /* A reply: results of tasks from .. from + n - 1 of batch bid, each as
- * {int32 code, uint32 len, bytes}; for INIT_FAILED, n holds the code. */
+ * {int32 code, uint32 len, bytes}; for INIT_FAILED, n holds the code (-1:
+ * memory_limit could not be set) and the setup hook's text follows. */
 typedef struct mpe__reply_hdr {
   uint64_t bid;
   uint32_t slot;

@@ -74,8 +74,10 @@ static int l_start(mpe__pool_transport *t, int slot) {
   atomic_store(&st->since_ns, 0);
   atomic_store(&st->seq, 0);
   l->self = slot; /* what the child sees */
+  if (l->cfg.before_fork) l->cfg.before_fork(l->cfg.initarg, 0);
   rc = mpe_process_spawn(&w->proc, worker_main, l, NULL);
   if (rc < 0) {
+    if (l->cfg.before_fork) l->cfg.before_fork(l->cfg.initarg, 1);
     mpe_queue_free(w->inbox);
     w->inbox = NULL;
     w->proc = NULL;

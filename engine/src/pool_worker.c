@@ -1,8 +1,10 @@
 /* pool_worker.c - the worker side of the pool: what runs where tasks run.
  *
- * A worker limits its memory (memory_limit), runs the initializer once (a
- * nonzero return is reported as INIT_FAILED and the worker leaves: the
- * parent breaks the pool rather than start workers that fail forever),
+ * A worker limits its memory (memory_limit), runs the host's setup hook and
+ * the initializer once (a nonzero return is reported as INIT_FAILED, with
+ * the text setup gave, and the worker leaves: the parent breaks the pool
+ * rather than start workers that fail forever), and the host's at_exit hook
+ * when it leaves normally;
  * then takes batches until told to quit. For each task it writes its stamp
  * first (batch, index + 1, start time when timed, then seq), calls fn, and
  * clears the index after: if the worker dies, the stamp names the task that
@@ -46,9 +48,7 @@ int mpe_buf_add(mpe_buf *b, const void *data, size_t n) {
   return 0;
 }
 
-/* This process may allocate about extra more bytes of private memory
- * (RLIMIT_DATA above what it uses now; the shared arena is not counted). */
-static int limit_memory(size_t extra) {
+int mpe_limit_memory(size_t extra) {
   long long used_kb = 0;
   char line[256];
   FILE *f = fopen("/proc/self/status", "re");
@@ -114,20 +114,30 @@ static int run_batch(const mpe__pool_cfg *cfg, const mpe__worker_io *io, const c
   return 0;
 }
 
-int mpe__pool_worker_run(const mpe__pool_cfg *cfg, const mpe__worker_io *io) {
-  if (cfg->memory_limit && limit_memory(cfg->memory_limit) < 0) {
-    mpe__reply_hdr h = {.slot = (uint32_t)io->slot, .n = (uint32_t)-1};
+/* Tells the parent this worker cannot start: code, then the text in why. */
+static void init_failed(const mpe__worker_io *io, int code, mpe_buf *why) {
+  mpe__reply_hdr h = {.slot = (uint32_t)io->slot, .n = (uint32_t)code};
+  if (mpe_buf_add(why, NULL, sizeof h) == 0) {
+    memmove(why->data + sizeof h, why->data, why->len - sizeof h);
+    memcpy(why->data, &h, sizeof h);
+    io->put(io->self, why->data, why->len, MPE__REPLY_INIT_FAILED);
+  } else {
     io->put(io->self, &h, sizeof h, MPE__REPLY_INIT_FAILED);
+  }
+}
+
+int mpe__pool_worker_run(const mpe__pool_cfg *cfg, const mpe__worker_io *io) {
+  mpe_buf why = {0};
+  int code = 0;
+  if (cfg->memory_limit && mpe_limit_memory(cfg->memory_limit) < 0) code = -1;
+  if (code == 0 && cfg->setup) code = cfg->setup(cfg->initarg, &why);
+  if (code == 0 && cfg->init) code = cfg->init(cfg->initarg);
+  if (code != 0) {
+    init_failed(io, code, &why);
+    free(why.data);
     return 0;
   }
-  if (cfg->init) {
-    int code = cfg->init(cfg->initarg);
-    if (code != 0) {
-      mpe__reply_hdr h = {.slot = (uint32_t)io->slot, .n = (uint32_t)code};
-      io->put(io->self, &h, sizeof h, MPE__REPLY_INIT_FAILED);
-      return 0;
-    }
-  }
+  free(why.data);
   mpe_buf reply = {0}, out = {0};
   size_t done = 0;
   int rc = mpe_buf_add(&reply, &(mpe__reply_hdr){0}, sizeof(mpe__reply_hdr));
@@ -141,5 +151,6 @@ int mpe__pool_worker_run(const mpe__pool_cfg *cfg, const mpe__worker_io *io) {
   }
   free(reply.data);
   free(out.data);
+  if (rc >= 0 && cfg->at_exit) cfg->at_exit(cfg->initarg);
   return rc < 0 ? 3 : 0;
 }
