@@ -86,6 +86,7 @@ static void worker(const char *run, const char *me, int die_after_claim) {
   for (;;) {
     int n = mpe__broker_claim(r, run, me, 8, 0.05, t, &h);
     if (n == -ENOENT) break;
+    if (n < 0) fprintf(stderr, "%s: claim: %d %s\n", me, n, mpe__redis_error(r));
     CHECK(n >= 0);
     if (n > 0 && die_after_claim) raise(SIGKILL); /* the host lost, holding n batches */
     if (n > 0) CHECK(complete(r, run, me, n, t) >= 0);
@@ -115,6 +116,7 @@ TEST(exactly_one_result_each) {
   /* in chunks, pipelined */
   for (int i = 0; i < N; i += 100) CHECK_RC(mpe__broker_submit(d, run, i, 100, data + i, lens + i), 100);
   /* two hosts die holding work (each claims, then is killed), then three serve */
+  fflush(stdout);
   pid_t pids[WORKERS + 2];
   for (int i = 0; i < WORKERS + 2; i++) {
     int k = (i + 2) % (WORKERS + 2); /* the doomed first */
@@ -289,6 +291,7 @@ TEST(dead_driver_leaves_nothing) {
   run_id(run, sizeof run, "dead");
   int ready[2];
   CHECK(pipe(ready) == 0);
+  fflush(stdout);
   pid_t drv = fork();
   CHECK(drv >= 0);
   if (drv == 0) {
