@@ -3,7 +3,7 @@
  * a second result or a wrong one. Prints "all N" and the hosts that gave
  * results; then waits for a line on stdin, takes whatever results arrived
  * meanwhile (a late one would be a second), and closes the run.
- * Usage: broker_drive URL RUN N LEASE */
+ * Usage: MPE_TEST_BROKER=URL broker_drive RUN N LEASE */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,13 +12,13 @@
 #include "broker.h"
 
 int main(int argc, char **argv) {
-  if (argc != 5) return 2;
-  const char *run = argv[2];
-  int n = atoi(argv[3]), got = 0;
-  mpe__broker_opts o = {atof(argv[4]), 3, 30};
+  if (argc != 4 || !getenv("MPE_TEST_BROKER")) return 2;
+  const char *run = argv[1];
+  int n = atoi(argv[2]), got = 0;
+  mpe__broker_opts o = {atof(argv[3]), 3, 30};
   mpe__redis *r;
   char err[1024], last[48] = "0";
-  if (mpe__redis_connect(&r, argv[1], 5, err, sizeof err) < 0 || mpe__broker_open(r, run, &o) < 0) {
+  if (mpe__redis_connect(&r, getenv("MPE_TEST_BROKER"), 5, err, sizeof err) < 0 || mpe__broker_open(r, run, &o) < 0) {
     fprintf(stderr, "driver: %s\n", err);
     return 1;
   }

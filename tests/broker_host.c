@@ -3,7 +3,8 @@
  * holds every lease/3, riding out a lost broker (reconnects with backoff).
  * A result the broker drops (the lease was lost meanwhile) is reported on
  * stdout as "late result dropped", the one line the tests wait for.
- * Usage: broker_host URL RUN NAME WORK LEASE */
+ * Usage: MPE_TEST_BROKER=URL broker_host RUN NAME WORK LEASE (the URL, with
+ * its password, in the environment: not in ps) */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdio.h>
@@ -23,12 +24,12 @@ static mpe__redis *r;
   }
 
 int main(int argc, char **argv) {
-  if (argc != 6) return 2;
-  const char *run = argv[2];
-  double work = atof(argv[4]), lease = atof(argv[5]);
+  if (argc != 5 || !getenv("MPE_TEST_BROKER")) return 2;
+  const char *run = argv[1];
+  double work = atof(argv[3]), lease = atof(argv[4]);
   char me[160], err[1024];
-  snprintf(me, sizeof me, "%s/%d", argv[3], (int)getpid());
-  if (mpe__redis_connect(&r, argv[1], 1.0, err, sizeof err) < 0) {
+  snprintf(me, sizeof me, "%s/%d", argv[2], (int)getpid());
+  if (mpe__redis_connect(&r, getenv("MPE_TEST_BROKER"), 1.0, err, sizeof err) < 0) {
     fprintf(stderr, "%s\n", err);
     return 1;
   }

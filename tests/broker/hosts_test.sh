@@ -15,7 +15,7 @@ command -v redis-server >/dev/null || { echo "skipped: needs redis-server"; exit
 mpeh_init
 mpeh_host broker 1 && mpeh_host drv 2 && mpeh_host a 3 && mpeh_host b 4 || exit 1
 mpeh_redis_start broker || exit 1
-url=$MPEH_REDIS_URL
+export MPE_TEST_BROKER="$MPEH_REDIS_URL" # in the environment, not in ps
 d=$MPEH_DIR
 fail() { echo "hosts_test: $*"; for f in "$d"/*.out; do echo "--- $f"; cat "$f"; done; exit 1; }
 rcli() { REDISCLI_AUTH=$MPEH_REDIS_PASS mpeh_in broker redis-cli -h "$MPEH_REDIS_ADDR" -p "$MPEH_REDIS_PORT" "$@"; }
@@ -35,14 +35,14 @@ holds() { [ -n "$(held_by "$1" "$2")" ]; }
 seq_of() { rcli XRANGE "mpe:run:$1:q" "$2" "$2" | sed -n 3p; }
 drive() { # run n lease: the driver, its stdin a fifo kept open on fd 3
   mkfifo "$d/$1.in"
-  mpeh_in drv "$bin/broker_drive" "$url" "$1" "$2" "$3" <"$d/$1.in" >"$d/$1.out" 2>&1 &
+  mpeh_in drv "$bin/broker_drive" "$1" "$2" "$3" <"$d/$1.in" >"$d/$1.out" 2>&1 &
   drv_pid=$!
   exec 3>"$d/$1.in"
   until_ok opened "$1" # hosts find a run only once it is there
 }
 opened() { [ "$(rcli EXISTS "mpe:run:$1:q")" = 1 ]; }
 host() { # name run work lease
-  mpeh_in "$1" "$bin/broker_host" "$url" "$2" "$1" "$3" "$4" >"$d/$1-$2.out" 2>&1 &
+  mpeh_in "$1" "$bin/broker_host" "$2" "$1" "$3" "$4" >"$d/$1-$2.out" 2>&1 &
 }
 
 # 1. host loss
