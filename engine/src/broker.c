@@ -1,0 +1,439 @@
+/* broker.c - the broker's task protocol: a run's batches in a Redis stream,
+ * handed to worker hosts through a consumer group.
+ *
+ * Keys of run R (each expires ttl after the driver's last refresh, so a dead
+ * driver leaves nothing; a worker's script never creates a key, so it cannot
+ * bring one back):
+ *   mpe:runs     zset: run -> the server time (ms) its keys expire
+ *   mpe:run:R    hash: lease (ms), attempts, ttl (ms)
+ *   mpe:run:R:q  stream of batches {s: the driver's number, d: bytes};
+ *                consumer group "w", one consumer per worker host process
+ *   mpe:run:R:r  stream of results {s, k: ok|lost, h: host, n: losses, d}
+ *
+ * A batch is held by the consumer whose pending list has it; its delivery
+ * count is the fencing token. The holder renews (XCLAIM JUSTID: idle time 0,
+ * count unchanged) while owner and count are still its own. A claim first
+ * takes over batches idle longer than the lease (XCLAIM: count + 1), or fails
+ * one delivered `attempts` times with "lost" naming the last holder's host,
+ * then reads new ones. A completion is one script: accepted only when owner
+ * and count are the completer's own, then the batch is acked and deleted and
+ * its one result appended: whatever a host that lost its lease sends later
+ * finds the batch gone or held by another, and is dropped. Round trips: the
+ * driver's n batches one (pipelined); a worker's claim of up to max batches
+ * one, their completion one, each renewal one; the driver reads results with
+ * blocking XREAD, many at a time. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <hiredis/hiredis.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker.h"
+#include "internal.h"
+
+/* KEYS: runs, hash, q, r. ARGV: run, lease ms, attempts, ttl ms. */
+static mpe__redis_script open_script = {
+  "if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end\n"
+  "redis.call('HSET', KEYS[2], 'lease', ARGV[2], 'attempts', ARGV[3], 'ttl', ARGV[4])\n"
+  "redis.call('XGROUP', 'CREATE', KEYS[3], 'w', '$', 'MKSTREAM')\n"
+  "redis.call('XGROUP', 'CREATE', KEYS[4], 'd', '$', 'MKSTREAM')\n"
+  "return 1\n", ""};
+
+/* KEYS: runs, hash, q, r. ARGV: run. The ttl is the run's own. */
+static mpe__redis_script refresh_script = {
+  "local ttl = redis.call('HGET', KEYS[2], 'ttl')\n"
+  "if not ttl or redis.call('EXISTS', KEYS[3]) == 0 or redis.call('EXISTS', KEYS[4]) == 0 then return 0 end\n"
+  "ttl = tonumber(ttl)\n"
+  "for i = 2, 4 do redis.call('PEXPIRE', KEYS[i], ttl) end\n"
+  "local t = redis.call('TIME')\n"
+  "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+  "redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])\n"
+  "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)\n"
+  "if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end\n"
+  "return 1\n", ""};
+
+/* A consumer "HOST/instance" -> HOST. */
+#define HOST_OF "local function host(c) return string.match(c, '^(.*)/[^/]*$') or c end\n"
+
+/* KEYS: hash, q, r. ARGV: me, max. Flat reply: id, token, s, d per batch;
+ * -1 when the run is gone. */
+static mpe__redis_script claim_script = {
+  HOST_OF
+  "local cfg = redis.call('HMGET', KEYS[1], 'lease', 'attempts')\n"
+  "if not cfg[1] or redis.call('EXISTS', KEYS[2]) == 0 then return -1 end\n"
+  "local lease, attempts, max = tonumber(cfg[1]), tonumber(cfg[2]), tonumber(ARGV[2])\n"
+  "local out = {}\n"
+  "for _, e in ipairs(redis.call('XPENDING', KEYS[2], 'w', 'IDLE', lease, '-', '+', max)) do\n"
+  "  local id, n = e[1], e[4]\n"
+  "  if n >= attempts then\n"
+  "    local ent = redis.call('XRANGE', KEYS[2], id, id)\n"
+  "    local seq = ent[1] and ent[1][2][2] or '-1'\n"
+  "    redis.call('XACK', KEYS[2], 'w', id)\n"
+  "    redis.call('XDEL', KEYS[2], id)\n"
+  "    redis.call('XADD', KEYS[3], '*', 's', seq, 'k', 'lost', 'h', host(e[2]), 'n', n)\n"
+  "  else\n"
+  "    local c = redis.call('XCLAIM', KEYS[2], 'w', ARGV[1], lease, id)\n"
+  "    if c[1] then\n"
+  "      out[#out + 1] = id; out[#out + 1] = n + 1\n"
+  "      out[#out + 1] = c[1][2][2]; out[#out + 1] = c[1][2][4]\n"
+  "    end\n"
+  "  end\n"
+  "end\n"
+  "local left = max - #out / 4\n"
+  "if left > 0 then\n"
+  "  local rd = redis.call('XREADGROUP', 'GROUP', 'w', ARGV[1], 'COUNT', left, 'STREAMS', KEYS[2], '>')\n"
+  "  if rd then\n"
+  "    for _, ent in ipairs(rd[1][2]) do\n"
+  "      out[#out + 1] = ent[1]; out[#out + 1] = 1\n"
+  "      out[#out + 1] = ent[2][2]; out[#out + 1] = ent[2][4]\n"
+  "    end\n"
+  "  end\n"
+  "end\n"
+  "return out\n", ""};
+
+/* Is batch ARGV[i] still held by ARGV[1] with token ARGV[i + 1]? */
+#define HELD                                                                                 \
+  "local function held(i)\n"                                                                 \
+  "  local p = redis.call('XPENDING', KEYS[1], 'w', ARGV[i], ARGV[i], 1)\n"                  \
+  "  return p[1] ~= nil and p[1][2] == ARGV[1] and p[1][4] == tonumber(ARGV[i + 1])\n"       \
+  "end\n"
+
+/* KEYS: q. ARGV: me, then id, token per batch. */
+static mpe__redis_script renew_script = {
+  HELD
+  "if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end\n"
+  "local out = {}\n"
+  "for i = 2, #ARGV, 2 do\n"
+  "  if held(i) then\n"
+  "    redis.call('XCLAIM', KEYS[1], 'w', ARGV[1], 0, ARGV[i], 'JUSTID')\n"
+  "    out[#out + 1] = 1\n"
+  "  else out[#out + 1] = 0 end\n"
+  "end\n"
+  "return out\n", ""};
+
+/* KEYS: q, r. ARGV: me, then id, token, result per batch. */
+static mpe__redis_script complete_script = {
+  HOST_OF HELD
+  "if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('EXISTS', KEYS[2]) == 0 then return -1 end\n"
+  "local out = {}\n"
+  "for i = 2, #ARGV, 3 do\n"
+  "  if held(i) then\n"
+  "    local ent = redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i])\n"
+  "    redis.call('XACK', KEYS[1], 'w', ARGV[i])\n"
+  "    redis.call('XDEL', KEYS[1], ARGV[i])\n"
+  "    redis.call('XADD', KEYS[2], '*', 's', ent[1][2][2], 'k', 'ok', 'h', host(ARGV[1]), 'd', ARGV[i + 2])\n"
+  "    out[#out + 1] = 1\n"
+  "  else out[#out + 1] = 0 end\n"
+  "end\n"
+  "return out\n", ""};
+
+typedef struct keys {
+  char hash[160], q[164], r[164];
+} keys;
+
+static int keys_of(const char *run, keys *k) {
+  if (!run || !run[0] || strlen(run) > 120) return -EINVAL;
+  snprintf(k->hash, sizeof k->hash, "mpe:run:%s", run);
+  snprintf(k->q, sizeof k->q, "mpe:run:%s:q", run);
+  snprintf(k->r, sizeof k->r, "mpe:run:%s:r", run);
+  return 0;
+}
+
+void mpe__broker_release(mpe__broker_hold *h) {
+  for (int i = 0; i < 2; i++) {
+    mpe__redis_free(h->rep[i]);
+    h->rep[i] = NULL;
+  }
+}
+
+/* An error reply is a protocol error: its text goes nowhere but r's error. */
+static int reply_error(redisReply *rep) {
+  int bad = rep->type == REDIS_REPLY_ERROR;
+  mpe__redis_free(rep);
+  return bad ? -EPROTO : 0;
+}
+
+int mpe__broker_open(mpe__redis *r, const char *run, const mpe__broker_opts *o) {
+  keys k;
+  if (keys_of(run, &k) < 0) return -EINVAL;
+  mpe__broker_opts d = {10.0, 3, 30.0};
+  if (o) d = *o;
+  if (d.lease <= 0 || d.attempts < 1 || d.ttl <= 0) return -EINVAL;
+  char lease[32], attempts[32], ttl[32];
+  snprintf(lease, sizeof lease, "%.0f", d.lease * 1000);
+  snprintf(attempts, sizeof attempts, "%d", d.attempts);
+  snprintf(ttl, sizeof ttl, "%.0f", d.ttl * 1000);
+  const char *argv[] = {"mpe:runs", k.hash, k.q, k.r, run, lease, attempts, ttl};
+  redisReply *rep;
+  int rc = mpe__redis_eval(r, &open_script, &rep, 4, 8, argv, NULL);
+  if (rc < 0) return rc;
+  int made = rep->type == REDIS_REPLY_INTEGER && rep->integer == 1;
+  if ((rc = reply_error(rep)) < 0) return rc;
+  if (!made) return -EEXIST;
+  rc = mpe__broker_refresh(r, run);
+  return rc < 0 ? rc : 0;
+}
+
+int mpe__broker_refresh(mpe__redis *r, const char *run) {
+  keys k;
+  if (keys_of(run, &k) < 0) return -EINVAL;
+  const char *argv[] = {"mpe:runs", k.hash, k.q, k.r, run};
+  redisReply *rep;
+  int rc = mpe__redis_eval(r, &refresh_script, &rep, 4, 5, argv, NULL);
+  if (rc < 0) return rc;
+  int alive = rep->type == REDIS_REPLY_INTEGER && rep->integer == 1;
+  if ((rc = reply_error(rep)) < 0) return rc;
+  return alive;
+}
+
+int mpe__broker_submit(mpe__redis *r, const char *run, int64_t first_seq, int n, const void *const *data,
+                       const size_t *lens) {
+  keys k;
+  if (keys_of(run, &k) < 0 || n < 0) return -EINVAL;
+  for (int i = 0; i < n; i++) {
+    char seq[32];
+    snprintf(seq, sizeof seq, "%" PRId64, first_seq + i);
+    const char *argv[] = {"XADD", k.q, "*", "s", seq, "d", (const char *)data[i]};
+    size_t al[] = {4, strlen(k.q), 1, 1, strlen(seq), 1, lens[i]};
+    int rc = mpe__redis_append(r, 7, argv, al);
+    if (rc < 0) return rc;
+  }
+  int bad = 0;
+  for (int i = 0; i < n; i++) {
+    redisReply *rep;
+    int rc = mpe__redis_take(r, &rep);
+    if (rc < 0) return rc;
+    if (reply_error(rep) < 0) bad = 1;
+  }
+  return bad ? -EPROTO : n;
+}
+
+/* An entry's fields {f, v, ...}: the value of f (NULL if none). */
+static redisReply *field(redisReply *fields, const char *f) {
+  if (!fields || fields->type != REDIS_REPLY_ARRAY) return NULL;
+  for (size_t i = 0; i + 1 < fields->elements; i += 2) {
+    redisReply *name = fields->element[i];
+    if (name->type == REDIS_REPLY_STRING && !strcmp(name->str, f)) return fields->element[i + 1];
+  }
+  return NULL;
+}
+
+static int64_t num_of(redisReply *v) {
+  if (!v) return -1;
+  if (v->type == REDIS_REPLY_INTEGER) return v->integer;
+  if (v->type == REDIS_REPLY_STRING) return strtoll(v->str, NULL, 10);
+  return -1;
+}
+
+static void copy_id(char dst[48], const redisReply *v) {
+  snprintf(dst, 48, "%s", v && v->type == REDIS_REPLY_STRING ? v->str : "");
+}
+
+int mpe__broker_results(mpe__redis *r, const char *run, char last[48], double timeout, mpe__broker_result *out,
+                        int max, mpe__broker_hold *hold) {
+  keys k;
+  hold->rep[0] = hold->rep[1] = NULL;
+  if (keys_of(run, &k) < 0 || max < 1) return -EINVAL;
+  char count[16], block[32];
+  snprintf(count, sizeof count, "%d", max);
+  snprintf(block, sizeof block, "%.0f", timeout > 0 ? timeout * 1000 : 0);
+  int rc, trim = strcmp(last, "0") != 0;
+  if (trim) { /* what was read before goes, in the same round trip */
+    const char *targv[] = {"XTRIM", k.r, "MINID", last};
+    if ((rc = mpe__redis_append(r, 4, targv, NULL)) < 0) return rc;
+  }
+  const char *argv[] = {"XREAD", "COUNT", count, "BLOCK", block, "STREAMS", k.r, last};
+  /* timeout <= 0: no BLOCK at all (BLOCK 0 would wait forever) */
+  int argc = timeout > 0 ? 8 : 6;
+  if (timeout <= 0) {
+    argv[3] = "STREAMS";
+    argv[4] = k.r;
+    argv[5] = last;
+  }
+  if ((rc = mpe__redis_set_timeout(r, mpe__redis_timeout(r) + (timeout > 0 ? timeout : 0))) < 0) return rc;
+  if ((rc = mpe__redis_append(r, argc, argv, NULL)) < 0) return rc;
+  redisReply *rep;
+  if (trim) {
+    if ((rc = mpe__redis_take(r, &rep)) < 0) return rc;
+    mpe__redis_free(rep);
+  }
+  rc = mpe__redis_take(r, &rep);
+  if (rc < 0) return rc;
+  mpe__redis_set_timeout(r, mpe__redis_timeout(r));
+  if (rep->type == REDIS_REPLY_NIL) {
+    mpe__redis_free(rep);
+    return 0;
+  }
+  if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 1 || rep->element[0]->elements < 2) {
+    mpe__redis_free(rep);
+    return -EPROTO;
+  }
+  redisReply *ents = rep->element[0]->element[1];
+  int n = 0;
+  for (size_t i = 0; i < ents->elements && n < max; i++) {
+    redisReply *e = ents->element[i], *f = e->elements > 1 ? e->element[1] : NULL, *v;
+    mpe__broker_result *o = &out[n++];
+    memset(o, 0, sizeof *o);
+    copy_id(o->id, e->element[0]);
+    copy_id(last, e->element[0]);
+    o->seq = num_of(field(f, "s"));
+    v = field(f, "k");
+    o->kind = v && v->type == REDIS_REPLY_STRING && !strcmp(v->str, "ok") ? MPE__BROKER_OK : MPE__BROKER_LOST;
+    o->lost = (int)num_of(field(f, "n"));
+    v = field(f, "h");
+    snprintf(o->host, sizeof o->host, "%s", v && v->type == REDIS_REPLY_STRING ? v->str : "?");
+    if ((v = field(f, "d")) && v->type == REDIS_REPLY_STRING) {
+      o->data = v->str;
+      o->len = v->len;
+    }
+  }
+  hold->rep[0] = rep;
+  return n;
+}
+
+int mpe__broker_close(mpe__redis *r, const char *run) {
+  keys k;
+  if (keys_of(run, &k) < 0) return -EINVAL;
+  const char *del[] = {"DEL", k.hash, k.q, k.r};
+  const char *zrem[] = {"ZREM", "mpe:runs", run};
+  int rc;
+  if ((rc = mpe__redis_append(r, 4, del, NULL)) < 0 || (rc = mpe__redis_append(r, 3, zrem, NULL)) < 0)
+    return rc;
+  for (int i = 0; i < 2; i++) {
+    redisReply *rep;
+    if ((rc = mpe__redis_take(r, &rep)) < 0) return rc;
+    mpe__redis_free(rep);
+  }
+  return 0;
+}
+
+/* Fills out from the flat claim reply. */
+static int claimed(redisReply *rep, mpe__broker_task *out, int max) {
+  int n = 0;
+  for (size_t i = 0; i + 3 < rep->elements && n < max; i += 4) {
+    mpe__broker_task *t = &out[n++];
+    copy_id(t->id, rep->element[i]);
+    t->token = (uint64_t)num_of(rep->element[i + 1]);
+    t->seq = num_of(rep->element[i + 2]);
+    t->data = rep->element[i + 3]->str;
+    t->len = rep->element[i + 3]->len;
+  }
+  return n;
+}
+
+int mpe__broker_claim(mpe__redis *r, const char *run, const char *me, int max, double block,
+                      mpe__broker_task *out, mpe__broker_hold *hold) {
+  keys k;
+  hold->rep[0] = hold->rep[1] = NULL;
+  if (keys_of(run, &k) < 0 || max < 1 || !me || !strchr(me, '/')) return -EINVAL;
+  char smax[16];
+  snprintf(smax, sizeof smax, "%d", max);
+  const char *argv[] = {k.hash, k.q, k.r, me, smax};
+  redisReply *rep;
+  int rc = mpe__redis_eval(r, &claim_script, &rep, 3, 5, argv, NULL);
+  if (rc < 0) return rc;
+  if (rep->type == REDIS_REPLY_INTEGER) {
+    mpe__redis_free(rep);
+    return -ENOENT;
+  }
+  if (rep->type != REDIS_REPLY_ARRAY) return reply_error(rep) < 0 ? -EPROTO : -EPROTO;
+  if (rep->elements > 0 || block <= 0) {
+    hold->rep[0] = rep;
+    return claimed(rep, out, max);
+  }
+  mpe__redis_free(rep);
+  /* nothing there: wait for new batches in a blocking read */
+  char ms[32];
+  snprintf(ms, sizeof ms, "%.0f", block * 1000 < 1 ? 1 : block * 1000);
+  const char *rd[] = {"XREADGROUP", "GROUP", "w", me, "COUNT", smax, "BLOCK", ms, "STREAMS", k.q, ">"};
+  if ((rc = mpe__redis_set_timeout(r, mpe__redis_timeout(r) + block)) < 0) return rc;
+  rc = mpe__redis_cmd(r, &rep, 11, rd, NULL);
+  if (rc < 0) return rc;
+  mpe__redis_set_timeout(r, mpe__redis_timeout(r));
+  if (rep->type == REDIS_REPLY_NIL) {
+    mpe__redis_free(rep);
+    return 0;
+  }
+  if (rep->type == REDIS_REPLY_ERROR) { /* NOGROUP: the stream expired meanwhile */
+    mpe__redis_free(rep);
+    return -ENOENT;
+  }
+  if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 1 || rep->element[0]->elements < 2) {
+    mpe__redis_free(rep);
+    return -EPROTO;
+  }
+  redisReply *ents = rep->element[0]->element[1];
+  int n = 0;
+  for (size_t i = 0; i < ents->elements && n < max; i++) {
+    redisReply *e = ents->element[i], *f = e->elements > 1 ? e->element[1] : NULL, *d = field(f, "d");
+    mpe__broker_task *t = &out[n++];
+    copy_id(t->id, e->element[0]);
+    t->token = 1; /* a first delivery */
+    t->seq = num_of(field(f, "s"));
+    t->data = d ? d->str : NULL;
+    t->len = d ? d->len : 0;
+  }
+  hold->rep[0] = rep;
+  return n;
+}
+
+/* Runs script with me and per batch its id, token (and a result): the
+ * integer per batch into flags. */
+static int per_batch(mpe__redis *r, mpe__redis_script *s, int nkeys, const char *const *kv, const char *me,
+                     int n, const mpe__broker_task *tasks, const void *const *data, const size_t *lens,
+                     int *flags) {
+  int per = data ? 3 : 2, argc = nkeys + 1 + per * n;
+  const char **argv = calloc((size_t)argc, sizeof *argv);
+  size_t *al = calloc((size_t)argc, sizeof *al);
+  char(*tok)[24] = calloc((size_t)n + 1, sizeof *tok);
+  int rc = -ENOMEM;
+  if (!argv || !al || !tok) goto out;
+  for (int i = 0; i < nkeys; i++) argv[i] = kv[i], al[i] = strlen(kv[i]);
+  argv[nkeys] = me;
+  al[nkeys] = strlen(me);
+  for (int i = 0; i < n; i++) {
+    int j = nkeys + 1 + per * i;
+    snprintf(tok[i], sizeof tok[i], "%" PRIu64, tasks[i].token);
+    argv[j] = tasks[i].id, al[j] = strlen(tasks[i].id);
+    argv[j + 1] = tok[i], al[j + 1] = strlen(tok[i]);
+    if (data) argv[j + 2] = (const char *)data[i], al[j + 2] = lens[i];
+  }
+  redisReply *rep;
+  if ((rc = mpe__redis_eval(r, s, &rep, nkeys, argc, argv, al)) < 0) goto out;
+  if (rep->type == REDIS_REPLY_INTEGER) rc = -ENOENT;
+  else if (rep->type != REDIS_REPLY_ARRAY || rep->elements != (size_t)n) rc = -EPROTO;
+  else {
+    for (int i = 0; i < n; i++) flags[i] = rep->element[i]->integer == 1;
+    rc = 0;
+  }
+  mpe__redis_free(rep);
+out:
+  free(argv);
+  free(al);
+  free(tok);
+  return rc;
+}
+
+int mpe__broker_renew(mpe__redis *r, const char *run, const char *me, int n, const mpe__broker_task *tasks,
+                      int *held) {
+  keys k;
+  if (keys_of(run, &k) < 0 || n < 0) return -EINVAL;
+  if (n == 0) return 0;
+  const char *kv[] = {k.q};
+  return per_batch(r, &renew_script, 1, kv, me, n, tasks, NULL, NULL, held);
+}
+
+int mpe__broker_complete(mpe__redis *r, const char *run, const char *me, int n, const mpe__broker_task *tasks,
+                         const void *const *data, const size_t *lens, int *accepted) {
+  keys k;
+  if (keys_of(run, &k) < 0 || n < 0) return -EINVAL;
+  if (n == 0) return 0;
+  const char *kv[] = {k.q, k.r};
+  return per_batch(r, &complete_script, 2, kv, me, n, tasks, data, lens, accepted);
+}
+
+void mpe__broker_lost_text(const mpe__broker_result *res, char *buf, size_t n) {
+  snprintf(buf, n, "Pool: task lost %d times (last on host %s)", res->lost, res->host);
+}
