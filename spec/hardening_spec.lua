@@ -207,12 +207,13 @@ print('done')]]
     assert.are.equal(2, v.value)
     -- a handle collected while it was the one used last: a new one at any address works
     for i = 1, 50 do
-      local x = mp.Lock()
-      x:acquire() x:release()
-      local w = mp.Value('i', i, {lock = false})
-      w.value = w.value + 1
-      assert.are.equal(i + 1, w.value)
-      x, w = nil, nil
+      do
+        local x = mp.Lock()
+        x:acquire() x:release()
+        local w = mp.Value('i', i, {lock = false})
+        w.value = w.value + 1
+        assert.are.equal(i + 1, w.value)
+      end
       collectgarbage()
       assert.has_error(function() acquire(setmetatable({}, getmetatable(l))) end, nil)
     end
