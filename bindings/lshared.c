@@ -64,11 +64,15 @@ mpel_obj *mpel_check_shared(lua_State *L, int idx, const mpel_shared_type *t) {
   return h;
 }
 
+mpel_obj *mpel_seen[MPEL_SEEN_N];
+
 /* A metamethod may meet a table that a script gave the class's metatable
  * (setmetatable({}, getmetatable(handle))): no handle, nothing to free. */
 int mpel_shared_gc(lua_State *L) {
   mpel_obj *h = lua_touserdata(L, 1);
   if (!h) return 0;
+  for (int i = 0; i < MPEL_SEEN_N; i++)
+    if (mpel_seen[i] == h) mpel_seen[i] = NULL;
   if (h->o) h->t->obj_free(h->o);
   h->o = NULL;
   return 0;

@@ -65,18 +65,29 @@ void mpel_push_lock(lua_State *L, mpe_lock *l) {
   mpel_push_shared(L, mpe_lock_is_recursive(l) ? &mpel_rlock_type : &mpel_lock_type, l);
 }
 
-static mpe_lock *check_lock(lua_State *L, int idx) {
-  /* The hot path, a method called on a handle of its own class (upvalue 1
-   * is the class's metatable): the metatable stays on the stack, under the
-   * method's results. */
-  mpel_obj *h = lua_touserdata(L, idx);
+/* check_lock past the handle seen last: a method called on a handle of its
+ * own class (upvalue 1 is the class's metatable), then any Lock or RLock.
+ * The stack is left as it was. */
+static mpe_lock *check_lock_slow(lua_State *L, int idx, mpel_obj *h) {
   if (h && lua_getmetatable(L, idx)) {
-    if (lua_rawequal(L, -1, lua_upvalueindex(1)) && h->o) return h->o;
+    int own = lua_rawequal(L, -1, lua_upvalueindex(1));
     lua_pop(L, 1);
+    if (own && h->o) {
+      mpel_seen[MPEL_SEEN_LOCK] = h;
+      return h->o;
+    }
   }
   mpe_lock *l = mpel_test_lock(L, idx);
   if (!l) luaL_typeerror(L, idx, "Lock");
+  mpel_seen[MPEL_SEEN_LOCK] = h;
   return l;
+}
+
+/* The hot path: the handle seen last (lshared.c), one compare. */
+static inline mpe_lock *check_lock(lua_State *L, int idx) {
+  mpel_obj *h = lua_touserdata(L, idx);
+  if (h && h == mpel_seen[MPEL_SEEN_LOCK] && h->o) return h->o;
+  return check_lock_slow(L, idx, h);
 }
 
 static int new_lock(lua_State *L, int recursive) {
@@ -97,7 +108,10 @@ static int lock_wait(void *l, double timeout, void *ctx) {
 
 /* Acquires with a timeout (-1: forever); returns the engine code. */
 static int acquire_lock(lua_State *L, mpe_lock *l, double timeout) {
-  return wait_for(L, lock_wait, l, NULL, timeout, NULL);
+  if (timeout >= 0) return wait_for(L, lock_wait, l, NULL, timeout, NULL);
+  int rc; /* forever: no deadline to keep */
+  while ((rc = mpe_lock_acquire(l, -1)) == MPE_EINTR) mpel_check_signal(L);
+  return rc;
 }
 
 /* true; true, "owner died" (recovered); false on timeout. */
@@ -131,10 +145,14 @@ static int push_acquired(lua_State *L, int rc, double timeout, const char *what)
 static const char *lock_name(mpe_lock *l) { return mpe_lock_is_recursive(l) ? "RLock" : "Lock"; }
 
 static int lock_acquire(lua_State *L) {
-  lua_settop(L, 2); /* check_lock may leave one value above the arguments */
   mpe_lock *l = check_lock(L, 1);
-  double timeout = mpel_opt_timeout(L, 2);
-  return push_acquired(L, acquire_lock(L, l, timeout), timeout, lock_name(l));
+  double timeout = lua_gettop(L) < 2 ? -1 : mpel_opt_timeout(L, 2); /* acquire(): no parsing */
+  int rc = acquire_lock(L, l, timeout);
+  if (rc == 0) { /* the common case first */
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  return push_acquired(L, rc, timeout, lock_name(l));
 }
 
 static int lock_release(lua_State *L) {

@@ -217,22 +217,42 @@ static int value_add(lua_State *L) {
   return 1;
 }
 
-/* The metamethods' own check (the hot path of v.value): the handle's
- * metatable is the one in upvalue 2 (the handle's class), which is left on
- * the stack under the results. Anything else takes check_any. */
-static mpe_value *check_own(lua_State *L) {
-  mpel_obj *h = lua_touserdata(L, 1);
+/* The metamethods' own check (the hot path of v.value): the handle seen
+ * last (lshared.c), else one whose metatable is the one in upvalue 2 (the
+ * handle's class), else anything check_any takes. The stack is left as it
+ * was. */
+static mpe_value *check_own_slow(lua_State *L, mpel_obj *h) {
   if (h && lua_getmetatable(L, 1)) {
-    if (lua_rawequal(L, -1, lua_upvalueindex(2)) && h->o) return h->o;
+    int own = lua_rawequal(L, -1, lua_upvalueindex(2));
     lua_pop(L, 1);
+    if (own && h->o) {
+      mpel_seen[MPEL_SEEN_VALUE] = h;
+      return h->o;
+    }
   }
   return check_any(L, 1);
 }
 
+static inline mpe_value *check_own(lua_State *L) {
+  mpel_obj *h = lua_touserdata(L, 1);
+  if (h && h == mpel_seen[MPEL_SEEN_VALUE] && h->o) return h->o;
+  return check_own_slow(L, h);
+}
+
+/* Whether the key at 2 is "value": one look at its bytes (a number key
+ * becomes its string here, as luaL_checkstring would make it). */
+static int is_value_key(lua_State *L) {
+  size_t n;
+  const char *k = lua_tolstring(L, 2, &n);
+  return k && n == 5 && memcmp(k, "value", 5) == 0;
+}
+
 static int value_index(lua_State *L) {
   mpe_value *v = check_own(L);
-  if (lua_rawequal(L, 2, lua_upvalueindex(1))) { /* "value", the hot path */
-    push_elem(L, v, 0);
+  if (is_value_key(L)) { /* the hot path: an integer first */
+    char t = mpe_value_typecode(v);
+    if (t != 'c' && !mpe_typecode_is_float(t)) lua_pushinteger(L, (lua_Integer)mpe_value_get_int(v, 0));
+    else push_elem(L, v, 0);
     return 1;
   }
   const char *k = luaL_checkstring(L, 2);
@@ -249,11 +269,12 @@ static int value_index(lua_State *L) {
 
 static int value_newindex(lua_State *L) {
   mpe_value *v = check_own(L);
-  if (!lua_rawequal(L, 2, lua_upvalueindex(1)))
+  if (!is_value_key(L))
     return luaL_error(L, "Value: cannot set field '%s' (only value)", luaL_tolstring(L, 2, NULL));
-  /* an integer into an integer typecode: one conversion, one engine call */
+  /* an integer into an integer typecode: one conversion, one engine call
+   * (what converts here is what store would take) */
   char t = mpe_value_typecode(v);
-  if (t != 'c' && !mpe_typecode_is_float(t) && lua_type(L, 3) == LUA_TNUMBER) {
+  if (t != 'c' && !mpe_typecode_is_float(t)) {
     int isint;
     lua_Integer x = lua_tointegerx(L, 3, &isint);
     if (isint && mpe_value_set_int(v, 0, (int64_t)x) == 0) return 0;
@@ -435,7 +456,7 @@ static const luaL_Reg array_methods[] = {
 };
 
 static void set_access(lua_State *L, const char *name, lua_CFunction index, lua_CFunction newindex) {
-  /* upvalues: 1 the key "value", 2 the metatable (check_own) */
+  /* upvalues: 1 the key "value" (unused: is_value_key looks at the bytes), 2 the metatable (check_own) */
   luaL_getmetatable(L, name);
   lua_pushliteral(L, "value");
   lua_pushvalue(L, -2);

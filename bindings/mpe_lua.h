@@ -114,6 +114,13 @@ mpel_obj *mpel_test_shared(lua_State *L, int idx, const mpel_shared_type *t);
 /* In a method: the handle at idx if its metatable is the method's own (its
  * upvalue 1), NULL otherwise (then check the slow way). */
 mpel_obj *mpel_fast_shared(lua_State *L, int idx);
+/* Handles seen last: a slot names the last handle of its classes that
+ * passed a full check, so the next call on that handle is one pointer
+ * compare (a locked increment calls four methods on two handles). A
+ * handle's __gc empties the slots that name it, so a slot never names
+ * freed memory. */
+enum { MPEL_SEEN_LOCK, MPEL_SEEN_VALUE, MPEL_SEEN_N };
+extern mpel_obj *mpel_seen[MPEL_SEEN_N];
 /* Makes t's metatable (with methods, and __index = index or the methods),
  * registers its class, and sets mp[name] = ctor; the module at -1. */
 void mpel_shared_open(lua_State *L, const mpel_shared_type *t, const luaL_Reg *methods,

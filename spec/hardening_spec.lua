@@ -181,6 +181,44 @@ print('done')]]
     assert.matches("done", out)
   end)
 
+  it("Lock and Value methods check every call, also right after a handle was used", function()
+    local l, r, v = mp.Lock(), mp.RLock(), mp.Value('i', 0, {lock = false})
+    local acquire, release = l.acquire, l.release
+    local mt = getmetatable(v)
+    for _ = 1, 2 do -- the second round starts with the handles just used
+      assert.is_true(l:acquire())
+      v.value = v.value + 1
+      assert.has_error(function() acquire(setmetatable({}, getmetatable(l))) end, nil)
+      assert.has_error(function() acquire(io.stdout) end, nil)
+      assert.has_error(function() release(v) end, nil)
+      assert.has_error(function() mt.__index(setmetatable({}, mt), "value") end, nil)
+      assert.has_error(function() mt.__newindex(io.stdout, "value", 1) end, nil)
+      assert.has_error(function() v.valu = 1 end, "Value: cannot set field 'valu' (only value)")
+      assert.has_error(function() v["value\0"] = 1 end)
+      assert.is_nil(v.values)
+      assert.is_nil(v[1])
+      l:release()
+      assert.is_true(acquire(r, nil)) -- another class's handle through the same function
+      assert.are.same({true}, {acquire(r, 0)})
+      release(r) release(r)
+      assert.has_error(function() l:acquire(-1) end)
+      assert.has_error(function() l:acquire("x") end)
+    end
+    assert.are.equal(2, v.value)
+    -- a handle collected while it was the one used last: a new one at any address works
+    for i = 1, 50 do
+      do
+        local x = mp.Lock()
+        x:acquire() x:release()
+        local w = mp.Value('i', i, {lock = false})
+        w.value = w.value + 1
+        assert.are.equal(i + 1, w.value)
+      end
+      collectgarbage()
+      assert.has_error(function() acquire(setmetatable({}, getmetatable(l))) end, nil)
+    end
+  end)
+
   it("a runtime error in a worker: file:line, non-zero exit", function()
     local out, rc = H.run("spec/fixtures/errors.lua", "worker")
     assert.are.equal(1, rc)
