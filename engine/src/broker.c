@@ -231,6 +231,26 @@ static void copy_id(char dst[48], const redisReply *v) {
   snprintf(dst, 48, "%s", v && v->type == REDIS_REPLY_STRING ? v->str : "");
 }
 
+/* The entries of the one stream an XREAD/XREADGROUP reply holds: 1 with
+ * *ents, each entry checked (an array whose first element is a string id);
+ * 0 for a nil reply (the wait ended empty); -ENOENT for an error reply;
+ * -EPROTO for any other shape: what the broker sends is checked before use. */
+static int stream_entries(const redisReply *rep, redisReply **ents) {
+  if (rep->type == REDIS_REPLY_NIL) return 0;
+  if (rep->type == REDIS_REPLY_ERROR) return -ENOENT;
+  if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 1 || rep->element[0]->type != REDIS_REPLY_ARRAY ||
+      rep->element[0]->elements < 2 || rep->element[0]->element[1]->type != REDIS_REPLY_ARRAY)
+    return -EPROTO;
+  redisReply *e = rep->element[0]->element[1];
+  for (size_t i = 0; i < e->elements; i++) {
+    const redisReply *x = e->element[i];
+    if (x->type != REDIS_REPLY_ARRAY || x->elements < 1 || x->element[0]->type != REDIS_REPLY_STRING)
+      return -EPROTO;
+  }
+  *ents = e;
+  return 1;
+}
+
 int mpe__broker_results(mpe__redis *r, const char *run, char last[48], double timeout, mpe__broker_result *out,
                         int max, mpe__broker_hold *hold) {
   keys k;
@@ -262,15 +282,11 @@ int mpe__broker_results(mpe__redis *r, const char *run, char last[48], double ti
   rc = mpe__redis_take(r, &rep);
   if (rc < 0) return rc;
   mpe__redis_set_timeout(r, mpe__redis_timeout(r));
-  if (rep->type == REDIS_REPLY_NIL) {
+  redisReply *ents = NULL;
+  if ((rc = stream_entries(rep, &ents)) <= 0) {
     mpe__redis_free(rep);
-    return 0;
+    return rc == -ENOENT ? -EPROTO : rc;
   }
-  if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 1 || rep->element[0]->elements < 2) {
-    mpe__redis_free(rep);
-    return -EPROTO;
-  }
-  redisReply *ents = rep->element[0]->element[1];
   int n = 0;
   for (size_t i = 0; i < ents->elements && n < max; i++) {
     redisReply *e = ents->element[i], *f = e->elements > 1 ? e->element[1] : NULL, *v;
@@ -317,8 +333,9 @@ static int claimed(redisReply *rep, mpe__broker_task *out, int max) {
     copy_id(t->id, rep->element[i]);
     t->token = (uint64_t)num_of(rep->element[i + 1]);
     t->seq = num_of(rep->element[i + 2]);
-    t->data = rep->element[i + 3]->str;
-    t->len = rep->element[i + 3]->len;
+    const redisReply *d = rep->element[i + 3];
+    t->data = d->type == REDIS_REPLY_STRING ? d->str : NULL;
+    t->len = d->type == REDIS_REPLY_STRING ? d->len : 0;
   }
   return n;
 }
@@ -352,19 +369,11 @@ int mpe__broker_claim(mpe__redis *r, const char *run, const char *me, int max, d
   rc = mpe__redis_cmd(r, &rep, 11, rd, NULL);
   if (rc < 0) return rc;
   mpe__redis_set_timeout(r, mpe__redis_timeout(r));
-  if (rep->type == REDIS_REPLY_NIL) {
+  redisReply *ents = NULL;
+  if ((rc = stream_entries(rep, &ents)) <= 0) { /* -ENOENT: NOGROUP, the stream expired meanwhile */
     mpe__redis_free(rep);
-    return 0;
+    return rc;
   }
-  if (rep->type == REDIS_REPLY_ERROR) { /* NOGROUP: the stream expired meanwhile */
-    mpe__redis_free(rep);
-    return -ENOENT;
-  }
-  if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 1 || rep->element[0]->elements < 2) {
-    mpe__redis_free(rep);
-    return -EPROTO;
-  }
-  redisReply *ents = rep->element[0]->element[1];
   int n = 0;
   for (size_t i = 0; i < ents->elements && n < max; i++) {
     redisReply *e = ents->element[i], *f = e->elements > 1 ? e->element[1] : NULL, *d = field(f, "d");
@@ -372,8 +381,8 @@ int mpe__broker_claim(mpe__redis *r, const char *run, const char *me, int max, d
     copy_id(t->id, e->element[0]);
     t->token = 1; /* a first delivery */
     t->seq = num_of(field(f, "s"));
-    t->data = d ? d->str : NULL;
-    t->len = d ? d->len : 0;
+    t->data = d && d->type == REDIS_REPLY_STRING ? d->str : NULL;
+    t->len = d && d->type == REDIS_REPLY_STRING ? d->len : 0;
   }
   hold->rep[0] = rep;
   return n;
