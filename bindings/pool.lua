@@ -234,11 +234,8 @@ local function settle(st, touched)
 end
 
 -- Runs the pool until done() is true or the deadline passes. Returns done().
-local WINDOW = 4096 -- a blocking map keeps at most this many items submitted and unanswered
-
-local function pump(self, st, done, deadline, feed)
+local function pump(self, st, done, deadline)
   while true do
-    if feed then feed() end
     if done() then return true end
     local broken = B.error(self)
     if broken then error(broken, 0) end
@@ -299,9 +296,9 @@ function AsyncResult:successful()
 end
 
 -- get, once the caller is known to be the pool's process.
-local function result_get(self, st, timeout, feed)
+local function result_get(self, st, timeout)
   check_timeout(timeout, "AsyncResult:get")
-  if not pump(self.pool, st, function() return self.job.ready end, timeout and mp.time() + timeout, feed) then
+  if not pump(self.pool, st, function() return self.job.ready end, timeout and mp.time() + timeout) then
     raise(("AsyncResult: timeout after %g s waiting for the result"):format(timeout))
   end
   local job = self.job
@@ -413,24 +410,6 @@ local function map_job(self, st, kind, fn, src, star, opts, blocking)
   job.values = B.table(n)
   progress_total(job.progress, n)
   job.items = (blocking or owned) and list or table.move(list, 1, n, 1, {})
-  if blocking and n > WINDOW then
-    -- fed as results come: the engine's lines stay short (a cold map of
-    -- 200,000 tiny tasks spent a third of its time faulting in their pages)
-    local sent = 0
-    local function feed()
-      local upto = math.min(n, job.done + WINDOW)
-      if upto > sent then
-        B.submit(self, job, fid, star, job.items, sent + 1, upto, sent + 1)
-        sent = upto
-      end
-      if sent >= n and not job.exhausted then
-        job.exhausted = true
-        check_complete(st, job)
-      end
-    end
-    feed()
-    return job, feed
-  end
   if n > 0 then B.submit(self, job, fid, star, job.items, 1, n, 1) end
   job.exhausted = true
   check_complete(st, job)
@@ -449,8 +428,7 @@ for _, kind in ipairs{"map", "starmap"} do
   Pool[kind] = function(self, fn, list, chunksize, opts)
     local st = check_pool(self, kind)
     local _, o = parse_rest(chunksize, opts, kind)
-    local job, feed = map_job(self, st, kind, fn, list, star, o, true)
-    return result_get(new_async(self, job), st, nil, feed)
+    return result_get(new_async(self, map_job(self, st, kind, fn, list, star, o, true)), st)
   end
 end
 

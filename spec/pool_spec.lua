@@ -332,34 +332,6 @@ describe("Pool", function()
     assert.are.equal(7, pool:apply(function() return 7 end))
   end)
 
-  it("a long map is fed as results come: every result in order, failures past the first window named", function()
-    local n = 20000
-    local xs = {}
-    for i = 1, n do xs[i] = i end
-    local out = pool:map(function(x) return x * 3 end, xs)
-    assert.are.equal(n, #out)
-    for i = 1, n do assert.are.equal(3 * i, out[i]) end
-    local trips = 0
-    local r = pool:starmap(function(a, b) return a - b end, (function()
-      local t = {}
-      for i = 1, 9000 do t[i] = {i, 1} end
-      return t
-    end)(), nil, {callback = function() trips = trips + 1 end})
-    assert.are.equal(9000, #r)
-    assert.are.equal(8999, r[9000])
-    assert.are.equal(1, trips)
-    xs[15000] = coroutine.create(print)
-    local ok, err = pcall(pool.map, pool, function(x) return x end, xs)
-    assert.is_false(ok)
-    assert.matches("cannot send value at list%[15000%]: thread", err)
-    xs[15000] = 15000
-    ok, err = pcall(pool.map, pool, function(x) if x == 12345 then error("bad item") end return x end, xs)
-    assert.is_false(ok)
-    assert.matches("bad item", err)
-    assert.matches("task 12345 of map failed", err)
-    assert.are.same({1, 2}, pool:map(function(x) return x end, {1, 2}))
-  end)
-
   it("an item that cannot be sent fails its own task; the pool keeps serving", function()
     local co = coroutine.create(print)
     local ok, err = pcall(pool.map, pool, function(x) return x end, {co})
