@@ -180,9 +180,14 @@ local function fid_of(self, st, fn)
   if not ok then error(bytes, 0) end -- the codec names the caller's line and the path
   local entry = st.fids[bytes]
   if not entry then
-    if st.nfids >= MAXFIDS then -- many distinct closures: start over (ids are never reused)
-      for _, e in pairs(st.fids) do B.forget(self, e.id) end
-      st.fids, st.nfids = {}, 0
+    if st.nfids >= MAXFIDS then -- many distinct closures: start over (ids are never reused),
+      local live = {}              -- keeping those of jobs still running (an imap sends more)
+      for job in pairs(st.jobs) do live[job.fid] = true end
+      local keep, nkeep = {}, 0
+      for b, e in pairs(st.fids) do
+        if live[e.id] then keep[b], nkeep = e, nkeep + 1 else B.forget(self, e.id) end
+      end
+      st.fids, st.nfids = keep, nkeep
     end
     st.nfids, st.next_fid = st.nfids + 1, st.next_fid + 1
     entry = {id = st.next_fid, fn = fn} -- fn kept: the objects it names stay alive
@@ -409,7 +414,8 @@ local function map_job(self, st, kind, fn, src, star, opts, blocking)
   job.n = n
   job.values = B.table(n)
   progress_total(job.progress, n)
-  job.items = (blocking or owned) and list or table.move(list, 1, n, 1, {})
+  -- (a list with a metatable is read through it, as map_async and imap do)
+  job.items = ((blocking and not getmetatable(list)) or owned) and list or table.move(list, 1, n, 1, {})
   if n > 0 then B.submit(self, job, fid, star, job.items, 1, n, 1) end
   job.exhausted = true
   check_complete(st, job)

@@ -332,6 +332,28 @@ describe("Pool", function()
     assert.are.equal(7, pool:apply(function() return 7 end))
   end)
 
+  it("a running imap keeps its function while hundreds of other functions come and go", function()
+    local i = 0
+    local out = {}
+    for _, v in pool:imap(function(x) return x + 1 end, function() i = i + 1 if i <= 40 then return i end end) do
+      out[#out + 1] = v
+      if #out == 1 then
+        local rs = {}
+        for k = 1, 600 do rs[k] = pool:apply_async(function() return k end) end
+        for k = 1, 600 do assert.are.equal(k, rs[k]:get()) end
+      end
+    end
+    assert.are.equal(40, #out)
+    for k = 1, 40 do assert.are.equal(k + 1, out[k]) end
+  end)
+
+  it("map reads a list through its metatable, as map_async and imap do", function()
+    local proxy = setmetatable({}, {__index = function(_, k) return k * 10 end, __len = function() return 3 end})
+    local f = function(x) return x end
+    assert.are.same({10, 20, 30}, pool:map(f, proxy))
+    assert.are.same({10, 20, 30}, pool:map_async(f, proxy):get())
+  end)
+
   it("an item that cannot be sent fails its own task; the pool keeps serving", function()
     local co = coroutine.create(print)
     local ok, err = pcall(pool.map, pool, function(x) return x end, {co})
