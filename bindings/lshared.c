@@ -66,6 +66,12 @@ mpel_obj *mpel_check_shared(lua_State *L, int idx, const mpel_shared_type *t) {
 
 mpel_obj *mpel_seen[MPEL_SEEN_N];
 
+void mpel_seen_set(lua_State *L, int slot, int idx, mpel_obj *h) {
+  mpel_seen[slot] = h;
+  lua_pushvalue(L, idx); /* kept alive while the slot names it: its memory cannot be reused */
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &mpel_seen[slot]);
+}
+
 /* A metamethod may meet a table that a script gave the class's metatable
  * (setmetatable({}, getmetatable(handle))): no handle, nothing to free. */
 int mpel_shared_gc(lua_State *L) {

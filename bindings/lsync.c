@@ -73,13 +73,13 @@ static mpe_lock *check_lock_slow(lua_State *L, int idx, mpel_obj *h) {
     int own = lua_rawequal(L, -1, lua_upvalueindex(1));
     lua_pop(L, 1);
     if (own && h->o) {
-      mpel_seen[MPEL_SEEN_LOCK] = h;
+      mpel_seen_set(L, MPEL_SEEN_LOCK, idx, h);
       return h->o;
     }
   }
   mpe_lock *l = mpel_test_lock(L, idx);
   if (!l) luaL_typeerror(L, idx, "Lock");
-  mpel_seen[MPEL_SEEN_LOCK] = h;
+  mpel_seen_set(L, MPEL_SEEN_LOCK, idx, h);
   return l;
 }
 

@@ -226,7 +226,7 @@ static mpe_value *check_own_slow(lua_State *L, mpel_obj *h) {
     int own = lua_rawequal(L, -1, lua_upvalueindex(2));
     lua_pop(L, 1);
     if (own && h->o) {
-      mpel_seen[MPEL_SEEN_VALUE] = h;
+      mpel_seen_set(L, MPEL_SEEN_VALUE, 1, h);
       return h->o;
     }
   }

@@ -121,6 +121,10 @@ mpel_obj *mpel_fast_shared(lua_State *L, int idx);
  * freed memory. */
 enum { MPEL_SEEN_LOCK, MPEL_SEEN_VALUE, MPEL_SEEN_N };
 extern mpel_obj *mpel_seen[MPEL_SEEN_N];
+/* Names the handle at idx (h) in a slot, and keeps that handle alive in the
+ * registry while the slot names it (a handle whose metatable a script took
+ * away is freed without its __gc; pinned, its address is never reused). */
+void mpel_seen_set(lua_State *L, int slot, int idx, mpel_obj *h);
 /* Makes t's metatable (with methods, and __index = index or the methods),
  * registers its class, and sets mp[name] = ctor; the module at -1. */
 void mpel_shared_open(lua_State *L, const mpel_shared_type *t, const luaL_Reg *methods,

@@ -181,6 +181,34 @@ print('done')]]
     assert.matches("done", out)
   end)
 
+  it("a handle whose metatable was taken away never passes for another class's", function()
+    local ctors = {function() return mp.Value("i", 7) end, function() return mp.Event() end,
+                   function() return mp.Semaphore(1) end, function() return mp.Queue() end}
+    for _ = 1, 5 do
+      local l = mp.Lock()
+      l:acquire()
+      l:release()
+      local acq = l.acquire
+      local v = mp.Value("i", 1)
+      local get = getmetatable(v).__index
+      assert.are.equal(1, v.value)
+      debug.setmetatable(l, nil)
+      debug.setmetatable(v, nil)
+      l, v = nil, nil -- luacheck: ignore
+      collectgarbage()
+      collectgarbage()
+      local objs = {} -- luacheck: ignore
+      for i = 1, 200 do
+        local o = ctors[i % #ctors + 1]()
+        objs[i] = o -- kept: every object a fresh address
+        if getmetatable(o).__name ~= "Value" then
+          assert.is_false((pcall(acq, o)))
+          assert.is_false((pcall(get, o, "value")))
+        end
+      end
+    end
+  end)
+
   it("Lock and Value methods check every call, also right after a handle was used", function()
     local l, r, v = mp.Lock(), mp.RLock(), mp.Value('i', 0, {lock = false})
     local acquire, release = l.acquire, l.release

@@ -113,14 +113,14 @@ describe("mp.wait", function()
                      "Process: only a child of this process can be waited on")
   end)
 
-  it("does not busy-poll: a 1 s wait costs well under 0.1 s of CPU", function()
+  it("does not busy-poll: a 1 s wait costs well under 0.3 s of CPU (a busy-poll costs about 1 s)", function()
     local a, _ = mp.Pipe()
     local p = mp.Process{target = function() mp.sleep(60) end}
     p:start()
     for _, set in ipairs{{mp.Queue(), mp.Event()}, {a, p}, {a, p, mp.Queue(), mp.Event()}} do
       local c0 = os.clock()
       assert.are.same({}, mp.wait(set, 1))
-      assert.is_true(os.clock() - c0 < 0.1, "CPU " .. (os.clock() - c0))
+      assert.is_true(os.clock() - c0 < 0.3, "CPU " .. (os.clock() - c0))
     end
     p:kill()
     assert.is_true(p:join(60))
