@@ -98,7 +98,13 @@ typedef struct mpe__batch_hdr {
 } mpe__batch_hdr;
 
 /* Reply tags. */
-enum { MPE__REPLY_RESULTS = 1, MPE__REPLY_INIT_FAILED = 2, MPE__MSG_BATCH = 3, MPE__MSG_QUIT = 4 };
+enum {
+  MPE__REPLY_RESULTS = 1,
+  MPE__REPLY_INIT_FAILED = 2,
+  MPE__MSG_BATCH = 3,
+  MPE__MSG_QUIT = 4,
+  MPE__REPLY_FULL = 5 /* results as mpe__result_full: a remote host's outcomes */
+};
 
 /* A reply: results of tasks from .. from + n - 1 of batch bid, each as
  * {int32 code, uint32 len, bytes}; for INIT_FAILED, n holds the code (-1:
@@ -116,5 +122,19 @@ typedef struct mpe__result_hdr {
   int32_t code;
   uint32_t len;
 } mpe__result_hdr;
+
+/* A result of a MPE__REPLY_FULL reply: the outcome as the host that ran it
+ * saw it (status MPE_EDIED with its pid, and the text naming its host). */
+typedef struct mpe__result_full {
+  int32_t status;
+  int32_t code;
+  int32_t pid;
+  uint32_t len;
+} mpe__result_full;
+
+/* mpe_pool_start with a transport made by mk(out, workers, cfg, arg). */
+typedef int (*mpe__pool_mk)(mpe__pool_transport **out, int workers, const mpe__pool_cfg *cfg, void *arg);
+int mpe__pool_start_with(mpe_pool **out, mpe_pool_fn fn, void *ctx, const mpe_pool_options *opts,
+                         mpe__pool_mk mk, void *arg);
 
 #endif
