@@ -5,10 +5,10 @@
  * results, timeouts, blame, the crash-loop guard. It reaches "where tasks
  * run" only through mpe__pool_transport: start a worker in a slot, send it a
  * batch, take replies, ask whether it has gone and what it was running,
- * kill it, stop it. pool_local.c is the one implementation (forked workers,
- * an arena inbox each, one results queue, stamps in the arena); a transport
- * that hands batches to other hosts implements the same table and pool.c
- * does not change. pool_worker.c is the worker's loop, which any transport
+ * kill it, stop it. pool_local.c is one implementation (forked workers,
+ * an arena inbox each, one results queue, stamps in the arena); pool_broker.c
+ * the other (a slot is a lane of a run on a Redis broker; its replies carry
+ * each task's status and pid as the worker host saw them). pool_worker.c is the worker's loop, which any transport
  * runs wherever its workers live. */
 #ifndef MPE_POOL_H
 #define MPE_POOL_H
