@@ -60,20 +60,31 @@ static int claim(host *w, const char run[128], int max) {
   for (int i = 0; i < n; i++) {
     mpe__batch_hdr b;
     held *h = &w->h[w->nh];
+    /* malformed (lengths past its bytes): left unanswered, it ends as lost */
     if (t[i].len < sizeof b) continue;
     memcpy(&b, t[i].data, sizeof b);
+    size_t room = t[i].len - sizeof b;
+    if ((size_t)b.n > room / sizeof(uint32_t)) continue;
+    room -= (size_t)b.n * sizeof(uint32_t);
     size_t *lens = malloc((b.n + 1) * sizeof *lens);
     h->res = calloc(b.n + 1, sizeof *h->res);
-    if (!lens || !h->res || (size_t)b.n * 4 > t[i].len - sizeof b) {
+    if (!lens || !h->res) {
       free(lens);
       free(h->res);
       rc = -ENOMEM;
       continue;
     }
+    size_t total = 0;
     for (uint32_t k = 0; k < b.n; k++) {
       uint32_t l;
       memcpy(&l, t[i].data + sizeof b + k * sizeof l, sizeof l);
       lens[k] = l;
+      total += l;
+    }
+    if (total > room) {
+      free(lens);
+      free(h->res);
+      continue;
     }
     const char *in = t[i].data + sizeof b + (size_t)b.n * sizeof(uint32_t);
     snprintf(h->run, sizeof h->run, "%.127s", run);

@@ -80,7 +80,9 @@ static int b_send(mpe__pool_transport *tr, int slot, const void *batch, size_t l
   return 0;
 }
 
-/* The reply bytes for result res (0), or 1 when no lane waits for it. */
+/* The reply bytes for result res (0), 1 when no lane waits for it, or
+ * MPE_ECORRUPT (a reply that does not answer its batch fails the call rather
+ * than leave its tasks waiting). */
 static int convert(bt *t, const mpe__broker_result *res) {
   size_t k;
   for (k = 0; k < t->nout && t->out[k].seq != res->seq; k++) {
@@ -91,10 +93,10 @@ static int convert(bt *t, const mpe__broker_result *res) {
   mpe__reply_hdr h = {.bid = (uint64_t)ob.seq, .slot = (uint32_t)ob.slot, .n = ob.n};
   t->reply.len = 0;
   if (res->kind == MPE__BROKER_OK) {
-    if (res->len < sizeof h) return 1;
+    if (res->len < sizeof h) return MPE_ECORRUPT;
     mpe__reply_hdr got;
     memcpy(&got, res->data, sizeof got);
-    if (got.n != ob.n) return 1;
+    if (got.n != ob.n) return MPE_ECORRUPT;
     h.dt = got.dt;
     if (mpe_buf_add(&t->reply, &h, sizeof h) < 0 ||
         mpe_buf_add(&t->reply, res->data + sizeof h, res->len - sizeof h) < 0)
