@@ -708,6 +708,29 @@ MPE_API void mpe_pool_terminate(mpe_pool *p);
  * the pool, results not collected included. */
 MPE_API void mpe_pool_free(mpe_pool *p, int kill);
 
+/* The pool across hosts, through a Redis broker (the broker library,
+ * libmpengine_broker, built when hiredis is there; URL as
+ * redis://[[user]:password@]host[:port][/db] or unix:///path?password=..).
+ * A broker pool has the same submit/collect/map calls; processes is how
+ * many of its batches may be out at once (0: 16); its tasks run on the
+ * worker hosts' fn. A task whose remote worker died gets MPE_EDIED with its
+ * pid and a text naming the host; one lost `attempts` times with its hosts
+ * gets MPE_EDIED, pid 0 and "Pool: task lost N times (last on host NAME)". */
+typedef struct mpe_broker_options {
+  double lease; /* seconds a host may be silent before its batches are taken over (0: 10) */
+  int attempts; /* times a batch may be lost before it fails (0: 3) */
+} mpe_broker_options;
+/* Opens a run on the broker at url (opts: chunksize, processes; bo may be NULL). */
+MPE_API int mpe_pool_start_broker(mpe_pool **out, const char *url, const mpe_pool_options *opts,
+                                  const mpe_broker_options *bo);
+/* Serves every run on the broker with a local pool of procs workers running
+ * fn (opts as mpe_pool_start's; name: the host's, NULL: the host name):
+ * claims batches, renews their leases every lease/3, completes them (fenced);
+ * reconnects with backoff when the broker is lost; once the host's interrupt
+ * flag is set, hands back what it holds and returns 0 (< 0: cannot start). */
+MPE_API int mpe_broker_worker_run(const char *url, int procs, const char *name, mpe_pool_fn fn, void *ctx,
+                                  const mpe_pool_options *opts);
+
 /* The first pool API, kept: a task reads in[len] and may set *out /
  * *out_len to a malloc'ed buffer (the engine frees it); 0 or an error code. */
 typedef int (*mpe_task_fn)(const void *in, size_t len, void **out, size_t *out_len, void *ctx);

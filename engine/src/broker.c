@@ -129,6 +129,23 @@ static mpe__redis_script complete_script = {
   "end\n"
   "return out\n", ""};
 
+/* KEYS: q. ARGV: me, then id, token per batch: a batch still held is put
+ * back as a new entry (same s, d), so the next claim is a first delivery. */
+static mpe__redis_script handback_script = {
+  HELD
+  "if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end\n"
+  "local out = {}\n"
+  "for i = 2, #ARGV, 2 do\n"
+  "  if held(i) then\n"
+  "    local ent = redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i])\n"
+  "    redis.call('XACK', KEYS[1], 'w', ARGV[i])\n"
+  "    redis.call('XDEL', KEYS[1], ARGV[i])\n"
+  "    redis.call('XADD', KEYS[1], '*', 's', ent[1][2][2], 'd', ent[1][2][4])\n"
+  "    out[#out + 1] = 1\n"
+  "  else out[#out + 1] = 0 end\n"
+  "end\n"
+  "return out\n", ""};
+
 typedef struct keys {
   char hash[160], q[164], r[164];
 } keys;
@@ -441,6 +458,39 @@ int mpe__broker_complete(mpe__redis *r, const char *run, const char *me, int n, 
   if (n == 0) return 0;
   const char *kv[] = {k.q, k.r};
   return per_batch(r, &complete_script, 2, kv, me, n, tasks, data, lens, accepted);
+}
+
+int mpe__broker_handback(mpe__redis *r, const char *run, const char *me, int n, const mpe__broker_task *tasks,
+                         int *back) {
+  keys k;
+  if (keys_of(run, &k) < 0 || n < 0) return -EINVAL;
+  if (n == 0) return 0;
+  const char *kv[] = {k.q};
+  return per_batch(r, &handback_script, 1, kv, me, n, tasks, NULL, NULL, back);
+}
+
+double mpe__broker_lease(mpe__redis *r, const char *run) {
+  keys k;
+  if (keys_of(run, &k) < 0) return -1;
+  const char *argv[] = {"HGET", k.hash, "lease"};
+  redisReply *rep;
+  if (mpe__redis_cmd(r, &rep, 3, argv, NULL) < 0) return -1;
+  double lease = rep->type == REDIS_REPLY_STRING ? atof(rep->str) / 1000 : -1;
+  mpe__redis_free(rep);
+  return lease;
+}
+
+int mpe__broker_runs(mpe__redis *r, char (*runs)[128], int max) {
+  const char *argv[] = {"ZRANGE", "mpe:runs", "0", "-1"};
+  redisReply *rep;
+  int rc = mpe__redis_cmd(r, &rep, 4, argv, NULL);
+  if (rc < 0) return rc;
+  int n = 0;
+  for (size_t i = 0; rep->type == REDIS_REPLY_ARRAY && i < rep->elements && n < max; i++)
+    if (rep->element[i]->type == REDIS_REPLY_STRING && rep->element[i]->len < 128)
+      snprintf(runs[n++], 128, "%s", rep->element[i]->str);
+  mpe__redis_free(rep);
+  return n;
 }
 
 void mpe__broker_lost_text(const mpe__broker_result *res, char *buf, size_t n) {

@@ -139,6 +139,14 @@ int mpe__broker_renew(mpe__redis *r, const char *run, const char *me, int n, con
                       int *held);
 int mpe__broker_complete(mpe__redis *r, const char *run, const char *me, int n, const mpe__broker_task *tasks,
                          const void *const *data, const size_t *lens, int *accepted);
+/* handback: each batch me still holds goes back to the stream as a new one
+ * (back[i] = 1; its next claim is a first delivery), 0 when no longer held.
+ * lease: the run's lease in seconds, or < 0. runs: names of the live runs
+ * (up to max): the count, or < 0. */
+int mpe__broker_handback(mpe__redis *r, const char *run, const char *me, int n, const mpe__broker_task *tasks,
+                         int *back);
+double mpe__broker_lease(mpe__redis *r, const char *run);
+int mpe__broker_runs(mpe__redis *r, char (*runs)[128], int max);
 /* "Pool: task lost 3 times (last on host NAME)" */
 void mpe__broker_lost_text(const mpe__broker_result *res, char *buf, size_t n);
 

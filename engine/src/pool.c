@@ -214,11 +214,18 @@ static int handle_reply(mpe_pool *p, const char *data, size_t len, uint32_t tag)
   if (h.from != b->done || h.n > b->n - b->done) return MPE_ECORRUPT;
   worker *w = &p->w[h.slot];
   const char *pos = data + sizeof h, *end = data + len;
+  int full = tag == MPE__REPLY_FULL;
   for (uint32_t i = 0; i < h.n; i++) {
-    mpe__result_hdr r;
-    if ((size_t)(end - pos) < sizeof r) return MPE_ECORRUPT;
-    memcpy(&r, pos, sizeof r);
-    pos += sizeof r;
+    mpe__result_full r = {0};
+    size_t rsize = full ? sizeof r : sizeof(mpe__result_hdr);
+    if ((size_t)(end - pos) < rsize) return MPE_ECORRUPT;
+    if (full) memcpy(&r, pos, sizeof r);
+    else {
+      mpe__result_hdr rh;
+      memcpy(&rh, pos, sizeof rh);
+      r = (mpe__result_full){rh.code ? MPE_ETASK : 0, rh.code, 0, rh.len};
+    }
+    pos += rsize;
     if ((size_t)(end - pos) < r.len) return MPE_ECORRUPT;
     void *out = NULL;
     if (r.len) {
@@ -227,8 +234,9 @@ static int handle_reply(mpe_pool *p, const char *data, size_t len, uint32_t tag)
       memcpy(out, pos, r.len);
       pos += r.len;
     }
-    int rc = finish(p, &b->t[b->done++], r.code ? MPE_ETASK : 0, r.code, out, r.len);
+    int rc = finish(p, &b->t[b->done++], r.status, r.code, out, r.len);
     if (rc < 0) return rc;
+    if (r.pid) p->done[(p->dhead + p->dlen - 1) & (p->dcap - 1)].pid = r.pid;
   }
   w->tasks_held -= h.n;
   w->finished += h.n;
@@ -484,7 +492,17 @@ static int all_finished(const mpe_pool *p) { return p->unfinished == 0; }
 
 /* ------------------------------------------------------------ the public API */
 
+static int local_mk(mpe__pool_transport **out, int workers, const mpe__pool_cfg *cfg, void *arg) {
+  (void)arg;
+  return mpe__pool_local_new(out, workers, cfg);
+}
+
 int mpe_pool_start(mpe_pool **out, mpe_pool_fn fn, void *ctx, const mpe_pool_options *opts) {
+  return mpe__pool_start_with(out, fn, ctx, opts, local_mk, NULL);
+}
+
+int mpe__pool_start_with(mpe_pool **out, mpe_pool_fn fn, void *ctx, const mpe_pool_options *opts,
+                         mpe__pool_mk mk, void *arg) {
   mpe_pool_options o = {0};
   if (opts) o = *opts;
   if (!fn || o.processes < 0 || o.timeout != o.timeout) return -EINVAL;
@@ -497,7 +515,7 @@ int mpe_pool_start(mpe_pool **out, mpe_pool_fn fn, void *ctx, const mpe_pool_opt
   p->timeout = o.timeout > 0 ? o.timeout : 0;
   p->chunksize = o.chunksize;
   p->w = calloc((size_t)p->n, sizeof *p->w);
-  int rc = p->w ? mpe__pool_local_new(&p->tr, p->n, &p->cfg) : -ENOMEM;
+  int rc = p->w ? mk(&p->tr, p->n, &p->cfg, arg) : -ENOMEM;
   for (int i = 0; rc == 0 && i < p->n; i++) rc = start_worker(p, i);
   if (rc < 0) {
     mpe_pool_free(p, 1);

@@ -5,10 +5,10 @@
  * results, timeouts, blame, the crash-loop guard. It reaches "where tasks
  * run" only through mpe__pool_transport: start a worker in a slot, send it a
  * batch, take replies, ask whether it has gone and what it was running,
- * kill it, stop it. pool_local.c is the one implementation (forked workers,
- * an arena inbox each, one results queue, stamps in the arena); a transport
- * that hands batches to other hosts implements the same table and pool.c
- * does not change. pool_worker.c is the worker's loop, which any transport
+ * kill it, stop it. pool_local.c is one implementation (forked workers,
+ * an arena inbox each, one results queue, stamps in the arena); pool_broker.c
+ * the other (a slot is a lane of a run on a Redis broker; its replies carry
+ * each task's status and pid as the worker host saw them). pool_worker.c is the worker's loop, which any transport
  * runs wherever its workers live. */
 #ifndef MPE_POOL_H
 #define MPE_POOL_H
@@ -98,7 +98,13 @@ typedef struct mpe__batch_hdr {
 } mpe__batch_hdr;
 
 /* Reply tags. */
-enum { MPE__REPLY_RESULTS = 1, MPE__REPLY_INIT_FAILED = 2, MPE__MSG_BATCH = 3, MPE__MSG_QUIT = 4 };
+enum {
+  MPE__REPLY_RESULTS = 1,
+  MPE__REPLY_INIT_FAILED = 2,
+  MPE__MSG_BATCH = 3,
+  MPE__MSG_QUIT = 4,
+  MPE__REPLY_FULL = 5 /* results as mpe__result_full: a remote host's outcomes */
+};
 
 /* A reply: results of tasks from .. from + n - 1 of batch bid, each as
  * {int32 code, uint32 len, bytes}; for INIT_FAILED, n holds the code (-1:
@@ -116,5 +122,19 @@ typedef struct mpe__result_hdr {
   int32_t code;
   uint32_t len;
 } mpe__result_hdr;
+
+/* A result of a MPE__REPLY_FULL reply: the outcome as the host that ran it
+ * saw it (status MPE_EDIED with its pid, and the text naming its host). */
+typedef struct mpe__result_full {
+  int32_t status;
+  int32_t code;
+  int32_t pid;
+  uint32_t len;
+} mpe__result_full;
+
+/* mpe_pool_start with a transport made by mk(out, workers, cfg, arg). */
+typedef int (*mpe__pool_mk)(mpe__pool_transport **out, int workers, const mpe__pool_cfg *cfg, void *arg);
+int mpe__pool_start_with(mpe_pool **out, mpe_pool_fn fn, void *ctx, const mpe_pool_options *opts,
+                         mpe__pool_mk mk, void *arg);
 
 #endif

@@ -1,0 +1,229 @@
+/* pool_broker.c - the pool's broker transport: the driver's side of a run.
+ *
+ * A slot is a lane of the run: pool.c sends each lane's batches as it would
+ * to a local worker, and they go to the run's stream on the broker, where
+ * worker hosts claim them (broker.c). A lane never dies: a host's worker
+ * deaths come back as that host's per-task results, and a batch lost
+ * `attempts` times as per-task failures naming the last host. take() reads
+ * the results stream (blocking XREAD) and turns each result into the reply
+ * bytes pool.c reads (MPE__REPLY_FULL), addressed to the lane that sent the
+ * batch. The run's keys are refreshed every ttl/3 while the driver waits, so
+ * a dead driver's run expires. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "broker.h"
+#include "pool.h"
+
+#define BROKER_TIMEOUT 30.0 /* seconds the broker may stay away */
+#define MAXRES         64
+
+typedef struct out_batch {
+  int64_t seq;
+  int slot;
+  uint32_t n;
+} out_batch;
+
+typedef struct bt {
+  mpe__pool_transport ops;
+  mpe__redis *r;
+  char run[128];
+  mpe__broker_opts o;
+  int opened;
+  double refreshed;
+  out_batch *out; /* batches sent, not answered */
+  size_t nout, cap;
+  char last[48];
+  mpe__broker_result res[MAXRES];
+  int nres, pos;
+  mpe__broker_hold hold;
+  mpe_buf reply;
+} bt;
+
+/* After a failed call: reconnects (bounded), 0 or the call's error. */
+static int recover(bt *t, int rc) {
+  if (rc == -ENOENT || mpe__redis_ok(t->r)) return rc;
+  return mpe__redis_reconnect(t->r, mpe_time() + BROKER_TIMEOUT) < 0 ? rc : 0;
+}
+
+static int b_start(mpe__pool_transport *tr, int slot) {
+  bt *t = (bt *)tr;
+  (void)slot;
+  if (t->opened) return 0;
+  int rc = mpe__broker_open(t->r, t->run, &t->o);
+  if (rc == 0) rc = mpe__broker_refresh(t->r, t->run) == 1 ? 0 : -EIO;
+  if (rc < 0) return rc;
+  t->opened = 1;
+  t->refreshed = mpe_time();
+  return 0;
+}
+
+static int b_send(mpe__pool_transport *tr, int slot, const void *batch, size_t len) {
+  bt *t = (bt *)tr;
+  mpe__batch_hdr h;
+  if (len < sizeof h) return -EINVAL;
+  memcpy(&h, batch, sizeof h);
+  if (t->nout == t->cap) {
+    size_t cap = t->cap ? 2 * t->cap : 16;
+    out_batch *o = realloc(t->out, cap * sizeof *o);
+    if (!o) return -ENOMEM;
+    t->out = o;
+    t->cap = cap;
+  }
+  int rc;
+  while ((rc = mpe__broker_submit(t->r, t->run, (int64_t)h.bid, 1, &batch, &len)) < 0)
+    if ((rc = recover(t, rc)) < 0) return rc;
+  t->out[t->nout++] = (out_batch){(int64_t)h.bid, slot, h.n};
+  return 0;
+}
+
+/* The reply bytes for result res (0), 1 when no lane waits for it, or
+ * MPE_ECORRUPT (a reply that does not answer its batch fails the call rather
+ * than leave its tasks waiting). */
+static int convert(bt *t, const mpe__broker_result *res) {
+  size_t k;
+  for (k = 0; k < t->nout && t->out[k].seq != res->seq; k++) {
+  }
+  if (k == t->nout) return 1;
+  out_batch ob = t->out[k];
+  t->out[k] = t->out[--t->nout];
+  mpe__reply_hdr h = {.bid = (uint64_t)ob.seq, .slot = (uint32_t)ob.slot, .n = ob.n};
+  t->reply.len = 0;
+  if (res->kind == MPE__BROKER_OK) {
+    if (res->len < sizeof h) return MPE_ECORRUPT;
+    mpe__reply_hdr got;
+    memcpy(&got, res->data, sizeof got);
+    if (got.n != ob.n) return MPE_ECORRUPT;
+    h.dt = got.dt;
+    if (mpe_buf_add(&t->reply, &h, sizeof h) < 0 ||
+        mpe_buf_add(&t->reply, res->data + sizeof h, res->len - sizeof h) < 0)
+      return -ENOMEM;
+    return 0;
+  }
+  char text[256];
+  mpe__broker_lost_text(res, text, sizeof text);
+  mpe__result_full f = {MPE_EDIED, 0, 0, (uint32_t)strlen(text)};
+  if (mpe_buf_add(&t->reply, &h, sizeof h) < 0) return -ENOMEM;
+  for (uint32_t i = 0; i < ob.n; i++)
+    if (mpe_buf_add(&t->reply, &f, sizeof f) < 0 || mpe_buf_add(&t->reply, text, f.len) < 0) return -ENOMEM;
+  return 0;
+}
+
+static int b_take(mpe__pool_transport *tr, double timeout, const char **data, size_t *len, uint32_t *tag) {
+  bt *t = (bt *)tr;
+  for (;;) {
+    while (t->pos < t->nres) {
+      int rc = convert(t, &t->res[t->pos++]);
+      if (rc < 0) return rc;
+      if (rc == 0) {
+        *data = t->reply.data;
+        *len = t->reply.len;
+        *tag = MPE__REPLY_FULL;
+        return 0;
+      }
+    }
+    mpe__broker_release(&t->hold);
+    t->nres = t->pos = 0;
+    if (!t->opened) return MPE_ETIMEDOUT;
+    int rc;
+    if (mpe_time() - t->refreshed > t->o.ttl / 3) {
+      while ((rc = mpe__broker_refresh(t->r, t->run)) < 0)
+        if ((rc = recover(t, rc)) < 0) return rc;
+      if (rc == 0) return MPE_ECLOSED; /* the broker lost the run */
+      t->refreshed = mpe_time();
+    }
+    if (t->nout == 0 && timeout > 0) { /* nothing out: nothing to wait on */
+      mpe_sleep(timeout, NULL);
+      return MPE_ETIMEDOUT;
+    }
+    while ((rc = mpe__broker_results(t->r, t->run, t->last, timeout, t->res, MAXRES, &t->hold)) < 0)
+      if ((rc = recover(t, rc)) < 0) return rc;
+    if (rc == 0) return MPE_ETIMEDOUT;
+    t->nres = rc;
+  }
+}
+
+static int b_gone(mpe__pool_transport *tr, int slot, int *code) {
+  (void)tr, (void)slot, (void)code;
+  return 0;
+}
+
+static void b_running(mpe__pool_transport *tr, int slot, mpe__running *r) {
+  (void)tr, (void)slot;
+  *r = (mpe__running){.task = -1};
+}
+
+static void b_kill(mpe__pool_transport *tr, int slot) { (void)tr, (void)slot; }
+
+/* A lane's batches are forgotten: a result that comes later is dropped. */
+static void b_release(mpe__pool_transport *tr, int slot, int quit) {
+  bt *t = (bt *)tr;
+  (void)quit;
+  for (size_t k = t->nout; k-- > 0;)
+    if (t->out[k].slot == slot) t->out[k] = t->out[--t->nout];
+}
+
+static pid_t b_pid(mpe__pool_transport *tr, int slot) {
+  (void)tr, (void)slot;
+  return 0;
+}
+
+static void b_destroy(mpe__pool_transport *tr) {
+  bt *t = (bt *)tr;
+  mpe__broker_release(&t->hold);
+  if (t->opened && mpe__redis_ok(t->r)) mpe__broker_close(t->r, t->run);
+  mpe__redis_close(t->r);
+  free(t->out);
+  free(t->reply.data);
+  free(t);
+}
+
+typedef struct mk_arg {
+  const char *url;
+  mpe__broker_opts o;
+} mk_arg;
+
+static int broker_mk(mpe__pool_transport **out, int workers, const mpe__pool_cfg *cfg, void *arg) {
+  mk_arg *a = arg;
+  (void)workers, (void)cfg;
+  bt *t = calloc(1, sizeof *t);
+  if (!t) return -ENOMEM;
+  t->ops =
+      (mpe__pool_transport){b_start, b_send, b_take, b_gone, b_running, b_kill, b_release, b_pid, b_destroy};
+  t->o = a->o;
+  strcpy(t->last, "0");
+  char host[64] = "host";
+  gethostname(host, sizeof host - 1);
+  host[sizeof host - 1] = 0;
+  snprintf(t->run, sizeof t->run, "%s.%d.%llx", host, (int)getpid(), (unsigned long long)(mpe_time() * 1e6));
+  char err[512];
+  int rc = mpe__redis_connect(&t->r, a->url, 5.0, err, sizeof err);
+  if (rc < 0) {
+    free(t);
+    return rc;
+  }
+  *out = &t->ops;
+  return 0;
+}
+
+/* The tasks run on the hosts: the driver's fn is never called. */
+static int no_fn(void *ctx, const void *in, size_t n, mpe_buf *out) {
+  (void)ctx, (void)in, (void)n, (void)out;
+  return -ENOSYS;
+}
+
+int mpe_pool_start_broker(mpe_pool **out, const char *url, const mpe_pool_options *opts,
+                          const mpe_broker_options *bo) {
+  if (!url) return -EINVAL;
+  mpe_pool_options o = {0};
+  if (opts) o = *opts;
+  if (!o.processes) o.processes = 16;
+  mk_arg a = {url, {10, 3, 30}};
+  if (bo && bo->lease > 0) a.o.lease = bo->lease;
+  if (bo && bo->attempts > 0) a.o.attempts = bo->attempts;
+  if (a.o.ttl < 3 * a.o.lease) a.o.ttl = 3 * a.o.lease;
+  return mpe__pool_start_with(out, no_fn, NULL, &o, broker_mk, &a);
+}
