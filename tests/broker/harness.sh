@@ -155,3 +155,23 @@ mpeh_redis_start() {
   cat "$MPEH_DIR/redis.log" >&2 2>/dev/null
   return 1
 }
+
+# What the tests share once hosts and Redis are up: fail (says why, shows
+# every program's output, exits 1), rcli (redis-cli in the broker's host),
+# until_ok CMD... (runs CMD until it succeeds; bounded: a hang is a failure),
+# says NAME TEXT (NAME's output holds TEXT).
+fail() {
+  echo "$(basename "$0" .sh): $*"
+  for f in "$MPEH_DIR"/*.out; do echo "--- $f"; cat "$f"; done
+  exit 1
+}
+rcli() { REDISCLI_AUTH=$MPEH_REDIS_PASS mpeh_in broker redis-cli -h "$MPEH_REDIS_ADDR" -p "$MPEH_REDIS_PORT" "$@"; }
+until_ok() {
+  i=0
+  until "$@"; do
+    i=$((i + 1))
+    [ $i -lt ${MPEH_WAIT:-6000} ] || fail "gave up waiting for: $*"
+    sleep 0.01
+  done
+}
+says() { grep -q "$2" "$MPEH_DIR/$1.out" 2>/dev/null; }

@@ -17,18 +17,6 @@ mpeh_host broker 1 && mpeh_host drv 2 && mpeh_host a 3 && mpeh_host b 4 || exit 
 mpeh_redis_start broker || exit 1
 export MPE_TEST_BROKER="$MPEH_REDIS_URL" # in the environment, not in ps
 d=$MPEH_DIR
-fail() { echo "hosts_test: $*"; for f in "$d"/*.out; do echo "--- $f"; cat "$f"; done; exit 1; }
-rcli() { REDISCLI_AUTH=$MPEH_REDIS_PASS mpeh_in broker redis-cli -h "$MPEH_REDIS_ADDR" -p "$MPEH_REDIS_PORT" "$@"; }
-# until(CMD...): runs CMD until it succeeds (bounded: a hang is a failure)
-until_ok() {
-  i=0
-  until "$@"; do
-    i=$((i + 1))
-    [ $i -lt ${MPEH_WAIT:-6000} ] || fail "gave up waiting for: $*"
-    sleep 0.01
-  done
-}
-says() { grep -q "$2" "$d/$1.out" 2>/dev/null; }
 # the id of a batch host $2 holds in run $1 (empty if none)
 held_by() { rcli XPENDING "mpe:run:$1:q" w - + 100 | grep -B1 "^$2/" | head -1; }
 holds() { [ -n "$(held_by "$1" "$2")" ]; }

@@ -20,17 +20,6 @@ mpeh_host broker 1 && mpeh_host drv 2 && mpeh_host a 3 && mpeh_host b 4 || exit 
 mpeh_redis_start broker || exit 1
 export MPE_TEST_BROKER="$MPEH_REDIS_URL" # in the environment, not in ps
 d=$MPEH_DIR
-fail() { echo "pool_hosts_test: $*"; for f in "$d"/*.out; do echo "--- $f"; cat "$f"; done; exit 1; }
-rcli() { REDISCLI_AUTH=$MPEH_REDIS_PASS mpeh_in broker redis-cli -h "$MPEH_REDIS_ADDR" -p "$MPEH_REDIS_PORT" "$@"; }
-until_ok() {
-  i=0
-  until "$@"; do
-    i=$((i + 1))
-    [ $i -lt ${MPEH_WAIT:-6000} ] || fail "gave up waiting for: $*"
-    sleep 0.01
-  done
-}
-says() { grep -q "$2" "$d/$1.out" 2>/dev/null; }
 # 1 when host $1 holds a batch of the run in progress
 holds() {
   q=$(rcli --scan --pattern 'mpe:run:*:q' | head -1)
