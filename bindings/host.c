@@ -61,7 +61,7 @@ static void install_signals(void) {
 
 static void usage(FILE *f) {
   fprintf(f,
-          "usage: %s run [--progress] SCRIPT [ARGS...]\n"
+          "usage: %s run [--progress] [--broker URL] SCRIPT [ARGS...]\n"
           "       %s run [--progress] -e CODE [ARGS...]\n"
           "       %s run [--progress] - [ARGS...]     (the script from standard input)\n"
           "       %s test [BUSTED-ARGS...]\n"
@@ -77,6 +77,31 @@ static void usage(FILE *f) {
           "             is not an exit status), 128+N ended by signal N (130 for SIGINT,\n"
           "             143 for SIGTERM)\n",
           progname, progname, progname, progname, progname);
+}
+
+/* The broker URL of --broker (or $MPENGINE_BROKER), kept by the module;
+ * a URL given on the command line is then blanked in argv, so its password
+ * is not left in ps or /proc/PID/cmdline (the environment is the way that
+ * never shows it: README). 0, or 2 with the reason said. */
+static int take_broker(char *url) {
+  char shown[512];
+  if (mpe_broker_url_display(url, shown, sizeof shown) < 0) {
+    fprintf(stderr, "%s: %s\n", progname, shown);
+    return EXIT_USAGE;
+  }
+  if (mpel_set_run_broker(url) < 0) {
+    fprintf(stderr, "%s: out of memory\n", progname);
+    return 1;
+  }
+  return 0;
+}
+
+static void blank(char *arg) {
+  char *at = strrchr(arg, '@'), *q = strstr(arg, "password=");
+  if (at)
+    for (char *p = strstr(arg, "://") ? strstr(arg, "://") + 3 : arg; p < at; p++) *p = '*';
+  if (q)
+    for (q += 9; *q && *q != '&'; q++) *q = '*';
 }
 
 /* What to run: a script file, a file read into memory first (standard
@@ -310,10 +335,20 @@ int main(int argc, char **argv) {
     j.argc = argc - 1;
     j.argv = argv + 1;
   } else if (strcmp(argv[1], "run") == 0) {
-    int first = 2;
+    int first = 2, broker_given = 0;
     while (first < argc && argv[first][0] == '-' && argv[first][1]) {
       if (strcmp(argv[first], "--progress") == 0) {
         setenv("MPENGINE_PROGRESS", "1", 1);
+      } else if (strcmp(argv[first], "--broker") == 0 || strncmp(argv[first], "--broker=", 9) == 0) {
+        char *url = argv[first][8] == '=' ? argv[first] + 9 : first + 1 < argc ? argv[++first] : NULL;
+        if (!url) {
+          fprintf(stderr, "%s: --broker needs a URL\n", progname);
+          return EXIT_USAGE;
+        }
+        int rc = take_broker(url);
+        if (rc) return rc;
+        blank(url);
+        broker_given = 1;
       } else if (strcmp(argv[first], "--help") == 0 || strcmp(argv[first], "-h") == 0) {
         usage(stdout);
         return 0;
@@ -334,6 +369,11 @@ int main(int argc, char **argv) {
         return EXIT_USAGE;
       }
       first++;
+    }
+    const char *env = getenv("MPENGINE_BROKER");
+    if (!broker_given && env && *env) {
+      int rc = take_broker((char *)env);
+      if (rc) return rc;
     }
     if (first >= argc) {
       fprintf(stderr, "%s: run needs a SCRIPT (or -e CODE, or - for standard input)\n", progname);

@@ -10,6 +10,7 @@
 #include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -206,6 +207,27 @@ static int l_limit_memory(lua_State *L) {
   return 1;
 }
 
+static char *run_broker;
+
+const char *mpel_run_broker(void) { return run_broker; }
+
+int mpel_set_run_broker(const char *url) {
+  char *copy = url ? strdup(url) : NULL;
+  if (url && !copy) return -ENOMEM;
+  free(run_broker);
+  run_broker = copy;
+  return 0;
+}
+
+/* mp.broker() -> the run's broker URL as messages show it (no password), or nil. */
+static int l_broker(lua_State *L) {
+  if (!run_broker) return 0;
+  char buf[512];
+  if (mpe_broker_url_display(run_broker, buf, sizeof buf) < 0) return luaL_error(L, "%s", buf);
+  lua_pushstring(L, buf);
+  return 1;
+}
+
 static int sentinel_gc(lua_State *L) {
   mpel_processes_atexit(L);
   return 0;
@@ -216,6 +238,7 @@ static const luaL_Reg funcs[] = {
     {"wait", mpel_l_wait},
     {"time", l_time},
     {"cpu_count", l_cpu_count},
+    {"broker", l_broker},
     {"getpid", l_getpid},
     {"arena_stats", l_arena_stats},
     {"encode", l_encode},

@@ -200,6 +200,10 @@ double mpel_deadline(double timeout);
 double mpel_left(double deadline);
 extern volatile sig_atomic_t mpel_signal;
 extern const char *mpel_process_name;
+/* The broker of this run (`mpengine run --broker URL`, MPENGINE_BROKER): its
+ * URL, password included, or NULL; set by the host before the script runs. */
+const char *mpel_run_broker(void);
+int mpel_set_run_broker(const char *url);
 
 /* ---- object families */
 void mpel_open_process(lua_State *L);

@@ -7,6 +7,7 @@
 #   MPE_SRC MPE_BIN CMAKE_INSTALL_LIBDIR CMAKE_INSTALL_INCLUDEDIR PROJECT_VERSION
 #   MPE_SYSTEM_LIBDIRS  the loader's and linker's default folders
 #   MPE_LUA_INCLUDE_DIR MPE_LUA_LIBRARY
+#   MPE_HAVE_BROKER     the engine has the broker (links hiredis)
 set(MPE_PC_PREFIX "${CMAKE_INSTALL_PREFIX}")
 get_filename_component(libdir "${CMAKE_INSTALL_PREFIX}/${CMAKE_INSTALL_LIBDIR}" ABSOLUTE)
 set(MPE_PC_RPATH "")
@@ -26,6 +27,10 @@ endif()
 set(MPE_PC_LUA_CFLAGS "")
 if(NOT MPE_LUA_INCLUDE_DIR STREQUAL "/usr/include")
   set(MPE_PC_LUA_CFLAGS " -I${MPE_LUA_INCLUDE_DIR}")
+endif()
+set(MPE_PC_BROKER_LIBS "")
+if(MPE_HAVE_BROKER)
+  set(MPE_PC_BROKER_LIBS " -lhiredis")
 endif()
 configure_file(${MPE_SRC}/cmake/mpengine.pc.in ${MPE_BIN}/pkgconfig/mpengine.pc @ONLY)
 configure_file(${MPE_SRC}/cmake/mpengine-lua.pc.in ${MPE_BIN}/pkgconfig/mpengine-lua.pc @ONLY)

@@ -720,6 +720,9 @@ typedef struct mpe_broker_options {
   double lease; /* seconds a host may be silent before its batches are taken over (0: 10) */
   int attempts; /* times a batch may be lost before it fails (0: 3) */
 } mpe_broker_options;
+/* url as messages show it ("redis://host:port", "unix:///path": never the
+ * password) into buf: 0, or -EINVAL with why in buf (-ENOSYS: no broker). */
+MPE_API int mpe_broker_url_display(const char *url, char *buf, size_t n);
 /* Opens a run on the broker at url (opts: chunksize, processes; bo may be NULL). */
 MPE_API int mpe_pool_start_broker(mpe_pool **out, const char *url, const mpe_pool_options *opts,
                                   const mpe_broker_options *bo);

@@ -174,6 +174,15 @@ void mpe__redis_url_display(const mpe__redis_url *u, char *buf, size_t n) {
   else snprintf(buf, n, "redis://%s:%d", u->host, u->port);
 }
 
+int mpe_broker_url_display(const char *url, char *buf, size_t n) {
+  mpe__redis_url u;
+  if (!url || !buf || !n) return -EINVAL;
+  int rc = mpe__redis_url_parse(url, &u, buf, n);
+  if (rc == 0) mpe__redis_url_display(&u, buf, n);
+  memset(&u, 0, sizeof u);
+  return rc;
+}
+
 int mpe__redis_url_is_local(const mpe__redis_url *u) {
   if (u->path[0] || !strcmp(u->host, "localhost")) return 1;
   struct in_addr a4;

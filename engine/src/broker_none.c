@@ -1,0 +1,25 @@
+/* broker_none.c - the broker's calls in a build without hiredis: each
+ * fails with -ENOSYS (mpe_strerror: "Function not implemented"), so a
+ * script or C host asking for a broker is told at the call. */
+#include <errno.h>
+#include <stdio.h>
+
+#include "internal.h"
+
+int mpe_pool_start_broker(mpe_pool **out, const char *url, const mpe_pool_options *opts,
+                          const mpe_broker_options *bo) {
+  (void)out, (void)url, (void)opts, (void)bo;
+  return -ENOSYS;
+}
+
+int mpe_broker_worker_run(const char *url, int procs, const char *name, mpe_pool_fn fn, void *ctx,
+                          const mpe_pool_options *opts) {
+  (void)url, (void)procs, (void)name, (void)fn, (void)ctx, (void)opts;
+  return -ENOSYS;
+}
+
+int mpe_broker_url_display(const char *url, char *buf, size_t n) {
+  (void)url;
+  if (buf && n) snprintf(buf, n, "this build has no broker (hiredis was not found when it was built)");
+  return -ENOSYS;
+}
