@@ -80,6 +80,7 @@ mpel_wire *mpel_wire_begin(mpel_wire *w, int allow_ends) {
   w->allow_ends = allow_ends;
   w->transfer = 1;
   w->inflight = 0;
+  w->remote = 0;
   return w;
 }
 
@@ -497,6 +498,12 @@ static int enc_userdata(enc *e, int idx) {
     if (cls) {
       if (enc_seen(e, idx)) return 0;
       e->ext = 1;
+      if (e->w->remote && !cls->anywhere) {
+        snprintf(e->whybuf, sizeof e->whybuf,
+                 "%s: an object of this host cannot reach a task on another host (make it on the broker: "
+                 "{broker = URL}, or in a broker run)", cls->name);
+        return fail(e, e->whybuf);
+      }
       const char *why = cls->encode(L, idx, e->w);
       if (why) return fail(e, why);
       if (cls->retain) { /* a reference in flight for a real send, once all encoded */

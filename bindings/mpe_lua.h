@@ -33,6 +33,8 @@ typedef struct mpel_wire {
                      in the message gets a reference in flight, which the one
                      receiver adopts (mpel_decode); 0: none is taken */
   int inflight;   /* references in flight were taken for the message in buf */
+  int remote;     /* for another host (a broker pool's task): only classes
+                     that are `anywhere` may be in it */
 } mpel_wire;
 
 /* One kind of engine object (see the seam above). */
@@ -52,6 +54,7 @@ typedef struct mpel_class {
    * parent does if the fork failed (forget = 0). NULL for other kinds. */
   void (*retain)(void *ud);
   void (*release)(void *ud, int forget);
+  int anywhere; /* its reference means the same on every host (a broker's objects) */
 } mpel_class;
 
 /* Engine objects that live in the arena (queues, locks, values, ...) share
