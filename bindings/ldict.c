@@ -28,7 +28,7 @@ static int dict_decode(lua_State *L, const mpel_class *cls, const unsigned char 
                        mpe_pipe **ends, size_t nends);
 /* user values: 1 guard (unused), 2 the lock's handle */
 static const mpel_shared_type dict_type = {
-    {"Dict", MPEL_DICT, mpel_shared_encode, dict_decode, mpel_shared_retain, mpel_shared_release},
+    {"Dict", MPEL_DICT, mpel_shared_encode, dict_decode, mpel_shared_retain, mpel_shared_release, 0},
     MPEL_SHARED_FUNCS(dict), 2, NULL};
 
 typedef struct ldict {

@@ -271,7 +271,7 @@ static int conn_decode(lua_State *L, const mpel_class *cls, const unsigned char 
   return 0;
 }
 
-static const mpel_class conn_class = {"Connection", MPEL_CONNECTION, conn_encode, conn_decode, NULL, NULL};
+static const mpel_class conn_class = {"Connection", MPEL_CONNECTION, conn_encode, conn_decode, NULL, NULL, 0};
 
 static const luaL_Reg methods[] = {
     {"send", c_send}, {"recv", c_recv},   {"send_bytes", c_send_bytes}, {"recv_bytes", c_recv_bytes},

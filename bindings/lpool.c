@@ -668,7 +668,7 @@ static int pool_decode(lua_State *L, const mpel_class *cls, const unsigned char 
   return 0;
 }
 
-static const mpel_class pool_class = {"Pool", MPEL_POOL, pool_encode, pool_decode, NULL, NULL};
+static const mpel_class pool_class = {"Pool", MPEL_POOL, pool_encode, pool_decode, NULL, NULL, 0};
 
 static const luaL_Reg funcs[] = {
     {"new", l_new},

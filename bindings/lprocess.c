@@ -462,7 +462,7 @@ static int proc_decode(lua_State *L, const mpel_class *cls, const unsigned char 
   return 0;
 }
 
-static const mpel_class proc_class = {"Process", MPEL_PROCESS, proc_encode, proc_decode, NULL, NULL};
+static const mpel_class proc_class = {"Process", MPEL_PROCESS, proc_encode, proc_decode, NULL, NULL, 0};
 
 static const luaL_Reg methods[] = {
     {"start", p_start}, {"join", p_join}, {"is_alive", p_is_alive}, {"terminate", p_terminate},

@@ -213,7 +213,7 @@ static int queue_decode(lua_State *L, const mpel_class *cls, const unsigned char
 
 MPEL_SHARED_WRAPPERS(queue, mpe_queue)
 #define QUEUE_TYPE(name)                                                                     \
-  {{name, MPEL_QUEUE, queue_encode, queue_decode, mpel_shared_retain, mpel_shared_release}, \
+  {{name, MPEL_QUEUE, queue_encode, queue_decode, mpel_shared_retain, mpel_shared_release, 0}, \
    MPEL_SHARED_FUNCS(queue), 0, NULL}
 static const mpel_shared_type queue_types[3] = {QUEUE_TYPE("Queue"), QUEUE_TYPE("JoinableQueue"),
                                                 QUEUE_TYPE("SimpleQueue")};

@@ -100,7 +100,7 @@ int mpel_shared_decode(lua_State *L, const mpel_class *cls, const unsigned char 
 void mpel_shared_retain(void *ud);
 void mpel_shared_release(void *ud, int forget);
 #define MPEL_SHARED_CLASS(name, kind) \
-  {name, kind, mpel_shared_encode, mpel_shared_decode, mpel_shared_retain, mpel_shared_release}
+  {name, kind, mpel_shared_encode, mpel_shared_decode, mpel_shared_retain, mpel_shared_release, 0}
 /* Wraps an engine type's retain/free/ref/from_ref for mpel_shared_type. */
 #define MPEL_SHARED_WRAPPERS(name, type)                                          \
   static void name##_w_retain(void *o) { mpe_##name##_retain((type *)o); }       \
