@@ -726,11 +726,24 @@ MPE_API int mpe_broker_url_display(const char *url, char *buf, size_t n);
 /* Opens a run on the broker at url (opts: chunksize, processes; bo may be NULL). */
 MPE_API int mpe_pool_start_broker(mpe_pool **out, const char *url, const mpe_pool_options *opts,
                                   const mpe_broker_options *bo);
+/* Stores bytes under field in the run's context on the broker (kept and
+ * expired with the run), which worker processes serving the run read with
+ * mpe_broker_context: 0, or < 0 (-EINVAL: not a broker pool). */
+MPE_API int mpe_pool_broker_put(mpe_pool *p, const char *field, const void *data, size_t len);
+/* In a worker process of a broker host: appends field of the context of the
+ * run it serves to out: 1, 0 when the run has no such field, < 0 (-ENOENT:
+ * not serving a broker run). */
+MPE_API int mpe_broker_context(const char *field, mpe_buf *out);
+/* In a worker process of a broker host: the host's name, else NULL. */
+MPE_API const char *mpe_broker_host(void);
 /* Serves every run on the broker with a local pool of procs workers running
  * fn (opts as mpe_pool_start's; name: the host's, NULL: the host name):
  * claims batches, renews their leases every lease/3, completes them (fenced);
  * reconnects with backoff when the broker is lost; once the host's interrupt
  * flag is set, hands back what it holds and returns 0 (< 0: cannot start). */
+/* A line for people at each start, stop, loss of the broker and reconnect
+ * of mpe_broker_worker_run (none per task); fn NULL: none (the default). */
+MPE_API void mpe_broker_on_event(void (*fn)(void *arg, const char *line), void *arg);
 MPE_API int mpe_broker_worker_run(const char *url, int procs, const char *name, mpe_pool_fn fn, void *ctx,
                                   const mpe_pool_options *opts);
 

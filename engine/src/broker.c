@@ -494,5 +494,40 @@ int mpe__broker_runs(mpe__redis *r, char (*runs)[128], int max) {
 }
 
 void mpe__broker_lost_text(const mpe__broker_result *res, char *buf, size_t n) {
-  snprintf(buf, n, "Pool: task lost %d times (last on host %s)", res->lost, res->host);
+  snprintf(buf, n, "Pool: task lost %d time%s (last on host %s)", res->lost, res->lost == 1 ? "" : "s",
+           res->host);
+}
+
+/* A context field lives in the run's hash as "c:FIELD": it expires and goes
+ * with the run. */
+static int ctx_field(const char *field, char *buf, size_t n) {
+  if (!field || !field[0] || strlen(field) + 3 > n) return -EINVAL;
+  snprintf(buf, n, "c:%s", field);
+  return 0;
+}
+
+int mpe__broker_put(mpe__redis *r, const char *run, const char *field, const void *data, size_t len) {
+  keys k;
+  char f[200];
+  if (keys_of(run, &k) < 0 || ctx_field(field, f, sizeof f) < 0) return -EINVAL;
+  const char *argv[] = {"HSET", k.hash, f, data ? (const char *)data : ""};
+  size_t al[] = {4, strlen(k.hash), strlen(f), data ? len : 0};
+  redisReply *rep;
+  int rc = mpe__redis_cmd(r, &rep, 4, argv, al);
+  return rc < 0 ? rc : reply_error(rep);
+}
+
+int mpe__broker_get(mpe__redis *r, const char *run, const char *field, mpe_buf *out) {
+  keys k;
+  char f[200];
+  if (keys_of(run, &k) < 0 || ctx_field(field, f, sizeof f) < 0) return -EINVAL;
+  const char *argv[] = {"HGET", k.hash, f};
+  redisReply *rep;
+  int rc = mpe__redis_cmd(r, &rep, 3, argv, NULL);
+  if (rc < 0) return rc;
+  if (rep->type == REDIS_REPLY_NIL) rc = 0;
+  else if (rep->type != REDIS_REPLY_STRING) rc = -EPROTO;
+  else rc = mpe_buf_add(out, rep->str, rep->len) < 0 ? -ENOMEM : 1;
+  mpe__redis_free(rep);
+  return rc;
 }

@@ -147,6 +147,13 @@ int mpe__broker_handback(mpe__redis *r, const char *run, const char *me, int n, 
                          int *back);
 double mpe__broker_lease(mpe__redis *r, const char *run);
 int mpe__broker_runs(mpe__redis *r, char (*runs)[128], int max);
+/* The run's context: what its driver stores for the hosts (the Lua
+ * module's code, key and script; the pool's options), kept and expired with
+ * the run. put: 0 or < 0. get: 1 with the bytes appended to out, 0 when
+ * missing, < 0. */
+struct mpe_buf;
+int mpe__broker_put(mpe__redis *r, const char *run, const char *field, const void *data, size_t len);
+int mpe__broker_get(mpe__redis *r, const char *run, const char *field, struct mpe_buf *out);
 /* "Pool: task lost 3 times (last on host NAME)" */
 void mpe__broker_lost_text(const mpe__broker_result *res, char *buf, size_t n);
 

@@ -23,3 +23,17 @@ int mpe_broker_url_display(const char *url, char *buf, size_t n) {
   if (buf && n) snprintf(buf, n, "this build has no broker (hiredis was not found when it was built)");
   return -ENOSYS;
 }
+
+int mpe_pool_broker_put(mpe_pool *p, const char *field, const void *data, size_t len) {
+  (void)p, (void)field, (void)data, (void)len;
+  return -ENOSYS;
+}
+
+int mpe_broker_context(const char *field, mpe_buf *out) {
+  (void)field, (void)out;
+  return -ENOENT;
+}
+
+const char *mpe_broker_host(void) { return NULL; }
+
+void mpe_broker_on_event(void (*fn)(void *arg, const char *line), void *arg) { (void)fn, (void)arg; }

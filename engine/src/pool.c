@@ -715,3 +715,5 @@ void mpe_pool_free(mpe_pool *p, int kill) {
   free(p->lg);
   free(p);
 }
+
+mpe__pool_transport *mpe__pool_transport_of(mpe_pool *p) { return p ? p->tr : NULL; }

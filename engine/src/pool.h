@@ -137,4 +137,7 @@ typedef int (*mpe__pool_mk)(mpe__pool_transport **out, int workers, const mpe__p
 int mpe__pool_start_with(mpe_pool **out, mpe_pool_fn fn, void *ctx, const mpe_pool_options *opts,
                          mpe__pool_mk mk, void *arg);
 
+/* The transport a pool reaches its workers through. */
+mpe__pool_transport *mpe__pool_transport_of(mpe_pool *p);
+
 #endif

@@ -181,6 +181,17 @@ static void b_destroy(mpe__pool_transport *tr) {
   free(t);
 }
 
+int mpe_pool_broker_put(mpe_pool *p, const char *field, const void *data, size_t len) {
+  mpe__pool_transport *tr = mpe__pool_transport_of(p);
+  if (!tr || tr->start != b_start || !field) return -EINVAL;
+  bt *t = (bt *)tr;
+  int rc;
+  if ((rc = b_start(tr, 0)) < 0) return rc;
+  while ((rc = mpe__broker_put(t->r, t->run, field, data, len)) < 0)
+    if ((rc = recover(t, rc)) < 0) return rc;
+  return 0;
+}
+
 typedef struct mk_arg {
   const char *url;
   mpe__broker_opts o;
@@ -225,5 +236,14 @@ int mpe_pool_start_broker(mpe_pool **out, const char *url, const mpe_pool_option
   if (bo && bo->lease > 0) a.o.lease = bo->lease;
   if (bo && bo->attempts > 0) a.o.attempts = bo->attempts;
   if (a.o.ttl < 3 * a.o.lease) a.o.ttl = 3 * a.o.lease;
-  return mpe__pool_start_with(out, no_fn, NULL, &o, broker_mk, &a);
+  int rc = mpe__pool_start_with(out, no_fn, NULL, &o, broker_mk, &a);
+  if (rc < 0) return rc;
+  /* what a host's local pool for this run is made with */
+  char v[64];
+  snprintf(v, sizeof v, "%.17g %zu %zu", o.timeout, o.maxtasksperchild, o.memory_limit);
+  if ((rc = mpe_pool_broker_put(*out, "options", v, strlen(v))) < 0) {
+    mpe_pool_free(*out, 1);
+    *out = NULL;
+  }
+  return rc;
 }
