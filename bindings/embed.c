@@ -106,6 +106,8 @@ int mpengine_lua_run_file(lua_State *L, const char *path, int argc, const char *
   int top = lua_gettop(L);
   set_args(L, path, argc, argv);
   add_script_folder(L, path);
+  lua_pushstring(L, path); /* a broker run's hosts load it (pool.lua) */
+  lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.script");
   if (luaL_loadfile(L, path) != LUA_OK) return fail(L, top, err);
   return run_chunk(L, top, argc, argv, err);
 }

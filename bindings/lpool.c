@@ -94,7 +94,7 @@ static fnblock *find_fn(lpool *lp, uint32_t fid) {
 /* Frees the function's block once it is forgotten and unused. */
 static void fn_settle(lpool *lp, fnblock *f) {
   if (!f->forgotten || f->uses) return;
-  mpe_free(mpe_deref(f->ref));
+  if (f->ref) mpe_free(mpe_deref(f->ref));
   *f = lp->fns[--lp->nfns];
 }
 
@@ -217,13 +217,14 @@ static int l_submit(lua_State *L) {
   lua_settop(L, 10);
   fnblock *fn = find_fn(lp, s.fid);
   if (!fn) return luaL_error(L, "Pool: function %d is not known", (int)s.fid);
-  s.ref = fn->ref;
+  s.ref = fn->ref; /* 0 on a broker: the hosts read the function by its id */
   lua_Integer sent = 0;
   s.at = from;
   s.to = to;
   while (s.at <= to) {
     s.w = mpel_wire_get(L, 0);
     s.w->transfer = 0;
+    s.w->remote = lp->broker;
     s.k = 0;
     lua_Integer first_at = s.at;
     lua_pushcfunction(L, encode_items);
@@ -281,6 +282,10 @@ static int decode_value(lua_State *L) {
 
 /* Pushes the Lua side of an engine result that is not a success. */
 static void push_failure(lua_State *L, lpool *lp, const mpe_task_result *r) {
+  if (r->status != MPE_ETASK && r->data && r->len) { /* a broker host's text, naming it */
+    lua_pushlstring(L, r->data, r->len);
+    return;
+  }
   switch (r->status) {
   case MPE_ETASK:
     lua_pushcfunction(L, decode_value);
@@ -453,7 +458,7 @@ static void release(lua_State *L, lpool *lp, int kill) {
   if (lp->p && lp->owner == getpid()) mpe_pool_free(lp->p, kill);
   lp->p = NULL;
   for (size_t i = 0; i < lp->nfns; i++)
-    mpe_free(mpe_deref(lp->fns[i].ref));
+    if (lp->fns[i].ref) mpe_free(mpe_deref(lp->fns[i].ref));
   free(lp->fns);
   lp->fns = NULL;
   lp->nfns = lp->fcap = 0;
@@ -480,8 +485,45 @@ static lpool *push_pool(lua_State *L) {
   return lp;
 }
 
+/* This Lua build, as a host compares it with the driver's. */
+static void push_build(lua_State *L) {
+  lua_pushfstring(L, "%s (%d-bit integers, %d-bit floats, %d-bit pointers)", LUA_RELEASE,
+                  (int)(8 * sizeof(lua_Integer)), (int)(8 * sizeof(lua_Number)), (int)(8 * sizeof(void *)));
+}
+
+/* The pool of B.new on a broker (at 9: its URL, or true for the run's;
+ * 10, 11: lease, attempts): opened, with the run's key and build stored for
+ * the hosts. */
+static int start_broker(lua_State *L, lpool *lp, mpe_pool_options *o) {
+  const char *url = lua_type(L, 9) == LUA_TSTRING ? lua_tostring(L, 9) : mpel_run_broker();
+  if (!url) return luaL_error(L, "Pool: this run has no broker (mpengine run --broker URL, or MPENGINE_BROKER)");
+  char shown[512];
+  if (mpe_broker_url_display(url, shown, sizeof shown) < 0) return luaL_error(L, "Pool: %s", shown);
+  mpe_broker_options bo = {luaL_optnumber(L, 10, 0), (int)luaL_optinteger(L, 11, 0)};
+  o->initializer = NULL;
+  int rc = mpe_pool_start_broker(&lp->p, url, o, &bo);
+  if (rc < 0) {
+    lp->p = NULL;
+    return luaL_error(L, "Pool: cannot open a run on the broker %s: %s", shown, mpe_strerror(rc));
+  }
+  lp->broker = 1;
+  unsigned char key[16];
+  push_build(L);
+  size_t blen;
+  const char *build = lua_tolstring(L, -1, &blen);
+  if ((rc = mpe_seal_key(key)) < 0 || (rc = mpe_pool_broker_put(lp->p, "key", key, sizeof key)) < 0 ||
+      (rc = mpe_pool_broker_put(lp->p, "build", build, blen)) < 0) {
+    memset(key, 0, sizeof key);
+    return mpel_fail(L, "Pool: cannot store the run on the broker", rc);
+  }
+  memset(key, 0, sizeof key);
+  lua_pop(L, 1);
+  return 1;
+}
+
 /* B.new(processes, timeout, maxtasks, memory_limit, initializer, initargs,
- * on_error, token) -> the pool (its workers started). */
+ * on_error, token [, broker, lease, attempts]) -> the pool (its workers
+ * started; on a broker, its run opened). */
 static int l_new(lua_State *L) {
   mpe_pool_options o = {0};
   o.processes = (int)luaL_checkinteger(L, 1);
@@ -498,6 +540,7 @@ static int l_new(lua_State *L) {
   lp->init = ref_or_none(L, 5);
   lp->initargs = ref_or_none(L, 6);
   lp->on_error = ref_or_none(L, 7);
+  if (!lua_isnoneornil(L, 9)) return start_broker(L, lp, &o);
   o.setup = mpel_pool_setup;
   o.at_exit = mpel_pool_exit;
   o.before_fork = p_before_fork;
@@ -596,12 +639,22 @@ static int l_fn(lua_State *L) {
   uint32_t fid = (uint32_t)luaL_checkinteger(L, 2);
   size_t len;
   const char *bytes = luaL_checklstring(L, 3, &len);
+  if (lp->broker) { /* the hosts read it from the run's context */
+    char field[32];
+    snprintf(field, sizeof field, "f%u", (unsigned)fid);
+    int rc = mpe_pool_broker_put(lp->p, field, bytes, len);
+    if (rc < 0) return mpel_fail(L, "Pool", rc);
+  }
   if (lp->nfns == lp->fcap) {
     size_t cap = lp->fcap ? 2 * lp->fcap : 16;
     fnblock *f = realloc(lp->fns, cap * sizeof *f);
     if (!f) return luaL_error(L, "Pool: out of memory");
     lp->fns = f;
     lp->fcap = cap;
+  }
+  if (lp->broker) {
+    lp->fns[lp->nfns++] = (fnblock){fid, 0, 0, 0};
+    return 0;
   }
   char *blk = mpe_alloc(8 + len);
   if (!blk) {
@@ -628,6 +681,66 @@ static int l_forget(lua_State *L) {
   return 0;
 }
 
+/* B.put(pool, field, bytes): stored in the run's context on the broker. */
+static int l_put(lua_State *L) {
+  lpool *lp = own_pool(L, 1);
+  const char *field = luaL_checkstring(L, 2);
+  size_t len;
+  const char *bytes = luaL_checklstring(L, 3, &len);
+  if (!lp->broker) return luaL_error(L, "Pool: not a pool on a broker");
+  int rc = mpe_pool_broker_put(lp->p, field, bytes, len);
+  if (rc < 0) return mpel_fail(L, "Pool", rc);
+  return 0;
+}
+
+/* B.encode_remote(v) -> v's encoding for another host (objects of this
+ * host refused with their path). */
+static int l_encode_remote(lua_State *L) {
+  luaL_checkany(L, 1);
+  lua_settop(L, 1);
+  mpel_wire *w = mpel_wire_get(L, 0);
+  w->transfer = 0;
+  w->remote = 1;
+  mpel_encode(L, 1, "value", w);
+  lua_pushlstring(L, w->buf, w->len);
+  mpel_wire_done(w);
+  return 1;
+}
+
+/* B.context(field) -> in a broker host's worker, the run's field, or nil. */
+static int l_context(lua_State *L) {
+  mpe_buf b = {0};
+  int rc = mpe_broker_context(luaL_checkstring(L, 1), &b);
+  if (rc == 1) lua_pushlstring(L, b.data ? b.data : "", b.len);
+  free(b.data);
+  if (rc < 0) return mpel_fail(L, "Pool: cannot read the run from the broker", rc);
+  return rc == 1;
+}
+
+/* B.build() -> this Lua build's description. B.host() -> the broker host's
+ * name in its workers, else nil. */
+static int l_build(lua_State *L) {
+  push_build(L);
+  return 1;
+}
+
+/* B.script() -> the job script's path (nil for -e code or an embedder's
+ * string) and whether it follows the convention (returned a table with main). */
+static int l_script(lua_State *L) {
+  lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.script");
+  lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.ran_main");
+  lua_pushboolean(L, lua_toboolean(L, -1));
+  lua_remove(L, -2);
+  return 2;
+}
+
+static int l_host(lua_State *L) {
+  const char *h = mpe_broker_host();
+  if (!h) return 0;
+  lua_pushstring(L, h);
+  return 1;
+}
+
 /* B.table(n): a table with room for n list elements. */
 static int l_table(lua_State *L) {
   lua_Integer n = luaL_checkinteger(L, 1);
@@ -639,6 +752,22 @@ static int l_table(lua_State *L) {
 static int l_in_child(lua_State *L) {
   lua_pushboolean(L, mpe_in_child());
   return 1;
+}
+
+/* `mpengine worker`: serves every run on the broker at url with procs
+ * processes a run (0: one per CPU) until SIGINT/SIGTERM: 0 or < 0. */
+int mpel_serve_broker(lua_State *L, const char *url, int procs, const char *name) {
+  lpool *lp = push_pool(L);
+  lp->owner = getpid();
+  snprintf(lp->token, sizeof lp->token, "host.%d", (int)getpid());
+  lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.serving");
+  mpe_pool_options o = {0};
+  o.processes = procs;
+  o.setup = mpel_broker_setup;
+  o.at_exit = mpel_pool_exit;
+  o.before_fork = p_before_fork;
+  o.initarg = lp;
+  return mpe_broker_worker_run(url, procs, name, mpel_pool_task, lp, &o);
 }
 
 /* ------------------------------------------------------------ travelling */
@@ -686,6 +815,12 @@ static const luaL_Reg funcs[] = {
     {"in_child", l_in_child},
     {"fn", l_fn},
     {"forget", l_forget},
+    {"put", l_put},
+    {"encode_remote", l_encode_remote},
+    {"context", l_context},
+    {"build", l_build},
+    {"host", l_host},
+    {"script", l_script},
     {NULL, NULL},
 };
 
@@ -710,6 +845,8 @@ void mpel_open_pool(lua_State *L) {
   load_chunk(L, mpel_pool_lua, mpel_pool_lua_len, "=mpengine.pool");
   lua_pushvalue(L, mod);
   luaL_newlib(L, funcs);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.poolB");
   lua_pushvalue(L, meta);
   lua_setfield(L, -2, "meta");
   lua_pushvalue(L, progress);

@@ -41,6 +41,7 @@ typedef struct lpool {
   size_t rhead, rlen, rcap; /* ranges in id order */
   size_t *lens;
   size_t lcap;
+  int broker; /* its tasks run on a broker's hosts: functions go there by id */
 } lpool;
 
 /* The worker side (lpool_worker.c), given to the engine as the task
@@ -48,6 +49,9 @@ typedef struct lpool {
 int mpel_pool_task(void *ctx, const void *in, size_t n, mpe_buf *out);
 int mpel_pool_setup(void *arg, mpe_buf *why);
 void mpel_pool_exit(void *arg);
+/* A broker host's worker: the setup hook (the run's key, build, script,
+ * modules and initializer, through pool.lua's B.run_start). */
+int mpel_broker_setup(void *arg, mpe_buf *why);
 /* In a worker: the token of the pool it works for; else NULL. */
 const char *mpel_pool_worker_token(void);
 

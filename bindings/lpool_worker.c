@@ -12,6 +12,7 @@
  * result that cannot travel, no memory left). */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -107,6 +108,10 @@ static int task_handler(lua_State *co) {
   lua_setfield(co, -2, "msg");
   push_frames(co);
   lua_setfield(co, -2, "tb");
+  if (mpe_broker_host()) {
+    lua_pushstring(co, mpe_broker_host());
+    lua_setfield(co, -2, "host");
+  }
   if (lua_type(co, 1) != LUA_TSTRING && !lua_isnil(co, 1)) {
     lua_pushvalue(co, 1);
     lua_setfield(co, -2, "value");
@@ -180,13 +185,31 @@ int mpel_pool_task(void *ctx, const void *in, size_t n, mpe_buf *out) {
     }
     uint64_t ref;
     memcpy(&ref, (const char *)in + 4, 8);
-    const char *blk = mpe_deref(ref);
-    uint64_t len;
-    memcpy(&len, blk, 8);
-    task_in f = {blk + 8, (size_t)len, 0};
+    task_in f;
+    mpe_buf fb = {0};
+    if (ref) {
+      const char *blk = mpe_deref(ref);
+      uint64_t len;
+      memcpy(&len, blk, 8);
+      f = (task_in){blk + 8, (size_t)len, 0};
+    } else { /* a broker's run: the function is in the run's context */
+      char field[32];
+      snprintf(field, sizeof field, "f%u", (unsigned)fid);
+      int rc = mpe_broker_context(field, &fb);
+      if (rc <= 0) {
+        free(fb.data);
+        lua_pushfstring(co, "Pool: host %s cannot read the task's function from the broker: %s",
+                        mpe_broker_host() ? mpe_broker_host() : "?",
+                        rc == 0 ? "the run is gone" : mpe_strerror(rc));
+        return fail_plain(co, out);
+      }
+      f = (task_in){fb.data, fb.len, 0};
+    }
     lua_pushcfunction(co, decode_fn);
     lua_pushlightuserdata(co, &f);
-    if (lua_pcall(co, 1, 1, 1) != LUA_OK) goto failed;
+    int dst = lua_pcall(co, 1, 1, 1);
+    free(fb.data);
+    if (dst != LUA_OK) goto failed;
     lua_pushvalue(co, -1);
     lua_rawseti(co, 2, fid);
   }
@@ -263,6 +286,41 @@ int mpel_pool_setup(void *arg, mpe_buf *why) {
   const char *msg = lua_tostring(co, -1);
   if (!msg) msg = "not enough memory";
   mpe_buf_add(why, msg, strlen(msg));
+  return 1;
+}
+
+/* The run's start in a broker host's worker (on the task thread): its key
+ * first (what it sealed is then read), then pool.lua's B.run_start: the
+ * build, the script, its modules, the initializer. */
+int mpel_broker_setup(void *arg, mpe_buf *why) {
+  int rc = mpel_pool_setup(arg, why);
+  if (rc) return rc;
+  mpe_buf key = {0};
+  rc = mpe_broker_context("key", &key);
+  if (rc != 1 || key.len != 16) {
+    free(key.data);
+    const char *msg = rc < 0 ? mpe_strerror(rc) : "the run is gone";
+    mpe_buf_add(why, "cannot read the run from the broker: ", 37);
+    mpe_buf_add(why, msg, strlen(msg));
+    return 1;
+  }
+  mpe_seal_key_set((const unsigned char *)key.data);
+  memset(key.data, 0, key.len);
+  free(key.data);
+  lua_State *co = w_co;
+  lua_settop(co, 0);
+  lua_pushcfunction(co, init_handler);
+  lua_getfield(co, LUA_REGISTRYINDEX, "mpengine.poolB");
+  lua_getfield(co, -1, "run_start");
+  lua_remove(co, 2);
+  if (lua_pcall(co, 0, 0, 1) == LUA_OK) {
+    lua_settop(co, 0);
+    return 0;
+  }
+  const char *msg = lua_tostring(co, -1);
+  if (!msg) msg = "not enough memory";
+  mpe_buf_add(why, msg, strlen(msg));
+  lua_settop(co, 0);
   return 1;
 }
 

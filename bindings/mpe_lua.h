@@ -207,6 +207,8 @@ extern const char *mpel_process_name;
  * URL, password included, or NULL; set by the host before the script runs. */
 const char *mpel_run_broker(void);
 int mpel_set_run_broker(const char *url);
+/* `mpengine worker`: serves the broker's runs until SIGINT/SIGTERM (lpool.c). */
+int mpel_serve_broker(lua_State *L, const char *url, int procs, const char *name);
 
 /* ---- object families */
 void mpel_open_process(lua_State *L);

@@ -85,6 +85,7 @@ local function task_error(job, i, e)
   local where = job.kind == "apply" and "Pool: the task of apply failed"
     or ("Pool: task %d of %s failed"):format(i, job.kind)
   if type(e) ~= "table" then return ("%s\n%s"):format(tostring(e), where) end
+  if e.host then where = ("%s on host %s"):format(where, e.host) end
   local text = ("%s\n%s; worker traceback:\n%s"):format(e.msg, where, e.tb or "")
   if e.value == nil then return text end
   return setmetatable({value = e.value, message = text, task = i}, TaskError)
@@ -132,7 +133,74 @@ local function check_pool(self, what)
 end
 
 local known_options = {processes = true, initializer = true, initargs = true, maxtasksperchild = true,
-                       timeout = true, memory_limit = true}
+                       timeout = true, memory_limit = true, broker = true, lease = true, attempts = true}
+
+-------------------------------------------------------------------- a broker's run
+
+-- What a broker's hosts need to run this pool's tasks as this process
+-- would: the job script (when it follows the convention: loaded, main not
+-- called), its arguments, the modules it loaded from its own folder (by
+-- name), and the initializer. B.new stored the run's key and Lua build.
+local function ship(self, o)
+  local path, is_job = B.script()
+  if path and is_job then
+    local f = io.open(path, "rb")
+    if f then
+      B.put(self, "script", f:read("a"))
+      f:close()
+      B.put(self, "script_path", path)
+      local args = {}
+      for i = 1, #(arg or {}) do args[i] = arg[i] end
+      B.put(self, "args", mp.encode(args))
+    end
+    local dir = path:match("^(.*)/[^/]*$") or "."
+    for name in pairs(package.loaded) do
+      local file = type(name) == "string" and package.searchpath(name, package.path)
+      if file and (file:sub(1, #dir + 1) == dir .. "/" or (dir == "." and not file:find("^/"))) then
+        local m = io.open(file, "rb")
+        if m then
+          B.put(self, "m:" .. name, m:read("a"))
+          B.put(self, "mp:" .. name, file)
+          m:close()
+        end
+      end
+    end
+  end
+  if o.initializer then
+    local initargs = o.initargs or {}
+    B.put(self, "init", B.encode_remote({o.initializer, table.move(initargs, 1, #initargs, 1, {})}))
+  end
+end
+
+-- In a worker of a broker's host, when it starts serving a run.
+function B.run_start()
+  local build = B.context("build")
+  if build ~= B.build() then
+    error(("the run's code comes from Lua %s; host %s runs Lua %s and cannot load it")
+      :format(tostring(build), tostring(B.host()), B.build()), 0)
+  end
+  table.insert(package.searchers, 2, function(name)
+    local src = B.context("m:" .. name)
+    if not src then return ("\n\tno module '%s' in the run's files"):format(name) end
+    local file = B.context("mp:" .. name) or name
+    local chunk, err = load(src, "@" .. file, "t")
+    if not chunk then error(err, 0) end
+    return chunk, file
+  end)
+  local src = B.context("script")
+  if src then
+    local path = B.context("script_path")
+    local chunk = assert(load(src, "@" .. path, "t"))
+    local args = mp.decode(B.context("args"))
+    arg = {[0] = path, table.unpack(args)}
+    chunk(table.unpack(args))
+  end
+  local init = B.context("init")
+  if init then
+    local t = mp.decode(init)
+    t[1](table.unpack(t[2]))
+  end
+end
 
 function mp.Pool(opts)
   local o = {}
@@ -140,16 +208,31 @@ function mp.Pool(opts)
     for k in pairs(opts) do
       if not known_options[k] then
         error(("Pool: unknown option '%s' (expected processes, initializer, initargs, maxtasksperchild, "
-          .. "timeout, memory_limit)"):format(tostring(k)), 2)
+          .. "timeout, memory_limit, broker, lease, attempts)"):format(tostring(k)), 2)
       end
     end
     o = opts
   elseif opts ~= nil then
     o = {processes = opts}
   end
+  local broker = o.broker
+  if broker == nil and mp.broker() then broker = true end -- a broker run: every pool on it
+  if broker == false then broker = nil end
+  if broker ~= nil and broker ~= true and type(broker) ~= "string" then
+    error("Pool: broker must be a URL (redis://... or unix://...)", 2)
+  end
+  if o.lease ~= nil and (type(o.lease) ~= "number" or o.lease ~= o.lease or o.lease <= 0) then
+    error("Pool: lease must be a number of seconds > 0", 2)
+  end
+  if o.attempts ~= nil and (math.type(o.attempts) ~= "integer" or o.attempts < 1) then
+    error("Pool: attempts must be an integer >= 1", 2)
+  end
   local n = o.processes
-  if n == nil then n = tonumber(os.getenv("MPENGINE_WORKERS") or "") or mp.cpu_count() end
-  if math.type(n) ~= "integer" or n < 1 then error("Pool: processes must be an integer >= 1", 2) end
+  if n == nil and broker then n = 0 -- no cap beyond the hosts' workers
+  elseif n == nil then n = tonumber(os.getenv("MPENGINE_WORKERS") or "") or mp.cpu_count() end
+  if math.type(n) ~= "integer" or (n < 1 and not (broker and n == 0)) then
+    error("Pool: processes must be an integer >= 1", 2)
+  end
   if o.initializer ~= nil and type(o.initializer) ~= "function" then
     error("Pool: initializer must be a function", 2)
   end
@@ -167,8 +250,9 @@ function mp.Pool(opts)
   pool_count = pool_count + 1
   local initargs = o.initargs and table.move(o.initargs, 1, #o.initargs, 1, {})
   local self = B.new(n, o.timeout, maxtasks, o.memory_limit, o.initializer, initargs, on_error,
-                     ("%d.%d"):format(mp.getpid(), pool_count))
-  priv[self] = {n = n, state = "run", fids = {}, nfids = 0, next_fid = 0, jobs = {}, njobs = 0,
+                     ("%d.%d"):format(mp.getpid(), pool_count), broker, o.lease, o.attempts)
+  if broker then ship(self, o) end
+  priv[self] = {n = n, broker = broker ~= nil, state = "run", fids = {}, nfids = 0, next_fid = 0, jobs = {}, njobs = 0,
                 progress_all = os.getenv("MPENGINE_PROGRESS") == "1"}
   return self
 end
@@ -176,7 +260,7 @@ end
 -- The id of fn's encoding: stored once (B.fn), where every worker finds it.
 local function fid_of(self, st, fn)
   if type(fn) ~= "function" then raise(("Pool: function expected, got %s"):format(type(fn))) end
-  local ok, bytes = pcall(mp.encode, fn)
+  local ok, bytes = pcall(st.broker and B.encode_remote or mp.encode, fn)
   if not ok then error(bytes, 0) end -- the codec names the caller's line and the path
   local entry = st.fids[bytes]
   if not entry then

@@ -117,6 +117,11 @@ MPE_API long mpe_spin_set(long ns);
  * the key is drawn when the arena is mapped and shared by every process of
  * the run). 0 before mpe_init. */
 MPE_API uint64_t mpe_mac(const void *data, size_t len);
+/* The key mpe_mac uses, copied to out (0, -EINVAL before mpe_init); and,
+ * in a process that serves another run (a broker host's worker), that
+ * run's key in its place, for mpe_mac only. */
+MPE_API int mpe_seal_key(unsigned char out[16]);
+MPE_API void mpe_seal_key_set(const unsigned char key[16]);
 
 /* ----------------------------------------------------------------- arena */
 

@@ -54,13 +54,32 @@ static mpe__redis_script refresh_script = {
   "if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end\n"
   "return 1\n", ""};
 
+/* The tasks of a batch (its header's n) and of a reply (done, failed), for
+ * the run's counts that `mpengine status` shows (c:sent, c:running, c:done,
+ * c:failed in the run's hash). */
+#define NTASKS                                                                                  \
+  "local function ntasks(d) if #d >= 16 then return (struct.unpack('<I4', d, 9)) end return 0 end\n" \
+  "local function add(key, f, v) if v ~= 0 then redis.call('HINCRBY', key, f, v) end end\n"
+#define OUTCOMES                                                                                \
+  "local function outcomes(d)\n"                                                               \
+  "  if #d < 32 then return 0, 0 end\n"                                                         \
+  "  local n, pos, ok = (struct.unpack('<I4', d, 17)), 33, 0\n"                                 \
+  "  for _ = 1, n do\n"                                                                         \
+  "    if pos + 15 > #d then break end\n"                                                       \
+  "    local st = struct.unpack('<i4', d, pos)\n"                                               \
+  "    if st == 0 then ok = ok + 1 end\n"                                                       \
+  "    pos = pos + 16 + struct.unpack('<I4', d, pos + 12)\n"                                    \
+  "  end\n"                                                                                     \
+  "  return ok, n - ok\n"                                                                       \
+  "end\n"
+
 /* A consumer "HOST/instance" -> HOST. */
 #define HOST_OF "local function host(c) return string.match(c, '^(.*)/[^/]*$') or c end\n"
 
 /* KEYS: hash, q, r. ARGV: me, max. Flat reply: id, token, s, d per batch;
  * -1 when the run is gone. */
 static mpe__redis_script claim_script = {
-  HOST_OF
+  HOST_OF NTASKS
   "local cfg = redis.call('HMGET', KEYS[1], 'lease', 'attempts')\n"
   "if not cfg[1] or redis.call('EXISTS', KEYS[2]) == 0 then return -1 end\n"
   "local lease, attempts, max = tonumber(cfg[1]), tonumber(cfg[2]), tonumber(ARGV[2])\n"
@@ -72,6 +91,9 @@ static mpe__redis_script claim_script = {
   "    local seq = ent[1] and ent[1][2][2] or '-1'\n"
   "    redis.call('XACK', KEYS[2], 'w', id)\n"
   "    redis.call('XDEL', KEYS[2], id)\n"
+  "    local t = ent[1] and ntasks(ent[1][2][4]) or 0\n"
+  "    add(KEYS[1], 'c:running', -t)\n"
+  "    add(KEYS[1], 'c:failed', t)\n"
   "    redis.call('XADD', KEYS[3], '*', 's', seq, 'k', 'lost', 'h', host(e[2]), 'n', n)\n"
   "  else\n"
   "    local c = redis.call('XCLAIM', KEYS[2], 'w', ARGV[1], lease, id)\n"
@@ -87,6 +109,7 @@ static mpe__redis_script claim_script = {
   "  if rd then\n"
   "    for _, ent in ipairs(rd[1][2]) do\n"
   "      out[#out + 1] = ent[1]; out[#out + 1] = 1\n"
+  "      add(KEYS[1], 'c:running', ntasks(ent[2][4]))\n"
   "      out[#out + 1] = ent[2][2]; out[#out + 1] = ent[2][4]\n"
   "    end\n"
   "  end\n"
@@ -113,10 +136,11 @@ static mpe__redis_script renew_script = {
   "end\n"
   "return out\n", ""};
 
-/* KEYS: q, r. ARGV: me, then id, token, result per batch. */
+/* KEYS: q, r, hash. ARGV: me, then id, token, result per batch. */
 static mpe__redis_script complete_script = {
-  HOST_OF HELD
-  "if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('EXISTS', KEYS[2]) == 0 then return -1 end\n"
+  HOST_OF HELD NTASKS OUTCOMES
+  "if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('EXISTS', KEYS[2]) == 0 or\n"
+  "   redis.call('EXISTS', KEYS[3]) == 0 then return -1 end\n"
   "local out = {}\n"
   "for i = 2, #ARGV, 3 do\n"
   "  if held(i) then\n"
@@ -124,16 +148,20 @@ static mpe__redis_script complete_script = {
   "    redis.call('XACK', KEYS[1], 'w', ARGV[i])\n"
   "    redis.call('XDEL', KEYS[1], ARGV[i])\n"
   "    redis.call('XADD', KEYS[2], '*', 's', ent[1][2][2], 'k', 'ok', 'h', host(ARGV[1]), 'd', ARGV[i + 2])\n"
+  "    local ok, bad = outcomes(ARGV[i + 2])\n"
+  "    add(KEYS[3], 'c:running', -ntasks(ent[1][2][4]))\n"
+  "    add(KEYS[3], 'c:done', ok)\n"
+  "    add(KEYS[3], 'c:failed', bad)\n"
   "    out[#out + 1] = 1\n"
   "  else out[#out + 1] = 0 end\n"
   "end\n"
   "return out\n", ""};
 
-/* KEYS: q. ARGV: me, then id, token per batch: a batch still held is put
+/* KEYS: q, hash. ARGV: me, then id, token per batch: a batch still held is put
  * back as a new entry (same s, d), so the next claim is a first delivery. */
 static mpe__redis_script handback_script = {
-  HELD
-  "if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end\n"
+  HELD NTASKS
+  "if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('EXISTS', KEYS[2]) == 0 then return -1 end\n"
   "local out = {}\n"
   "for i = 2, #ARGV, 2 do\n"
   "  if held(i) then\n"
@@ -141,6 +169,7 @@ static mpe__redis_script handback_script = {
   "    redis.call('XACK', KEYS[1], 'w', ARGV[i])\n"
   "    redis.call('XDEL', KEYS[1], ARGV[i])\n"
   "    redis.call('XADD', KEYS[1], '*', 's', ent[1][2][2], 'd', ent[1][2][4])\n"
+  "    add(KEYS[2], 'c:running', -ntasks(ent[1][2][4]))\n"
   "    out[#out + 1] = 1\n"
   "  else out[#out + 1] = 0 end\n"
   "end\n"
@@ -216,9 +245,15 @@ int mpe__broker_submit(mpe__redis *r, const char *run, int64_t first_seq, int n,
     size_t al[] = {4, strlen(k.q), 1, 1, strlen(seq), 1, lens[i]};
     int rc = mpe__redis_append(r, 7, argv, al);
     if (rc < 0) return rc;
+    uint32_t t = 0; /* the batch's tasks (its header's n), for status */
+    if (lens[i] >= 16) memcpy(&t, (const char *)data[i] + 8, sizeof t);
+    char tasks[16];
+    snprintf(tasks, sizeof tasks, "%u", (unsigned)t);
+    const char *inc[] = {"HINCRBY", k.hash, "c:sent", tasks};
+    if ((rc = mpe__redis_append(r, 4, inc, NULL)) < 0) return rc;
   }
   int bad = 0;
-  for (int i = 0; i < n; i++) {
+  for (int i = 0; i < 2 * n; i++) {
     redisReply *rep;
     int rc = mpe__redis_take(r, &rep);
     if (rc < 0) return rc;
@@ -456,8 +491,8 @@ int mpe__broker_complete(mpe__redis *r, const char *run, const char *me, int n, 
   keys k;
   if (keys_of(run, &k) < 0 || n < 0) return -EINVAL;
   if (n == 0) return 0;
-  const char *kv[] = {k.q, k.r};
-  return per_batch(r, &complete_script, 2, kv, me, n, tasks, data, lens, accepted);
+  const char *kv[] = {k.q, k.r, k.hash};
+  return per_batch(r, &complete_script, 3, kv, me, n, tasks, data, lens, accepted);
 }
 
 int mpe__broker_handback(mpe__redis *r, const char *run, const char *me, int n, const mpe__broker_task *tasks,
@@ -465,8 +500,8 @@ int mpe__broker_handback(mpe__redis *r, const char *run, const char *me, int n, 
   keys k;
   if (keys_of(run, &k) < 0 || n < 0) return -EINVAL;
   if (n == 0) return 0;
-  const char *kv[] = {k.q};
-  return per_batch(r, &handback_script, 1, kv, me, n, tasks, NULL, NULL, back);
+  const char *kv[] = {k.q, k.hash};
+  return per_batch(r, &handback_script, 2, kv, me, n, tasks, NULL, NULL, back);
 }
 
 double mpe__broker_lease(mpe__redis *r, const char *run) {

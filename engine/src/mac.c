@@ -8,6 +8,7 @@
  * damaged message cannot feed the Lua VM arbitrary bytecode (which it does
  * not verify) nor reach live state. Shared objects' checks (arena.c) are
  * keyed the same way. */
+#include <errno.h>
 #include <string.h>
 
 #include "internal.h"
@@ -55,7 +56,23 @@ uint64_t mpe__siphash(const unsigned char key[16], const void *data, size_t len)
   return v0 ^ v1 ^ v2 ^ v3;
 }
 
+/* A broker host's worker seals with the key of the run it serves. */
+static unsigned char seal_key[16];
+static int seal_key_set;
+
 uint64_t mpe_mac(const void *data, size_t len) {
-  const unsigned char *key = mpe__run_key();
+  const unsigned char *key = seal_key_set ? seal_key : mpe__run_key();
   return key ? mpe__siphash(key, data, len) : 0;
+}
+
+int mpe_seal_key(unsigned char out[16]) {
+  const unsigned char *key = seal_key_set ? seal_key : mpe__run_key();
+  if (!key) return -EINVAL;
+  memcpy(out, key, 16);
+  return 0;
+}
+
+void mpe_seal_key_set(const unsigned char key[16]) {
+  memcpy(seal_key, key, 16);
+  seal_key_set = 1;
 }
