@@ -19,6 +19,7 @@
  * child is killed first. SIGINT/SIGTERM interrupt a blocking call or the
  * running Lua code with an error; a second one ends the process at once.
  * Children also carry PR_SET_PDEATHSIG, so none outlives the run. */
+#include <errno.h>
 #include <lualib.h>
 #include <signal.h>
 #include <stdio.h>
@@ -64,6 +65,8 @@ static void usage(FILE *f) {
           "usage: %s run [--progress] [--broker URL] SCRIPT [ARGS...]\n"
           "       %s run [--progress] -e CODE [ARGS...]\n"
           "       %s run [--progress] - [ARGS...]     (the script from standard input)\n"
+          "       %s worker [--broker URL] [--procs N] [--name NAME]\n"
+          "       %s status [--broker URL] [--json]\n"
           "       %s test [BUSTED-ARGS...]\n"
           "       %s --version | --help\n\n"
           "run:  runs a Lua 5.4 job script with the mpengine module loaded.\n"
@@ -72,11 +75,17 @@ static void usage(FILE *f) {
           "      false: 1, an integer 0-255: itself.\n"
           "test: runs busted under Lua 5.4 with the mpengine module loaded, in the\n"
           "      current folder. It takes $MPENGINE_BUSTED, else busted on PATH,\n"
-          "      else /usr/bin/busted.\n\n"
+          "      else /usr/bin/busted.\n"
+          "worker: serves the pools of every run on the broker with N processes a\n"
+          "      run (default: the CPUs) until SIGINT/SIGTERM, then hands back what it\n"
+          "      holds. status: the broker's worker hosts and runs in progress.\n"
+          "      --broker URL (default $MPENGINE_BROKER): redis://[[user]:password@]host[:port][/db]\n"
+          "      or unix:///path/redis.sock[?password=...]; the environment keeps the\n"
+          "      password out of ps.\n\n"
           "exit status: 0 success, 1 script error, 2 usage error (or a result that\n"
           "             is not an exit status), 128+N ended by signal N (130 for SIGINT,\n"
           "             143 for SIGTERM)\n",
-          progname, progname, progname, progname, progname);
+          progname, progname, progname, progname, progname, progname, progname);
 }
 
 /* The broker URL of --broker (or $MPENGINE_BROKER), kept by the module;
@@ -114,6 +123,17 @@ typedef struct job {
   int argc;              /* argv[0] is what `arg[0]` shows */
   char **argv;
 } job;
+
+static int open_module(lua_State *L) {
+  mpengine_lua_open(L);
+  return 0;
+}
+
+/* Opens the module into L, protected: 0, or 1 with the error on top. */
+static int lua_cpcall_open(lua_State *L) {
+  lua_pushcfunction(L, open_module);
+  return lua_pcall(L, 0, 0, 0) != LUA_OK;
+}
 
 /* pmain(argc, argv, first): runs the job; returns the exit code and, on an
  * error, its message. */
@@ -267,6 +287,151 @@ static int pmain(lua_State *L) {
   return 1;
 }
 
+/* ------------------------------------------------- worker and status */
+
+static void print_event(void *arg, const char *line) {
+  (void)arg;
+  printf("%s: %s\n", progname, line);
+  fflush(stdout);
+}
+
+/* The broker of --broker URL / --broker=URL at argv[*i] (blanked in argv),
+ * else NULL. */
+static char *broker_arg(int argc, char **argv, int *i) {
+  if (strncmp(argv[*i], "--broker=", 9) == 0) return argv[*i] + 9;
+  if (strcmp(argv[*i], "--broker") == 0 && *i + 1 < argc) return argv[++*i];
+  return NULL;
+}
+
+/* mpengine worker --broker URL [--procs N] [--name NAME] */
+static int cmd_worker(int argc, char **argv) {
+  char *url = NULL;
+  const char *name = NULL;
+  long procs = 0;
+  for (int i = 2; i < argc; i++) {
+    char *b = broker_arg(argc, argv, &i);
+    if (b) {
+      url = b;
+    } else if (strcmp(argv[i], "--procs") == 0 && i + 1 < argc) {
+      char *end;
+      procs = strtol(argv[++i], &end, 10);
+      if (*end || procs < 1 || procs > 4096) {
+        fprintf(stderr, "%s: --procs needs a number of processes >= 1\n", progname);
+        return EXIT_USAGE;
+      }
+    } else if (strcmp(argv[i], "--name") == 0 && i + 1 < argc) {
+      name = argv[++i];
+    } else {
+      fprintf(stderr, "%s: worker: unknown or incomplete option '%s'\n", progname, argv[i]);
+      return EXIT_USAGE;
+    }
+  }
+  if (!url) url = getenv("MPENGINE_BROKER");
+  if (!url || !*url) {
+    fprintf(stderr, "%s: worker needs --broker URL (or MPENGINE_BROKER)\n", progname);
+    return EXIT_USAGE;
+  }
+  int rc = take_broker(url);
+  if (rc) return rc;
+  if (url != getenv("MPENGINE_BROKER")) blank(url);
+  const char *full = mpel_run_broker();
+  lua_State *L = luaL_newstate();
+  if (!L) return 1;
+  luaL_openlibs(L);
+  globalL = NULL; /* no Lua runs here: the host's loop sees the stop flag */
+  install_signals();
+  if (lua_cpcall_open(L) != 0) {
+    fprintf(stderr, "%s: %s\n", progname, lua_tostring(L, -1));
+    lua_close(L);
+    return 1;
+  }
+  mpe_broker_on_event(print_event, NULL);
+  rc = mpel_serve_broker(L, full, (int)procs, name);
+  char shown[512];
+  mpe_broker_url_display(full, shown, sizeof shown);
+  if (rc < 0) fprintf(stderr, "%s: worker: cannot serve %s: %s\n", progname, shown, mpe_strerror(rc));
+  lua_close(L);
+  return rc < 0 ? 1 : 0;
+}
+
+static void json_str(const char *s) {
+  putchar('"');
+  for (; *s; s++) {
+    unsigned char c = (unsigned char)*s;
+    if (c == '"' || c == '\\') printf("\\%c", c);
+    else if (c < 0x20) printf("\\u%04x", c);
+    else putchar(c);
+  }
+  putchar('"');
+}
+
+/* mpengine status --broker URL [--json] */
+static int cmd_status(int argc, char **argv) {
+  char *url = NULL;
+  int json = 0;
+  for (int i = 2; i < argc; i++) {
+    char *b = broker_arg(argc, argv, &i);
+    if (b) url = b;
+    else if (strcmp(argv[i], "--json") == 0) json = 1;
+    else {
+      fprintf(stderr, "%s: status: unknown or incomplete option '%s'\n", progname, argv[i]);
+      return EXIT_USAGE;
+    }
+  }
+  if (!url) url = getenv("MPENGINE_BROKER");
+  if (!url || !*url) {
+    fprintf(stderr, "%s: status needs --broker URL (or MPENGINE_BROKER)\n", progname);
+    return EXIT_USAGE;
+  }
+  char *copy = strdup(url), err[512] = "";
+  if (!copy) return 1;
+  if (url != getenv("MPENGINE_BROKER")) blank(url);
+  static mpe_broker_host_info h[256];
+  static mpe_broker_run_info r[64];
+  int nh = 256, nr = 64;
+  int rc = mpe_broker_status(copy, h, &nh, r, &nr, err, sizeof err);
+  memset(copy, 0, strlen(copy));
+  free(copy);
+  if (rc < 0) {
+    fprintf(stderr, "%s: status: %s\n", progname, err[0] ? err : mpe_strerror(rc));
+    return rc == -EINVAL ? EXIT_USAGE : 1;
+  }
+  if (nh > 256) nh = 256;
+  if (nr > 64) nr = 64;
+  if (json) {
+    printf("{\"hosts\": [");
+    for (int i = 0; i < nh; i++) {
+      printf("%s{\"name\": ", i ? ", " : "");
+      json_str(h[i].name);
+      printf(", \"pid\": %d, \"procs\": %d, \"busy\": %d, \"done\": %llu, \"failed\": %llu, "
+             "\"last_seen\": %.1f}", h[i].pid, h[i].procs, h[i].busy, (unsigned long long)h[i].done,
+             (unsigned long long)h[i].failed, h[i].seen);
+    }
+    printf("], \"runs\": [");
+    for (int i = 0; i < nr; i++) {
+      printf("%s{\"run\": ", i ? ", " : "");
+      json_str(r[i].run);
+      printf(", \"script\": ");
+      json_str(r[i].script);
+      printf(", \"queued\": %lld, \"running\": %lld, \"done\": %lld, \"failed\": %lld}", r[i].queued,
+             r[i].running, r[i].done, r[i].failed);
+    }
+    printf("]}\n");
+    return 0;
+  }
+  printf("worker hosts: %d\n", nh);
+  if (nh) printf("  %-20s %8s %6s %5s %10s %8s %10s\n", "NAME", "PID", "PROCS", "BUSY", "DONE", "FAILED", "LAST SEEN");
+  for (int i = 0; i < nh; i++)
+    printf("  %-20s %8d %6d %5d %10llu %8llu %9.1fs\n", h[i].name, h[i].pid, h[i].procs, h[i].busy,
+           (unsigned long long)h[i].done, (unsigned long long)h[i].failed, h[i].seen);
+  printf("runs in progress: %d\n", nr);
+  if (nr) printf("  %-30s %10s %10s %10s %8s  %s\n", "RUN", "QUEUED", "RUNNING", "DONE", "FAILED", "SCRIPT");
+  for (int i = 0; i < nr; i++)
+    printf("  %-30s %10lld %10lld %10lld %8lld  %s\n", r[i].run, r[i].queued, r[i].running, r[i].done,
+           r[i].failed, r[i].script);
+  return 0;
+}
+
 /* busted's Lua script: $MPENGINE_BUSTED, `busted` on PATH, /usr/bin/busted. */
 static const char *find_busted(char *buf, size_t size) {
   const char *env = getenv("MPENGINE_BUSTED");
@@ -317,6 +482,8 @@ int main(int argc, char **argv) {
     printf("mpengine %s (%s)\n", mpe_version(), LUA_RELEASE);
     return 0;
   }
+  if (strcmp(argv[1], "worker") == 0) return cmd_worker(argc, argv);
+  if (strcmp(argv[1], "status") == 0) return cmd_status(argc, argv);
   job j = {0};
   char busted[4096], chunkname[4100];
   if (strcmp(argv[1], "test") == 0) {

@@ -143,12 +143,12 @@ local known_options = {processes = true, initializer = true, initargs = true, ma
 -- name), and the initializer. B.new stored the run's key and Lua build.
 local function ship(self, o)
   local path, is_job = B.script()
+  B.put(self, "script_path", path or "(code)")
   if path and is_job then
     local f = io.open(path, "rb")
     if f then
       B.put(self, "script", f:read("a"))
       f:close()
-      B.put(self, "script_path", path)
       local args = {}
       for i = 1, #(arg or {}) do args[i] = arg[i] end
       B.put(self, "args", mp.encode(args))

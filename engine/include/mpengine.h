@@ -746,6 +746,22 @@ MPE_API const char *mpe_broker_host(void);
  * claims batches, renews their leases every lease/3, completes them (fenced);
  * reconnects with backoff when the broker is lost; once the host's interrupt
  * flag is set, hands back what it holds and returns 0 (< 0: cannot start). */
+/* What `mpengine status` shows: the worker hosts alive (seen: seconds since
+ * one last said so) and the runs in progress with their tasks' counts. */
+typedef struct mpe_broker_host_info {
+  char name[128];
+  int pid, procs, busy; /* busy: batches it holds */
+  uint64_t done, failed;
+  double seen;
+} mpe_broker_host_info;
+typedef struct mpe_broker_run_info {
+  char run[128], script[256];
+  long long queued, running, done, failed;
+} mpe_broker_run_info;
+/* Up to *nh hosts and *nr runs (set to how many there are): 0, or < 0 with
+ * why in err (never the password). */
+MPE_API int mpe_broker_status(const char *url, mpe_broker_host_info *h, int *nh, mpe_broker_run_info *r, int *nr,
+                              char *err, size_t errlen);
 /* A line for people at each start, stop, loss of the broker and reconnect
  * of mpe_broker_worker_run (none per task); fn NULL: none (the default). */
 MPE_API void mpe_broker_on_event(void (*fn)(void *arg, const char *line), void *arg);

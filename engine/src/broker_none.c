@@ -37,3 +37,10 @@ int mpe_broker_context(const char *field, mpe_buf *out) {
 const char *mpe_broker_host(void) { return NULL; }
 
 void mpe_broker_on_event(void (*fn)(void *arg, const char *line), void *arg) { (void)fn, (void)arg; }
+
+int mpe_broker_status(const char *url, mpe_broker_host_info *h, int *nh, mpe_broker_run_info *r, int *nr,
+                      char *err, size_t errlen) {
+  (void)url, (void)h, (void)nh, (void)r, (void)nr;
+  if (err && errlen) snprintf(err, errlen, "this build has no broker (hiredis was not found when it was built)");
+  return -ENOSYS;
+}

@@ -27,6 +27,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "broker.h"
@@ -327,15 +328,17 @@ static int renew(host *w) {
   return 0;
 }
 
-/* mpe:hosts: me -> "name pid procs busy done failed", and mpe:hosts:seen:
- * me -> the server time (ms) it last said so. */
+/* mpe:hosts: me -> "name pid procs busy done failed seen" (seen: this
+ * host's clock, seconds). */
 static int beat(host *w) {
   double now = mpe_time();
   if (now - w->beat < 1.0) return 0;
   w->beat = now;
   char v[400];
-  snprintf(v, sizeof v, "%s %d %d %d %llu %llu", w->name, (int)getpid(), w->procs, w->nh,
-           (unsigned long long)w->done, (unsigned long long)w->failed);
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  snprintf(v, sizeof v, "%s %d %d %d %llu %llu %.3f", w->name, (int)getpid(), w->procs, w->nh,
+           (unsigned long long)w->done, (unsigned long long)w->failed, (double)ts.tv_sec + ts.tv_nsec / 1e9);
   const char *argv[] = {"HSET", "mpe:hosts", w->me, v};
   redisReply *rep;
   int rc = mpe__redis_cmd(w->r, &rep, 4, argv, NULL);
