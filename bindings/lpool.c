@@ -134,6 +134,15 @@ static void add_range(lua_State *L, lpool *lp, int job, uint32_t fid, uint64_t f
   lp->r[lp->rhead + lp->rlen++] = g;
 }
 
+/* Raises the pool's failure rc; on a broker, one that reached no broker
+ * says which and for how long it was tried. */
+static int pool_fail(lua_State *L, lpool *lp, int rc) {
+  if (lp->broker && rc < 0 && rc > -4096 && rc != -ENOMEM && rc != -EINVAL)
+    return luaL_error(L, "Pool: the broker %s could not be reached for broker_timeout (%g s): %s", lp->shown,
+                      lp->broker_timeout, mpe_strerror(rc));
+  return mpel_fail(L, "Pool", rc);
+}
+
 /* ------------------------------------------------------------ submitting */
 
 typedef struct enc_state {
@@ -243,7 +252,7 @@ static int l_submit(lua_State *L) {
       if (rc < 0) {
         mpel_wire_done(s.w);
         if (st != LUA_OK) lua_pop(L, 1);
-        return mpel_fail(L, "Pool", rc);
+        return pool_fail(L, lp, rc);
       }
       add_range(L, lp, 2, s.fid, first, base + (first_at - from), s.k, stream);
       fn = find_fn(lp, s.fid); /* (on_error below may have moved it) */
@@ -391,7 +400,7 @@ static int l_collect(lua_State *L) {
     lua_pushliteral(L, "empty");
     return 2;
   }
-  if (rc < 0) return mpel_fail(L, "Pool", rc);
+  if (rc < 0) return pool_fail(L, lp, rc);
   lua_newtable(L);
   int touched = lua_gettop(L);
   cur_job c = {0};
@@ -442,7 +451,7 @@ static int l_collect(lua_State *L) {
   lua_settop(L, touched);
   pop_ranges(L, lp);
   if (rc < 0 && rc != MPE_ETIMEDOUT && rc != MPE_EEMPTY && rc != MPE_EBROKEN && rc != MPE_EINTR)
-    return mpel_fail(L, "Pool", rc);
+    return pool_fail(L, lp, rc);
   return 1;
 }
 
@@ -499,7 +508,9 @@ static int start_broker(lua_State *L, lpool *lp, mpe_pool_options *o) {
   if (!url) return luaL_error(L, "Pool: this run has no broker (mpengine run --broker URL, or MPENGINE_BROKER)");
   char shown[512];
   if (mpe_broker_url_display(url, shown, sizeof shown) < 0) return luaL_error(L, "Pool: %s", shown);
-  mpe_broker_options bo = {luaL_optnumber(L, 10, 0), (int)luaL_optinteger(L, 11, 0)};
+  mpe_broker_options bo = {luaL_optnumber(L, 10, 0), (int)luaL_optinteger(L, 11, 0), luaL_optnumber(L, 12, 0)};
+  lp->broker_timeout = bo.broker_timeout > 0 ? bo.broker_timeout : 30;
+  snprintf(lp->shown, sizeof lp->shown, "%s", shown);
   o->initializer = NULL;
   int rc = mpe_pool_start_broker(&lp->p, url, o, &bo);
   if (rc < 0) {

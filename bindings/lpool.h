@@ -42,6 +42,8 @@ typedef struct lpool {
   size_t *lens;
   size_t lcap;
   int broker; /* its tasks run on a broker's hosts: functions go there by id */
+  double broker_timeout;
+  char shown[512]; /* the broker's URL as messages show it */
 } lpool;
 
 /* The worker side (lpool_worker.c), given to the engine as the task

@@ -133,7 +133,8 @@ local function check_pool(self, what)
 end
 
 local known_options = {processes = true, initializer = true, initargs = true, maxtasksperchild = true,
-                       timeout = true, memory_limit = true, broker = true, lease = true, attempts = true}
+                       timeout = true, memory_limit = true, broker = true, lease = true, attempts = true,
+                       broker_timeout = true}
 
 -------------------------------------------------------------------- a broker's run
 
@@ -208,7 +209,7 @@ function mp.Pool(opts)
     for k in pairs(opts) do
       if not known_options[k] then
         error(("Pool: unknown option '%s' (expected processes, initializer, initargs, maxtasksperchild, "
-          .. "timeout, memory_limit, broker, lease, attempts)"):format(tostring(k)), 2)
+          .. "timeout, memory_limit, broker, lease, attempts, broker_timeout)"):format(tostring(k)), 2)
       end
     end
     o = opts
@@ -226,6 +227,10 @@ function mp.Pool(opts)
   end
   if o.attempts ~= nil and (math.type(o.attempts) ~= "integer" or o.attempts < 1) then
     error("Pool: attempts must be an integer >= 1", 2)
+  end
+  local bt = o.broker_timeout
+  if bt ~= nil and (type(bt) ~= "number" or bt ~= bt or bt <= 0) then
+    error("Pool: broker_timeout must be a number of seconds > 0", 2)
   end
   local n = o.processes
   if n == nil and broker then n = 0 -- no cap beyond the hosts' workers
@@ -250,7 +255,7 @@ function mp.Pool(opts)
   pool_count = pool_count + 1
   local initargs = o.initargs and table.move(o.initargs, 1, #o.initargs, 1, {})
   local self = B.new(n, o.timeout, maxtasks, o.memory_limit, o.initializer, initargs, on_error,
-                     ("%d.%d"):format(mp.getpid(), pool_count), broker, o.lease, o.attempts)
+                     ("%d.%d"):format(mp.getpid(), pool_count), broker, o.lease, o.attempts, bt)
   if broker then ship(self, o) end
   priv[self] = {n = n, broker = broker ~= nil, state = "run", fids = {}, nfids = 0, next_fid = 0, jobs = {}, njobs = 0,
                 progress_all = os.getenv("MPENGINE_PROGRESS") == "1"}

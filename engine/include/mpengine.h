@@ -724,6 +724,8 @@ MPE_API void mpe_pool_free(mpe_pool *p, int kill);
 typedef struct mpe_broker_options {
   double lease; /* seconds a host may be silent before its batches are taken over (0: 10) */
   int attempts; /* times a batch may be lost before it fails (0: 3) */
+  double broker_timeout; /* seconds the broker may stay away before a call fails (0: 30); one
+                            that comes back without the run (restarted) gets it again */
 } mpe_broker_options;
 /* url as messages show it ("redis://host:port", "unix:///path": never the
  * password) into buf: 0, or -EINVAL with why in buf (-ENOSYS: no broker). */

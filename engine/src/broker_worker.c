@@ -172,16 +172,19 @@ static int run_pool(host *w, const char run[128], mpe_pool_fn fn, void *ctx) {
   return free_at;
 }
 
-/* Stops the pools of runs gone or idle too long. */
+/* Stops the pools of runs idle too long, and of runs gone (a driver that
+ * died or closed): what their workers run is killed, what they hold dropped. */
 static void reap_pools(host *w, char (*runs)[128], int nruns) {
   double now = mpe_time();
   for (int i = 0; i < MAXRUNS; i++) {
     runpool *rp = &w->rp[i];
-    if (!rp->pool || rp->held) continue;
+    if (!rp->pool) continue;
     int live = 0;
     for (int k = 0; k < nruns && !live; k++)
       live = !strcmp(runs[k], rp->run);
-    if (live && now - rp->used < IDLE_FREE) continue;
+    if (live && (rp->held || now - rp->used < IDLE_FREE)) continue;
+    for (int k = w->nh; k-- > 0;)
+      if (w->h[k].rp == i) drop(w, k);
     mpe_pool_free(rp->pool, 1);
     rp->pool = NULL;
   }
@@ -379,8 +382,8 @@ static int round_(host *w, mpe_buf *buf, mpe_pool_fn fn, void *ctx) {
   int rc = renew(w);
   if (rc < 0) return rc;
   if ((rc = beat(w)) < 0) return rc;
-  char runs[32][128];
-  int n = mpe__broker_runs(w->r, runs, 32);
+  static char runs[256][128];
+  int n = mpe__broker_runs(w->r, runs, 256);
   if (n < 0) return n;
   reap_pools(w, runs, n);
   for (int i = 0; i < n && w->cap - w->nh > 0; i++)

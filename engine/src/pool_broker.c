@@ -12,6 +12,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -25,7 +26,14 @@ typedef struct out_batch {
   int64_t seq;
   int slot;
   uint32_t n;
+  char *bytes; /* a copy, to submit again to a broker that lost the run */
+  size_t len;
 } out_batch;
+
+typedef struct ctx_field {
+  char *name, *bytes;
+  size_t len;
+} ctx_field;
 
 typedef struct bt {
   mpe__pool_transport ops;
@@ -41,12 +49,51 @@ typedef struct bt {
   int nres, pos;
   mpe__broker_hold hold;
   mpe_buf reply;
+  ctx_field *ctx; /* the run's context, as put */
+  size_t nctx;
+  double broker_timeout;
+  int reopening;
 } bt;
 
-/* After a failed call: reconnects (bounded), 0 or the call's error. */
+static int reopen(bt *t);
+
+/* After a failed call: reconnects (for up to broker_timeout), and when the
+ * broker came back without the run (restarted without persistence), opens
+ * it again with what it lost: 0 (the call is retried) or the call's error. */
 static int recover(bt *t, int rc) {
   if (rc == -ENOENT || mpe__redis_ok(t->r)) return rc;
-  return mpe__redis_reconnect(t->r, mpe_time() + BROKER_TIMEOUT) < 0 ? rc : 0;
+  if (mpe__redis_reconnect(t->r, mpe_time() + t->broker_timeout) < 0) return rc;
+  if (!t->opened || t->reopening) return 0;
+  int alive = mpe__broker_refresh(t->r, t->run);
+  if (alive == 0) return reopen(t) < 0 ? rc : 0;
+  return 0;
+}
+
+/* The run again on a broker that lost it: the same name, its context, every
+ * batch not answered (same numbers: a result the pool already has is
+ * dropped there, so each task's result still counts once), results read
+ * from the new stream's start. */
+static int reopen(bt *t) {
+  t->reopening = 1;
+  int rc = mpe__broker_open(t->r, t->run, &t->o);
+  if (rc == -EEXIST) rc = 0;
+  for (size_t i = 0; rc == 0 && i < t->nctx; i++)
+    rc = mpe__broker_put(t->r, t->run, t->ctx[i].name, t->ctx[i].bytes, t->ctx[i].len);
+  for (size_t i = 0; rc == 0 && i < t->nout; i++) {
+    const void *d = t->out[i].bytes;
+    rc = mpe__broker_submit(t->r, t->run, t->out[i].seq, 1, &d, &t->out[i].len);
+    if (rc > 0) rc = 0;
+  }
+  t->reopening = 0;
+  if (rc < 0) return rc;
+  strcpy(t->last, "0");
+  t->refreshed = mpe_time();
+  return 0;
+}
+
+static void forget_out(bt *t, size_t k) {
+  free(t->out[k].bytes);
+  t->out[k] = t->out[--t->nout];
 }
 
 static int b_start(mpe__pool_transport *tr, int slot) {
@@ -73,10 +120,16 @@ static int b_send(mpe__pool_transport *tr, int slot, const void *batch, size_t l
     t->out = o;
     t->cap = cap;
   }
+  char *copy = malloc(len);
+  if (!copy) return -ENOMEM;
+  memcpy(copy, batch, len);
   int rc;
   while ((rc = mpe__broker_submit(t->r, t->run, (int64_t)h.bid, 1, &batch, &len)) < 0)
-    if ((rc = recover(t, rc)) < 0) return rc;
-  t->out[t->nout++] = (out_batch){(int64_t)h.bid, slot, h.n};
+    if ((rc = recover(t, rc)) < 0) {
+      free(copy);
+      return rc;
+    }
+  t->out[t->nout++] = (out_batch){(int64_t)h.bid, slot, h.n, copy, len};
   return 0;
 }
 
@@ -89,7 +142,8 @@ static int convert(bt *t, const mpe__broker_result *res) {
   }
   if (k == t->nout) return 1;
   out_batch ob = t->out[k];
-  t->out[k] = t->out[--t->nout];
+  ob.bytes = NULL;
+  forget_out(t, k);
   mpe__reply_hdr h = {.bid = (uint64_t)ob.seq, .slot = (uint32_t)ob.slot, .n = ob.n};
   t->reply.len = 0;
   if (res->kind == MPE__BROKER_OK) {
@@ -132,7 +186,7 @@ static int b_take(mpe__pool_transport *tr, double timeout, const char **data, si
     if (mpe_time() - t->refreshed > t->o.ttl / 3) {
       while ((rc = mpe__broker_refresh(t->r, t->run)) < 0)
         if ((rc = recover(t, rc)) < 0) return rc;
-      if (rc == 0) return MPE_ECLOSED; /* the broker lost the run */
+      if (rc == 0 && (rc = reopen(t)) < 0) return rc; /* the broker lost the run */
       t->refreshed = mpe_time();
     }
     if (t->nout == 0 && timeout > 0) { /* nothing out: nothing to wait on */
@@ -163,7 +217,7 @@ static void b_release(mpe__pool_transport *tr, int slot, int quit) {
   bt *t = (bt *)tr;
   (void)quit;
   for (size_t k = t->nout; k-- > 0;)
-    if (t->out[k].slot == slot) t->out[k] = t->out[--t->nout];
+    if (t->out[k].slot == slot) forget_out(t, k);
 }
 
 static pid_t b_pid(mpe__pool_transport *tr, int slot) {
@@ -176,6 +230,13 @@ static void b_destroy(mpe__pool_transport *tr) {
   mpe__broker_release(&t->hold);
   if (t->opened && mpe__redis_ok(t->r)) mpe__broker_close(t->r, t->run);
   mpe__redis_close(t->r);
+  while (t->nout)
+    forget_out(t, 0);
+  for (size_t i = 0; i < t->nctx; i++) {
+    free(t->ctx[i].name);
+    free(t->ctx[i].bytes);
+  }
+  free(t->ctx);
   free(t->out);
   free(t->reply.data);
   free(t);
@@ -187,6 +248,23 @@ int mpe_pool_broker_put(mpe_pool *p, const char *field, const void *data, size_t
   bt *t = (bt *)tr;
   int rc;
   if ((rc = b_start(tr, 0)) < 0) return rc;
+  size_t i;
+  for (i = 0; i < t->nctx && strcmp(t->ctx[i].name, field); i++) {
+  }
+  char *copy = malloc(len ? len : 1), *name = i == t->nctx ? strdup(field) : NULL;
+  ctx_field *c = i == t->nctx ? realloc(t->ctx, (t->nctx + 1) * sizeof *c) : t->ctx;
+  if (!copy || (i == t->nctx && (!name || !c))) {
+    free(copy);
+    free(name);
+    if (c) t->ctx = c;
+    return -ENOMEM;
+  }
+  t->ctx = c;
+  if (i == t->nctx) t->ctx[t->nctx++] = (ctx_field){name, NULL, 0};
+  if (len) memcpy(copy, data, len);
+  free(t->ctx[i].bytes);
+  t->ctx[i].bytes = copy;
+  t->ctx[i].len = len;
   while ((rc = mpe__broker_put(t->r, t->run, field, data, len)) < 0)
     if ((rc = recover(t, rc)) < 0) return rc;
   return 0;
@@ -195,6 +273,7 @@ int mpe_pool_broker_put(mpe_pool *p, const char *field, const void *data, size_t
 typedef struct mk_arg {
   const char *url;
   mpe__broker_opts o;
+  double broker_timeout;
 } mk_arg;
 
 static int broker_mk(mpe__pool_transport **out, int workers, const mpe__pool_cfg *cfg, void *arg) {
@@ -205,6 +284,7 @@ static int broker_mk(mpe__pool_transport **out, int workers, const mpe__pool_cfg
   t->ops =
       (mpe__pool_transport){b_start, b_send, b_take, b_gone, b_running, b_kill, b_release, b_pid, b_destroy};
   t->o = a->o;
+  t->broker_timeout = a->broker_timeout;
   strcpy(t->last, "0");
   char host[64] = "host";
   gethostname(host, sizeof host - 1);
@@ -232,7 +312,8 @@ int mpe_pool_start_broker(mpe_pool **out, const char *url, const mpe_pool_option
   mpe_pool_options o = {0};
   if (opts) o = *opts;
   if (!o.processes) o.processes = 16;
-  mk_arg a = {url, {10, 3, 30}};
+  mk_arg a = {url, {10, 3, 30}, BROKER_TIMEOUT};
+  if (bo && bo->broker_timeout > 0) a.broker_timeout = bo->broker_timeout;
   if (bo && bo->lease > 0) a.o.lease = bo->lease;
   if (bo && bo->attempts > 0) a.o.attempts = bo->attempts;
   if (a.o.ttl < 3 * a.o.lease) a.o.ttl = 3 * a.o.lease;

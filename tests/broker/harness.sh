@@ -156,6 +156,35 @@ mpeh_redis_start() {
   return 1
 }
 
+# Kills the Redis of mpeh_redis_start (SIGKILL: without persistence it
+# loses everything) and starts it again on the same port, password and
+# namespace; waits until it answers.
+mpeh_redis_restart() {
+  ns=${1:-}
+  kill -9 "$MPEH_REDIS_PID" 2>/dev/null
+  wait "$MPEH_REDIS_PID" 2>/dev/null
+  i=0
+  while [ $i -lt 200 ]; do
+    if [ -n "$ns" ]; then mpeh_in "$ns" redis-server "$MPEH_DIR/redis.conf" & else redis-server "$MPEH_DIR/redis.conf" & fi
+    MPEH_REDIS_PID=$!
+    j=0
+    while [ $j -lt 100 ] && kill -0 "$MPEH_REDIS_PID" 2>/dev/null; do
+      if [ -n "$ns" ]; then
+        r=$(REDISCLI_AUTH=$MPEH_REDIS_PASS mpeh_in "$ns" redis-cli -h "$MPEH_REDIS_ADDR" -p "$MPEH_REDIS_PORT" ping 2>/dev/null)
+      else
+        r=$(REDISCLI_AUTH=$MPEH_REDIS_PASS redis-cli -h "$MPEH_REDIS_ADDR" -p "$MPEH_REDIS_PORT" ping 2>/dev/null)
+      fi
+      [ "$r" = PONG ] && return 0
+      j=$((j + 1))
+      sleep 0.05
+    done
+    wait "$MPEH_REDIS_PID" 2>/dev/null # the port not free yet: again
+    i=$((i + 1))
+  done
+  echo "harness: redis-server did not restart" >&2
+  return 1
+}
+
 # What the tests share once hosts and Redis are up: fail (says why, shows
 # every program's output, exits 1), rcli (redis-cli in the broker's host),
 # until_ok CMD... (runs CMD until it succeeds; bounded: a hang is a failure),

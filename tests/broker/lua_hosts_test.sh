@@ -10,7 +10,10 @@
 #  4. a host lost (every process SIGKILLed) mid-map: every result comes;
 #  5. a host stopped by SIGTERM hands back, says so and exits 0;
 #  6. status --json lists the hosts; the password is in no command line;
-#  7. the driver killed: its run's keys expire from the broker.
+#  7. the driver killed: its run's keys expire from the broker and no worker
+#     runs its tasks any more;
+#  8. the broker restarted without persistence mid-map: the run is submitted
+#     again and every result comes, once.
 # Waits on what the programs print and what Redis holds, never on a duration.
 # Usage: lua_hosts_test.sh BUILD_DIR SOURCE_DIR
 set -u
@@ -115,10 +118,27 @@ done
 echo "ok status lists the hosts; the password is in no command line"
 
 # 7. the driver killed: its keys expire
-(cd "$d" && mpeh_in drv "$bin/mpengine" run "$jobs/long_map.lua" 100000 10 1) >"$d/kill.out" 2>&1 &
+(cd "$d" && mpeh_in drv "$bin/mpengine" run "$jobs/long_map.lua" 100 120000 1) >"$d/kill.out" 2>&1 &
 drv=$!
 until_ok holds a
 mpeh_kill drv
 gone() { [ -z "$(rcli --scan --pattern 'mpe:run:*')" ]; }
 until_ok gone
-echo "ok driver killed: its run expired from the broker"
+busy_workers() { # worker processes of host a that use CPU: none once the run is gone
+  n=0
+  for p in $(ip netns pids "$MPEH_ID-a"); do
+    [ "$(awk '{print $3}' /proc/$p/stat 2>/dev/null)" = R ] && n=$((n + 1))
+  done
+  [ $n -eq 0 ]
+}
+until_ok busy_workers
+echo "ok driver killed: its run expired from the broker, its tasks stopped"
+
+# 8. the broker restarted without persistence mid-map
+(cd "$d" && mpeh_in drv "$bin/mpengine" run "$jobs/long_map.lua" 400 10 2) >"$d/restart.out" 2>&1 &
+drv=$!
+until_ok holds a
+mpeh_redis_restart broker || fail "restart: redis did not come back"
+wait $drv || fail "restart: the map failed"
+says restart "^ok 400$" || fail "restart: not every result"
+echo "ok broker restarted mid-map: the run was submitted again, every result once"
