@@ -252,12 +252,16 @@ int mpe__broker_submit(mpe__redis *r, const char *run, int64_t first_seq, int n,
     const char *inc[] = {"HINCRBY", k.hash, "c:sent", tasks};
     if ((rc = mpe__redis_append(r, 4, inc, NULL)) < 0) return rc;
   }
+  /* wakes idle hosts (mpe__broker_wait_work) */
+  const char *ev[] = {"XADD", "mpe:events", "MAXLEN", "~", "1000", "*", "r", run};
+  const char *evx[] = {"PEXPIRE", "mpe:events", "3600000"};
+  int rc = mpe__redis_append(r, 8, ev, NULL);
+  if (rc < 0 || (rc = mpe__redis_append(r, 3, evx, NULL)) < 0) return rc;
   int bad = 0;
-  for (int i = 0; i < 2 * n; i++) {
+  for (int i = 0; i < 2 * n + 2; i++) {
     redisReply *rep;
-    int rc = mpe__redis_take(r, &rep);
-    if (rc < 0) return rc;
-    if (reply_error(rep) < 0) bad = 1;
+    if ((rc = mpe__redis_take(r, &rep)) < 0) return rc;
+    if (reply_error(rep) < 0 && i < 2 * n) bad = 1; /* a broken wake-up only delays hosts */
   }
   return bad ? -EPROTO : n;
 }
@@ -565,4 +569,43 @@ int mpe__broker_get(mpe__redis *r, const char *run, const char *field, mpe_buf *
   else rc = mpe_buf_add(out, rep->str, rep->len) < 0 ? -ENOMEM : 1;
   mpe__redis_free(rep);
   return rc;
+}
+
+int mpe__broker_wait_work(mpe__redis *r, char last[48], double timeout) {
+  redisReply *rep;
+  int rc;
+  if (!last[0]) { /* the newest event now: what comes later wakes */
+    const char *argv[] = {"XREVRANGE", "mpe:events", "+", "-", "COUNT", "1"};
+    if ((rc = mpe__redis_cmd(r, &rep, 6, argv, NULL)) < 0) return rc;
+    if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 1 && rep->element[0]->type == REDIS_REPLY_ARRAY &&
+        rep->element[0]->elements >= 1 && rep->element[0]->element[0]->type == REDIS_REPLY_STRING &&
+        rep->element[0]->element[0]->len < 48)
+      snprintf(last, 48, "%s", rep->element[0]->element[0]->str);
+    else
+      strcpy(last, "0-0");
+    mpe__redis_free(rep);
+  }
+  char ms[32];
+  snprintf(ms, sizeof ms, "%ld", (long)(timeout * 1000) > 0 ? (long)(timeout * 1000) : 1);
+  const char *argv[] = {"XREAD", "COUNT", "100", "BLOCK", ms, "STREAMS", "mpe:events", last};
+  double before = mpe__redis_timeout(r);
+  mpe__redis_set_timeout(r, before + timeout);
+  rc = mpe__redis_cmd(r, &rep, 8, argv, NULL);
+  mpe__redis_set_timeout(r, before);
+  if (rc < 0) return rc;
+  redisReply *ents = NULL;
+  int n = stream_entries(rep, &ents);
+  if (n < 0) { /* not a stream (written by hand?): wait as if nothing came */
+    mpe__redis_free(rep);
+    mpe_sleep(timeout, NULL);
+    return 0;
+  }
+  if (n > 0 && ents->elements > 0) {
+    redisReply *e = ents->element[ents->elements - 1];
+    if (e->type == REDIS_REPLY_ARRAY && e->elements >= 1 && e->element[0]->type == REDIS_REPLY_STRING &&
+        e->element[0]->len < 48)
+      snprintf(last, 48, "%s", e->element[0]->str);
+  }
+  mpe__redis_free(rep);
+  return n > 0 ? 1 : 0;
 }

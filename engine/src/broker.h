@@ -154,6 +154,10 @@ int mpe__broker_runs(mpe__redis *r, char (*runs)[128], int max);
 struct mpe_buf;
 int mpe__broker_put(mpe__redis *r, const char *run, const char *field, const void *data, size_t len);
 int mpe__broker_get(mpe__redis *r, const char *run, const char *field, struct mpe_buf *out);
+/* An idle host's wait: blocks until a driver submits (mpe:events, one entry
+ * per submit) after the event last[] (empty at first: the newest now), or
+ * timeout: 1 (last[] moved on), 0, or < 0. */
+int mpe__broker_wait_work(mpe__redis *r, char last[48], double timeout);
 /* "Pool: task lost 3 times (last on host NAME)" */
 void mpe__broker_lost_text(const mpe__broker_result *res, char *buf, size_t n);
 

@@ -40,7 +40,7 @@
 typedef struct runpool {
   char run[128];
   mpe_pool *pool;
-  double timeout;
+  double timeout, lease;
   int held;    /* batches held */
   double used; /* when it last had work */
 } runpool;
@@ -65,6 +65,7 @@ typedef struct host {
   mpe_pool_options base;
   uint64_t done, failed;
   double beat;
+  char events[48]; /* the last submit event seen (mpe__broker_wait_work) */
 } host;
 
 /* ------------------------------------------------- the host's processes */
@@ -162,6 +163,7 @@ static int run_pool(host *w, const char run[128], mpe_pool_fn fn, void *ctx) {
   o.before_fork = run_fork;
   o.initarg = rp;
   rp->timeout = o.timeout;
+  rp->lease = mpe__broker_lease(w->r, run);
   int rc = mpe_pool_start(&rp->pool, fn, ctx, &o);
   if (rc < 0) {
     rp->pool = NULL;
@@ -197,8 +199,8 @@ static int claim(host *w, const char run[128], int max, mpe_pool_fn fn, void *ct
   if (max > 16) max = 16;
   int n = mpe__broker_claim(w->r, run, w->me, max, 0, t, &hold);
   if (n <= 0) return n == -ENOENT ? 0 : n;
-  double lease = mpe__broker_lease(w->r, run);
   int rp = run_pool(w, run, fn, ctx), rc = 0;
+  double lease = rp >= 0 ? w->rp[rp].lease : 0;
   if (rp < 0) { /* no pool for it here now: the batches go back as new */
     int back[16];
     mpe__broker_handback(w->r, run, w->me, n, t, back);
@@ -350,14 +352,21 @@ static int beat(host *w) {
   return 0;
 }
 
+/* Takes the results there are; with one run at work, waits up to wait for
+ * the first (the engine's own wait), else polls the runs' pools and sleeps
+ * wait when none had any. */
 static int collect_results(host *w, double wait) {
-  int got = 0;
+  int got = 0, busy = 0;
+  for (int p = 0; p < MAXRUNS; p++)
+    busy += w->rp[p].pool && w->rp[p].held;
   for (int p = 0; p < MAXRUNS; p++) {
     runpool *rp = &w->rp[p];
     if (!rp->pool || !rp->held) continue;
     mpe_task_result r;
     int rc;
-    while ((rc = mpe_pool_collect(rp->pool, 0, &r)) == 0) {
+    double first = busy == 1 ? wait : 0;
+    while ((rc = mpe_pool_collect(rp->pool, first, &r)) == 0) {
+      first = 0;
       got++;
       int i;
       for (i = 0; i < w->nh; i++) {
@@ -373,7 +382,7 @@ static int collect_results(host *w, double wait) {
     }
     if (rc != MPE_ETIMEDOUT && rc != MPE_EEMPTY && rc != MPE_EBROKEN && rc != MPE_EINTR) return rc;
   }
-  if (!got) mpe_sleep(wait, NULL);
+  if (!got && busy > 1) mpe_sleep(0.002, NULL);
   return 0;
 }
 
@@ -388,7 +397,9 @@ static int round_(host *w, mpe_buf *buf, mpe_pool_fn fn, void *ctx) {
   reap_pools(w, runs, n);
   for (int i = 0; i < n && w->cap - w->nh > 0; i++)
     if ((rc = claim(w, runs[i], w->cap - w->nh, fn, ctx)) < 0) return rc;
-  if ((rc = collect_results(w, w->nh ? 0.002 : 0.02)) < 0) return rc;
+  if (!w->nh) /* idle: until a driver submits (or a second, for the heartbeat) */
+    return mpe__broker_wait_work(w->r, w->events, 1.0) < 0 ? -EIO : 0;
+  if ((rc = collect_results(w, 0.05)) < 0) return rc;
   return complete(w, buf);
 }
 
