@@ -752,6 +752,12 @@ static int l_host(lua_State *L) {
   return 1;
 }
 
+/* B.size(pool) -> its workers (on a broker: its lanes). */
+static int l_size(lua_State *L) {
+  lua_pushinteger(L, mpe_pool_size(own_pool(L, 1)->p));
+  return 1;
+}
+
 /* B.table(n): a table with room for n list elements. */
 static int l_table(lua_State *L) {
   lua_Integer n = luaL_checkinteger(L, 1);
@@ -832,6 +838,7 @@ static const luaL_Reg funcs[] = {
     {"build", l_build},
     {"host", l_host},
     {"script", l_script},
+    {"size", l_size},
     {NULL, NULL},
 };
 

@@ -177,7 +177,7 @@ end
 function B.run_start()
   local build = B.context("build")
   if build ~= B.build() then
-    error(("the run's code comes from Lua %s; host %s runs Lua %s and cannot load it")
+    error(("the run's code comes from %s; host %s runs %s and cannot load it")
       :format(tostring(build), tostring(B.host()), B.build()), 0)
   end
   table.insert(package.searchers, 2, function(name)
@@ -256,7 +256,10 @@ function mp.Pool(opts)
   local initargs = o.initargs and table.move(o.initargs, 1, #o.initargs, 1, {})
   local self = B.new(n, o.timeout, maxtasks, o.memory_limit, o.initializer, initargs, on_error,
                      ("%d.%d"):format(mp.getpid(), pool_count), broker, o.lease, o.attempts, bt)
-  if broker then ship(self, o) end
+  if broker then
+    ship(self, o)
+    n = B.size(self) -- its lanes: how many batches may be out at once
+  end
   priv[self] = {n = n, broker = broker ~= nil, state = "run", fids = {}, nfids = 0, next_fid = 0, jobs = {}, njobs = 0,
                 progress_all = os.getenv("MPENGINE_PROGRESS") == "1"}
   return self

@@ -67,6 +67,8 @@ echo "ok wordcount: same counts locally and on two hosts"
 run basic "$jobs/features.lua" basic || fail "basic: the job failed"
 says basic "^map 11,41,91$" || fail "basic: the script's global, module or upvalue missing on the hosts"
 says basic "^host true$" || fail "basic: a task does not know its broker"
+says basic "^initializer yes$" || fail "basic: the initializer did not run on the hosts"
+says basic "^starmap 6,20 imap_unordered 2,3,4$" || fail "basic: starmap or imap_unordered"
 says basic "^error false .*features.lua:[0-9]*: boom | Pool: the task of apply failed on host [ab]; worker traceback:" ||
   fail "basic: the error lacks its line or host"
 says basic "^local false .*Queue: an object of this host cannot reach a task on another host" ||
@@ -81,6 +83,21 @@ JOB_TIMEOUT=0.5 run timeout "$jobs/features.lua" timeout || fail "timeout: the j
 says timeout "^timeout false Pool: task timed out after 0.5 s; its worker (host [ab], pid [0-9]*) was killed and replaced" ||
   fail "timeout: not enforced on the host"
 echo "ok deaths: a killed worker and a timeout named with host and pid"
+
+# another Lua build's code is refused with both builds named
+mkfifo "$d/go"
+(cd "$d" && mpeh_in drv "$bin/mpengine" run "$jobs/features.lua" build <"$d/go") >"$d/build.out" 2>&1 &
+drv=$!
+exec 7>"$d/go"
+until_ok says build "^ready"
+h=$(rcli --scan --pattern 'mpe:run:*' | grep -v ':[qr]$' | head -1)
+rcli HSET "$h" c:build "Lua 5.3.6 (32-bit integers, 64-bit floats, 32-bit pointers)" >/dev/null
+echo go >&7
+exec 7>&-
+wait $drv || fail "build: the job failed"
+says build "^build false .*the run's code comes from Lua 5.3.6 (32-bit integers.*); host [ab] runs Lua 5.4" ||
+  fail "build: another build's code not refused by name"
+echo "ok builds: code from another Lua build refused, naming both"
 
 # 4. a host lost mid-map
 holds() {

@@ -5,12 +5,19 @@ local M = {}
 SCALE = 10 -- a global of the script: the hosts load it (main not called)
 
 function M.main(what)
-  local pool <close> = mp.Pool{timeout = tonumber(os.getenv("JOB_TIMEOUT") or "30")}
+  local pool <close> = mp.Pool{timeout = tonumber(os.getenv("JOB_TIMEOUT") or "30"),
+                               initializer = function(v) INITIALIZED = v end, initargs = {"yes"}}
   if what == "basic" then
     local base = 1
     local r = pool:map(function(x) return helper.square(x) * SCALE + base end, {1, 2, 3})
     print("map " .. table.concat(r, ","))
     print("host " .. tostring(pool:apply(function() return mp.broker() ~= nil end)))
+    print("initializer " .. tostring(pool:apply(function() return INITIALIZED end)))
+    local u = {}
+    for x in pool:imap_unordered(function(x) return x + 1 end, {1, 2, 3}) do u[#u + 1] = x end
+    table.sort(u)
+    print("starmap " .. table.concat(pool:starmap(function(a, b) return a * b end, {{2, 3}, {4, 5}}), ",")
+      .. " imap_unordered " .. table.concat(u, ","))
     local ok, err = pcall(pool.apply, pool, function() error("boom") end)
     print("error " .. tostring(ok) .. " " .. tostring(err):gsub("\n", " | "))
     local q = mp.Queue()
@@ -24,6 +31,12 @@ function M.main(what)
     r:wait()
     local ok, err = pcall(r.get, r)
     print("die " .. tostring(ok) .. " " .. tostring(err):gsub("\n", " | "))
+  elseif what == "build" then -- the test changes the run's build on the broker first
+    print("ready")
+    io.stdout:flush()
+    io.read("l")
+    local ok, err = pcall(pool.apply, pool, function() return 1 end)
+    print("build " .. tostring(ok) .. " " .. tostring(err):gsub("\n", " | "))
   elseif what == "timeout" then
     local ok, err = pcall(pool.apply, pool, function() while true do end end)
     print("timeout " .. tostring(ok) .. " " .. tostring(err):gsub("\n", " | "))
