@@ -515,7 +515,10 @@ static int start_broker(lua_State *L, lpool *lp, mpe_pool_options *o) {
   int rc = mpe_pool_start_broker(&lp->p, url, o, &bo);
   if (rc < 0) {
     lp->p = NULL;
-    return luaL_error(L, "Pool: cannot open a run on the broker %s: %s", shown, mpe_strerror(rc));
+    return luaL_error(L, "Pool: cannot open a run on the broker %s: %s", shown,
+                      rc == -EACCES ? "refused (a broker off loopback needs a password in its URL: whoever can "
+                                      "write to it runs code on every worker; or the password is wrong)"
+                                    : mpe_strerror(rc));
   }
   lp->broker = 1;
   unsigned char key[16];

@@ -254,8 +254,9 @@ function mp.Pool(opts)
   end
   pool_count = pool_count + 1
   local initargs = o.initargs and table.move(o.initargs, 1, #o.initargs, 1, {})
-  local self = B.new(n, o.timeout, maxtasks, o.memory_limit, o.initializer, initargs, on_error,
-                     ("%d.%d"):format(mp.getpid(), pool_count), broker, o.lease, o.attempts, bt)
+  local made, self = pcall(B.new, n, o.timeout, maxtasks, o.memory_limit, o.initializer, initargs, on_error,
+                           ("%d.%d"):format(mp.getpid(), pool_count), broker, o.lease, o.attempts, bt)
+  if not made then error((tostring(self):gsub("^mpengine%.pool:%d+: ", "")), 2) end
   if broker then
     ship(self, o)
     n = B.size(self) -- its lanes: how many batches may be out at once
