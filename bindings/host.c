@@ -349,7 +349,11 @@ static int cmd_worker(int argc, char **argv) {
   rc = mpel_serve_broker(L, full, (int)procs, name);
   char shown[512];
   mpe_broker_url_display(full, shown, sizeof shown);
-  if (rc < 0) fprintf(stderr, "%s: worker: cannot serve %s: %s\n", progname, shown, mpe_strerror(rc));
+  if (rc < 0)
+    fprintf(stderr, "%s: worker: cannot serve %s: %s\n", progname, shown,
+            rc == -EACCES ? "refused (a broker off loopback needs a password in its URL: whoever can write to it "
+                            "runs code on every worker; or the password is wrong)"
+                          : mpe_strerror(rc));
   lua_close(L);
   return rc < 0 ? 1 : 0;
 }

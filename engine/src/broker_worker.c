@@ -427,10 +427,22 @@ int mpe_broker_worker_run(const char *url, int procs, const char *name, mpe_pool
   snprintf(host_name, sizeof host_name, "%s", w->name);
   host_url = url;
   char err[512];
-  int rc = mpe__redis_connect(&w->r, url, 5.0, err, sizeof err);
+  int rc, said = 0;
+  double pause = 0.05;
+  /* a broker not there yet is waited for (a bad URL or password is not) */
+  while ((rc = mpe__redis_connect(&w->r, url, 5.0, err, sizeof err)) < 0 && rc != -EINVAL && rc != -EACCES &&
+         rc != -ENOMEM && !mpe__stop_requested()) {
+    if (!said++ && host_event) {
+      char line[700];
+      snprintf(line, sizeof line, "worker %s: waiting for the broker (%s)", w->name, err);
+      host_event(host_event_arg, line);
+    }
+    mpe_sleep(pause, NULL);
+    pause = pause * 2 < 2 ? pause * 2 : 2;
+  }
   if (rc < 0) {
     free(w);
-    return rc;
+    return rc == MPE_EINTR || mpe__stop_requested() ? 0 : rc;
   }
   if (opts) host_opts = *opts;
   w->base = host_opts;

@@ -161,7 +161,8 @@ mpeh_redis_start() {
 # namespace; waits until it answers.
 mpeh_redis_restart() {
   ns=${1:-}
-  kill -9 "$MPEH_REDIS_PID" 2>/dev/null
+  # in a namespace, $! is the shell that runs ip netns exec: every pid there goes
+  if [ -n "$ns" ]; then mpeh_kill "$ns"; else kill -9 "$MPEH_REDIS_PID" 2>/dev/null; fi
   wait "$MPEH_REDIS_PID" 2>/dev/null
   i=0
   while [ $i -lt 200 ]; do

@@ -35,6 +35,12 @@ worker() { # name [args...]: a worker host, until it says it serves
   mpeh_in "$name" "$bin/mpengine" worker --procs 2 --name "$name" "$@" >"$d/$name.out" 2>&1 &
   until_ok says "$name" "^mpengine: worker $name: serving redis://"
 }
+# waits (bounded: a hang is a failure) for the driver in the background
+driven() {
+  until_ok dead $drv
+  wait $drv
+}
+dead() { ! kill -0 "$1" 2>/dev/null; }
 run() { # out script args...: a job on the driver's host, in the foreground
   out=$1
   shift
@@ -94,7 +100,7 @@ h=$(rcli --scan --pattern 'mpe:run:*' | grep -v ':[qr]$' | head -1)
 rcli HSET "$h" c:build "Lua 5.3.6 (32-bit integers, 64-bit floats, 32-bit pointers)" >/dev/null
 echo go >&7
 exec 7>&-
-wait $drv || fail "build: the job failed"
+driven || fail "build: the job failed"
 says build "^build false .*the run's code comes from Lua 5.3.6 (32-bit integers.*); host [ab] runs Lua 5.4" ||
   fail "build: another build's code not refused by name"
 echo "ok builds: code from another Lua build refused, naming both"
@@ -108,7 +114,7 @@ holds() {
 drv=$!
 until_ok holds a
 mpeh_kill a
-wait $drv || fail "lost: the map failed"
+driven || fail "lost: the map failed"
 says lost "^ok 400$" || fail "lost: not every result"
 echo "ok host lost: every result after the takeover"
 worker a
@@ -121,7 +127,7 @@ for p in $(ip netns pids "$MPEH_ID-b"); do
   grep -q "worker" /proc/$p/cmdline 2>/dev/null && tr '\0' ' ' </proc/$p/cmdline | grep -q -- "--name b" && kill -TERM $p
 done
 until_ok says b "^mpengine: worker b: stopped serving"
-wait $drv || fail "term: the map failed"
+driven || fail "term: the map failed"
 says term "^ok 400$" || fail "term: not every result"
 echo "ok SIGTERM: the host handed back and said so; every result"
 
@@ -156,6 +162,8 @@ echo "ok driver killed: its run expired from the broker, its tasks stopped"
 drv=$!
 until_ok holds a
 mpeh_redis_restart broker || fail "restart: redis did not come back"
-wait $drv || fail "restart: the map failed"
+driven || fail "restart: the map failed"
 says restart "^ok 400$" || fail "restart: not every result"
+until_ok says a "^mpengine: worker a: reconnected to redis://"
+says a "^mpengine: worker a: lost redis://.*; reconnecting$" || fail "restart: the host did not say it lost the broker"
 echo "ok broker restarted mid-map: the run was submitted again, every result once"
