@@ -193,7 +193,7 @@ function B.run_start()
     local path = B.context("script_path")
     local chunk = assert(load(src, "@" .. path, "t"))
     local args = mp.decode(B.context("args"))
-    arg = {[0] = path, table.unpack(args)}
+    _G.arg = {[0] = path, table.unpack(args)}
     chunk(table.unpack(args))
   end
   local init = B.context("init")

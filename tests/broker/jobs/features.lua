@@ -1,3 +1,4 @@
+-- luacheck: globals SCALE INITIALIZED
 -- What a task on a broker's host sees, one line each (lua_hosts_test.sh).
 local mp = require "mpengine"
 local helper = require "helper"
