@@ -8,6 +8,7 @@
 
 #define HDR   13        /* task header: uint32 function id, uint64 its encoding's arena ref, uint8 star */
 #define DRAIN (1 << 16) /* results taken by one collect call, at most */
+#define BATCH 4096      /* results taken from the engine at once */
 
 /* A function's encoding, in the arena where every worker reads it: freed
  * once pool.lua forgot it and no task that names it is outstanding. */
@@ -41,6 +42,7 @@ typedef struct lpool {
   size_t rhead, rlen, rcap; /* ranges in id order */
   size_t *lens;
   size_t lcap;
+  mpe_task_result *res; /* BATCH results (mpe_pool_collect_many) */
 } lpool;
 
 /* The worker side (lpool_worker.c), given to the engine as the task
