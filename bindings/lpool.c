@@ -220,8 +220,8 @@ static int l_submit(lua_State *L) {
   s.ref = fn->ref;
   lua_Integer sent = 0;
   s.at = from;
-  s.to = to;
-  while (s.at <= to) {
+  while (s.at <= to) { /* CHUNK items a submit: the buffers stay small, and warm */
+    s.to = to - s.at >= CHUNK ? s.at + CHUNK - 1 : to;
     s.w = mpel_wire_get(L, 0);
     s.w->transfer = 0;
     s.k = 0;
@@ -250,7 +250,7 @@ static int l_submit(lua_State *L) {
       sent += (lua_Integer)s.k;
     }
     mpel_wire_done(s.w);
-    if (st == LUA_OK) break;
+    if (st == LUA_OK) continue;
     if (st == LUA_ERRMEM) return lua_error(L);
     /* the item's failure: on_error(job, i, message), counted done */
     const char *msg = lua_tostring(L, -1);

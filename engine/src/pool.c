@@ -53,12 +53,15 @@
 #define MAXDEPTH ((size_t)1 << 16) /* and at most this many tasks */
 #define CRASH_LOOP(n) (3 * (n) + 3)
 #define SPARES 8                /* reply buffers kept for reuse */
+#define BLOCKS 32               /* blocks kept for reuse, at most */
+#define BLOCK_BYTES ((size_t)64 << 20) /* and their bytes */
 
 enum { RUN, CLOSED, JOINED, TERMINATED };
 
 /* One submit: n lengths, then the n inputs end to end. */
 typedef struct block {
   size_t left;    /* tasks without a result */
+  size_t cap;     /* bytes malloc'ed */
   uint64_t first; /* the id of its first task */
   char *in;       /* the inputs (after lens) */
   uint32_t lens[];
@@ -131,6 +134,8 @@ struct mpe_pool {
   double task_time, last_check;
   int crashes;
   mpe_buf msg;
+  block *blks[BLOCKS]; /* blocks freed, kept for later submits */
+  size_t nblks, kept_bytes;
   legacy *lg;
   pid_t gone_pid; /* the worker whose tasks worker_gone() is failing */
   char error[4096];
@@ -194,9 +199,32 @@ static span pend_take(mpe_pool *p, size_t n, size_t *nb) {
   return s;
 }
 
-/* n tasks of blk have their results (or are dropped). */
-static void drop_input(block *blk, size_t n) {
-  if (blk && (blk->left -= n) == 0) free(blk);
+/* n tasks of blk have their results (or are dropped): the last frees it,
+ * or keeps it for a later submit (its pages are there; a fresh block's
+ * would fault in, a cost that shows in every big map). */
+static void drop_input(mpe_pool *p, block *blk, size_t n) {
+  if (!blk || (blk->left -= n) > 0) return;
+  if (p->nblks < BLOCKS && p->kept_bytes + blk->cap <= BLOCK_BYTES) {
+    p->blks[p->nblks++] = blk;
+    p->kept_bytes += blk->cap;
+  } else {
+    free(blk);
+  }
+}
+
+/* A block of at least need bytes: a kept one that is not much bigger. */
+static block *block_get(mpe_pool *p, size_t need) {
+  for (size_t i = p->nblks; i-- > 0;) {
+    block *b = p->blks[i];
+    if (b->cap >= need && need >= b->cap / 4) {
+      p->blks[i] = p->blks[--p->nblks];
+      p->kept_bytes -= b->cap;
+      return b;
+    }
+  }
+  block *b = malloc(need);
+  if (b) b->cap = need;
+  return b;
 }
 
 /* An outcome the parent decided for task id of blk. */
@@ -208,7 +236,7 @@ static int finish(mpe_pool *p, block *blk, uint64_t id, int status, int code) {
   pid_t pid = status == MPE_EDIED || status == MPE_ETIMEDOUT ? p->gone_pid : 0;
   p->done[(p->dhead + p->dlen++) & (p->dcap - 1)] =
       (mpe_task_result){.id = id, .status = status, .code = code, .pid = pid};
-  drop_input(blk, 1);
+  drop_input(p, blk, 1);
   p->unfinished--;
   return 0;
 }
@@ -218,7 +246,7 @@ static int finish(mpe_pool *p, block *blk, uint64_t id, int status, int code) {
 static void finish_span(mpe_pool *p, const span *s, int status) {
   for (size_t i = 0; i < s->n; i++)
     if (finish(p, s->blk, s->blk->first + s->from + i, status, 0) < 0) {
-      drop_input(s->blk, 1);
+      drop_input(p, s->blk, 1);
       p->unfinished--;
     }
 }
@@ -307,7 +335,7 @@ static int keep_reply(mpe_pool *p, batch *b, const char *data, size_t len, size_
   for (size_t j = 0; j < b->nseg; base += b->seg[j++].n)
     if (part_of(b, j, base, b->done, b->done + n, &t)) {
       x->ids[runs++] = (idrun){t.blk->first + t.from, t.n};
-      drop_input(t.blk, t.n);
+      drop_input(p, t.blk, t.n);
     }
   return 0;
 }
@@ -391,7 +419,7 @@ static void back_to_line(mpe_pool *p, const batch *b, size_t from, size_t to, in
     t.solo = solo;
     if (ok) pend_front(p, &t);
     else {
-      drop_input(t.blk, t.n);
+      drop_input(p, t.blk, t.n);
       p->unfinished -= t.n;
     }
   }
@@ -427,7 +455,7 @@ static int worker_gone(mpe_pool *p, int slot, int code) {
       block *blk = b->seg[j].blk;
       if (rc == 0) rc = finish(p, blk, blk->first + b->seg[j].from + (c - base), status, code);
       else {
-        drop_input(blk, 1);
+        drop_input(p, blk, 1);
         p->unfinished--;
       }
       back_to_line(p, b, b->done, c, unknown, rc == 0);
@@ -705,7 +733,8 @@ static int new_block(mpe_pool *p, const size_t *lens, size_t n, block **out, siz
   }
   if (!n) return 0;
   if (n > (SIZE_MAX - sizeof(block) - *total) / sizeof(uint32_t)) return -ENOMEM;
-  block *b = malloc(sizeof *b + n * sizeof(uint32_t) + *total);
+  size_t need = sizeof(block) + n * sizeof(uint32_t) + *total;
+  block *b = block_get(p, need);
   if (!b) return -ENOMEM;
   b->left = n;
   b->in = (char *)(b->lens + n);
@@ -894,15 +923,16 @@ void mpe_pool_free(mpe_pool *p, int kill) {
       batch *b = w->held[k];
       span t;
       for (size_t j = 0, base = 0; j < b->nseg; base += b->seg[j++].n)
-        if (part_of(b, j, base, b->done, b->n, &t)) drop_input(t.blk, t.n);
+        if (part_of(b, j, base, b->done, b->n, &t)) drop_input(p, t.blk, t.n);
       free(b);
     }
     free(w->held);
   }
-  for (size_t i = 0; i < p->plen; i++) drop_input(pend_at(p, i)->blk, pend_at(p, i)->n);
+  for (size_t i = 0; i < p->plen; i++) drop_input(p, pend_at(p, i)->blk, pend_at(p, i)->n);
   for (size_t i = 0; i < p->klen; i++) free(p->kp[(p->khead + i) & (p->kcap - 1)].buf);
   recycle(p);
   for (size_t i = 0; i < p->nspares; i++) free(p->spares[i].buf);
+  for (size_t i = 0; i < p->nblks; i++) free(p->blks[i]);
   free(p->pend);
   free(p->done);
   free(p->kp);
