@@ -9,9 +9,7 @@
 #define HDR   13        /* task header: uint32 function id, uint64 its encoding's arena ref, uint8 star */
 #define DRAIN (1 << 16) /* results taken by one collect call, at most */
 #define BATCH 4096      /* results taken from the engine at once */
-#ifndef CHUNK
 #define CHUNK 16384     /* items encoded into one engine submit, at most */
-#endif
 
 /* A function's encoding, in the arena where every worker reads it: freed
  * once pool.lua forgot it and no task that names it is outstanding. */

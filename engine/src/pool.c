@@ -34,8 +34,8 @@
  *
  * Invariants: a task is in exactly one of the pending line, a batch held by
  * one worker, a kept reply or the ring; `unfinished` counts the first two,
- * `outstanding` all four. A block is freed when its last task has its
- * result. */
+ * `outstanding` all four. A block goes (is kept for reuse, pool_lines.c)
+ * when its last task has its result. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <limits.h>
@@ -46,236 +46,12 @@
 #include <string.h>
 
 #include "futex.h"
-#include "pool.h"
+#include "pool_parent.h"
 
 #define SLICE 0.01              /* the parent looks at its workers this often */
 #define QUEUED 0.02             /* seconds of work a worker may hold */
 #define MAXDEPTH ((size_t)1 << 16) /* and at most this many tasks */
 #define CRASH_LOOP(n) (3 * (n) + 3)
-#define SPARES 8                /* reply buffers kept for reuse */
-#define BLOCKS 32               /* blocks kept for reuse, at most */
-#define BLOCK_BYTES ((size_t)64 << 20) /* and their bytes */
-
-enum { RUN, CLOSED, JOINED, TERMINATED };
-
-/* One submit: n lengths, then the n inputs end to end. */
-typedef struct block {
-  size_t left;    /* tasks without a result */
-  size_t cap;     /* bytes malloc'ed */
-  uint64_t first; /* the id of its first task */
-  char *in;       /* the inputs (after lens) */
-  uint32_t lens[];
-} block;
-
-/* Tasks from .. from + n - 1 of blk; off: where task from's input starts. */
-typedef struct span {
-  block *blk;
-  size_t from, n, off;
-  int solo; /* each goes alone (a rerun to name a culprit) */
-} span;
-
-typedef struct batch {
-  uint64_t bid;
-  size_t n, done; /* done: tasks answered (a prefix) */
-  size_t nseg;
-  span seg[];
-} batch;
-
-/* A run of consecutive ids. */
-typedef struct idrun {
-  uint64_t id;
-  size_t n;
-} idrun;
-
-/* A reply kept for collecting: left results from pos, their ids in runs
- * (stored in buf after the results). */
-typedef struct kept {
-  char *buf;
-  size_t cap, pos, left, at, k; /* ids: run at, its k-th */
-  idrun *ids;
-  int full;
-} kept;
-
-typedef struct spare {
-  char *buf;
-  size_t cap;
-} spare;
-
-typedef struct worker {
-  int alive, retiring, timed_out;
-  uint64_t kill_seq;
-  batch **held; /* in the order sent */
-  size_t nheld, hcap;
-  size_t tasks_held, dispatched, finished;
-} worker;
-
-typedef struct legacy {
-  mpe_task_fn fn;
-  void *ctx;
-} legacy;
-
-struct mpe_pool {
-  int n, state, broken, shut;
-  mpe__pool_transport *tr;
-  mpe__pool_cfg cfg;
-  size_t chunksize;
-  double timeout;
-  span *pend; /* deque of spans; pending: the tasks in them */
-  size_t phead, plen, pcap, pending;
-  mpe_task_result *done; /* ring: the parent's outcomes */
-  size_t dhead, dlen, dcap;
-  kept *kp; /* deque: replies */
-  size_t khead, klen, kcap;
-  spare spares[SPARES], retired; /* retired: in the caller's hands until its next collect */
-  size_t nspares;
-  worker *w;
-  size_t unfinished, outstanding;
-  uint64_t next_id, next_bid;
-  double task_time, last_check;
-  int crashes;
-  mpe_buf msg;
-  block *blks[BLOCKS]; /* blocks freed, kept for later submits */
-  size_t nblks, kept_bytes;
-  legacy *lg;
-  pid_t gone_pid; /* the worker whose tasks worker_gone() is failing */
-  char error[4096];
-};
-
-/* ------------------------------------------------------------- the lines */
-
-/* The lines' capacities are powers of two (16, then doubled): an index
- * wraps with a mask. */
-static int grow(void **v, size_t *cap, size_t head, size_t len, size_t size) {
-  size_t ncap = *cap ? 2 * *cap : 16;
-  char *nv = malloc(ncap * size);
-  if (!nv) return -ENOMEM;
-  for (size_t i = 0; i < len; i++) memcpy(nv + i * size, (char *)*v + ((head + i) & (*cap - 1)) * size, size);
-  free(*v);
-  *v = nv;
-  *cap = ncap;
-  return 0;
-}
-
-static int pend_reserve(mpe_pool *p, size_t more) {
-  while (p->pcap - p->plen < more) {
-    if (grow((void **)&p->pend, &p->pcap, p->phead, p->plen, sizeof *p->pend) < 0) return -ENOMEM;
-    p->phead = 0;
-  }
-  return 0;
-}
-
-/* Back to the front of the line (room reserved by the caller or freed by
- * the dispatch that took it). */
-static void pend_front(mpe_pool *p, const span *s) {
-  p->phead = (p->phead + p->pcap - 1) & (p->pcap - 1);
-  p->pend[p->phead] = *s;
-  p->plen++;
-  p->pending += s->n;
-}
-
-static span *pend_at(mpe_pool *p, size_t i) { return &p->pend[(p->phead + i) & (p->pcap - 1)]; }
-
-/* Bytes of the inputs of tasks from .. from + n - 1 of b. */
-static size_t bytes_of(const block *b, size_t from, size_t n) {
-  size_t s = 0;
-  for (size_t i = 0; i < n; i++) s += b->lens[from + i];
-  return s;
-}
-
-/* Takes the first n tasks of the front span; *nb: their input bytes. */
-static span pend_take(mpe_pool *p, size_t n, size_t *nb) {
-  span *f = pend_at(p, 0), s = *f;
-  *nb = bytes_of(f->blk, f->from, n);
-  if (n < f->n) {
-    s.n = n;
-    f->off += *nb;
-    f->from += n;
-    f->n -= n;
-  } else {
-    p->phead = (p->phead + 1) & (p->pcap - 1);
-    p->plen--;
-  }
-  p->pending -= s.n;
-  return s;
-}
-
-/* n tasks of blk have their results (or are dropped): the last frees it,
- * or keeps it for a later submit (its pages are there; a fresh block's
- * would fault in, a cost that shows in every big map). */
-static void drop_input(mpe_pool *p, block *blk, size_t n) {
-  if (!blk || (blk->left -= n) > 0) return;
-  if (p->nblks < BLOCKS && p->kept_bytes + blk->cap <= BLOCK_BYTES) {
-    p->blks[p->nblks++] = blk;
-    p->kept_bytes += blk->cap;
-  } else {
-    free(blk);
-  }
-}
-
-/* A block of at least need bytes: a kept one that is not much bigger. */
-static block *block_get(mpe_pool *p, size_t need) {
-  for (size_t i = p->nblks; i-- > 0;) {
-    block *b = p->blks[i];
-    if (b->cap >= need && need >= b->cap / 4) {
-      p->blks[i] = p->blks[--p->nblks];
-      p->kept_bytes -= b->cap;
-      return b;
-    }
-  }
-  block *b = malloc(need);
-  if (b) b->cap = need;
-  return b;
-}
-
-/* An outcome the parent decided for task id of blk. */
-static int finish(mpe_pool *p, block *blk, uint64_t id, int status, int code) {
-  if (p->dlen == p->dcap) {
-    if (grow((void **)&p->done, &p->dcap, p->dhead, p->dlen, sizeof *p->done) < 0) return -ENOMEM;
-    p->dhead = 0;
-  }
-  pid_t pid = status == MPE_EDIED || status == MPE_ETIMEDOUT ? p->gone_pid : 0;
-  p->done[(p->dhead + p->dlen++) & (p->dcap - 1)] =
-      (mpe_task_result){.id = id, .status = status, .code = code, .pid = pid};
-  drop_input(p, blk, 1);
-  p->unfinished--;
-  return 0;
-}
-
-/* Every task of s fails with status (none lost: what has no room is dropped
- * and no longer counted). */
-static void finish_span(mpe_pool *p, const span *s, int status) {
-  for (size_t i = 0; i < s->n; i++)
-    if (finish(p, s->blk, s->blk->first + s->from + i, status, 0) < 0) {
-      drop_input(p, s->blk, 1);
-      p->unfinished--;
-    }
-}
-
-/* A reply buffer of at least len bytes: a spare if one is big enough. */
-static char *buf_get(mpe_pool *p, size_t len, size_t *cap) {
-  if (p->nspares) {
-    spare s = p->spares[--p->nspares];
-    if (s.cap >= len) {
-      *cap = s.cap;
-      return s.buf;
-    }
-    free(s.buf);
-  }
-  *cap = len < 4096 ? 4096 : len;
-  return malloc(*cap);
-}
-
-static void buf_put(mpe_pool *p, char *buf, size_t cap) {
-  if (p->nspares < SPARES) p->spares[p->nspares++] = (spare){buf, cap};
-  else free(buf);
-}
-
-/* The caller is done with what the last collect gave: its buffers go back. */
-static void recycle(mpe_pool *p) {
-  if (p->retired.buf) buf_put(p, p->retired.buf, p->retired.cap);
-  p->retired.buf = NULL;
-}
-
 /* ------------------------------------------------------------ the workers */
 
 __attribute__((format(printf, 2, 3))) static void break_pool(mpe_pool *p, const char *fmt, ...) {
@@ -304,40 +80,6 @@ static batch *find_batch(worker *w, uint64_t bid, size_t *at) {
       return w->held[i];
     }
   return NULL;
-}
-
-/* The part of b's span j that holds its tasks from .. to - 1, in *t: 0 if
- * none does. */
-static int part_of(const batch *b, size_t j, size_t base, size_t from, size_t to, span *t) {
-  const span *s = &b->seg[j];
-  if (to <= base || from >= base + s->n) return 0;
-  size_t lo = from > base ? from - base : 0, hi = to < base + s->n ? to - base : s->n;
-  *t = (span){s->blk, s->from + lo, hi - lo, s->off + bytes_of(s->blk, s->from, lo), 0};
-  return 1;
-}
-
-/* Keeps the results of tasks b->done .. + n - 1, at data[len] (checked). */
-static int keep_reply(mpe_pool *p, batch *b, const char *data, size_t len, size_t n, int full) {
-  size_t runs = 0, base = 0;
-  span t;
-  for (size_t j = 0; j < b->nseg; base += b->seg[j++].n) runs += part_of(b, j, base, b->done, b->done + n, &t);
-  if (p->klen == p->kcap) {
-    if (grow((void **)&p->kp, &p->kcap, p->khead, p->klen, sizeof *p->kp) < 0) return -ENOMEM;
-    p->khead = 0;
-  }
-  size_t at = (len + 7) & ~(size_t)7, cap;
-  char *buf = buf_get(p, at + runs * sizeof(idrun), &cap);
-  if (!buf) return -ENOMEM;
-  memcpy(buf, data, len);
-  kept *x = &p->kp[(p->khead + p->klen++) & (p->kcap - 1)];
-  *x = (kept){.buf = buf, .cap = cap, .left = n, .ids = (idrun *)(buf + at), .full = full};
-  runs = base = 0;
-  for (size_t j = 0; j < b->nseg; base += b->seg[j++].n)
-    if (part_of(b, j, base, b->done, b->done + n, &t)) {
-      x->ids[runs++] = (idrun){t.blk->first + t.from, t.n};
-      drop_input(p, t.blk, t.n);
-    }
-  return 0;
 }
 
 static int handle_reply(mpe_pool *p, const char *data, size_t len, uint32_t tag) {
@@ -375,7 +117,7 @@ static int handle_reply(mpe_pool *p, const char *data, size_t len, uint32_t tag)
     pos += rlen;
   }
   if (h.n) {
-    int rc = keep_reply(p, b, start, (size_t)(pos - start), h.n, full);
+    int rc = mpe__keep_reply(p, b, start, (size_t)(pos - start), h.n, full);
     if (rc < 0) return rc;
   }
   b->done += h.n;
@@ -415,11 +157,11 @@ static void back_to_line(mpe_pool *p, const batch *b, size_t from, size_t to, in
   span t;
   for (size_t j = b->nseg; j-- > 0;) {
     base -= b->seg[j].n;
-    if (!part_of(b, j, base, from, to, &t)) continue;
+    if (!mpe__part_of(b, j, base, from, to, &t)) continue;
     t.solo = solo;
-    if (ok) pend_front(p, &t);
+    if (ok) mpe__pend_front(p, &t);
     else {
-      drop_input(p, t.blk, t.n);
+      mpe__drop_input(p, t.blk, t.n);
       p->unfinished -= t.n;
     }
   }
@@ -438,7 +180,7 @@ static int worker_gone(mpe_pool *p, int slot, int code) {
   else if (r.task >= 0 || (r.batch && !r.exact)) status = MPE_EDIED;
   size_t room = 0;
   for (size_t k = 0; k < w->nheld; k++) room += 2 * w->held[k]->nseg;
-  rc = pend_reserve(p, room);
+  rc = mpe__pend_reserve(p, room);
   for (size_t k = w->nheld; k-- > 0;) {
     batch *b = w->held[k];
     int running = r.batch == b->bid && status;
@@ -453,9 +195,9 @@ static int worker_gone(mpe_pool *p, int slot, int code) {
       size_t base = 0, j = 0;
       while (c - base >= b->seg[j].n) base += b->seg[j++].n;
       block *blk = b->seg[j].blk;
-      if (rc == 0) rc = finish(p, blk, blk->first + b->seg[j].from + (c - base), status, code);
+      if (rc == 0) rc = mpe__finish(p, blk, blk->first + b->seg[j].from + (c - base), status, code);
       else {
-        drop_input(p, blk, 1);
+        mpe__drop_input(p, blk, 1);
         p->unfinished--;
       }
       back_to_line(p, b, b->done, c, unknown, rc == 0);
@@ -513,15 +255,15 @@ static void shutdown(mpe_pool *p, int status) {
       batch *b = w->held[k];
       span t;
       for (size_t j = 0, base = 0; j < b->nseg; base += b->seg[j++].n)
-        if (part_of(b, j, base, b->done, b->n, &t)) finish_span(p, &t, status);
+        if (mpe__part_of(b, j, base, b->done, b->n, &t)) mpe__finish_span(p, &t, status);
       free(b);
     }
     w->nheld = w->tasks_held = 0;
   }
   while (p->plen) {
     size_t nb;
-    span s = pend_take(p, pend_at(p, 0)->n, &nb);
-    finish_span(p, &s, status);
+    span s = mpe__pend_take(p, mpe__pend_at(p, 0)->n, &nb);
+    mpe__finish_span(p, &s, status);
   }
 }
 
@@ -539,11 +281,11 @@ static int send_batch(mpe_pool *p, int slot, size_t k) {
     w->hcap = cap;
   }
   size_t take = 0, nseg = 0;
-  if (pend_at(p, 0)->solo) take = nseg = 1;
-  for (size_t i = 0; !take && i < p->plen && take < k && !pend_at(p, i)->solo; i++, nseg++)
-    take += pend_at(p, i)->n < k - take ? pend_at(p, i)->n : k - take;
+  if (mpe__pend_at(p, 0)->solo) take = nseg = 1;
+  for (size_t i = 0; !take && i < p->plen && take < k && !mpe__pend_at(p, i)->solo; i++, nseg++)
+    take += mpe__pend_at(p, i)->n < k - take ? mpe__pend_at(p, i)->n : k - take;
   batch *b = malloc(sizeof *b + nseg * sizeof(span));
-  if (!b || pend_reserve(p, 1) < 0) { /* room to put back a split span */
+  if (!b || mpe__pend_reserve(p, 1) < 0) { /* room to put back a split span */
     free(b);
     return -ENOMEM;
   }
@@ -559,7 +301,7 @@ static int send_batch(mpe_pool *p, int slot, size_t k) {
   for (size_t j = 0, left = take; j < nseg; j++) {
     size_t nb;
     span *s = &b->seg[j];
-    *s = pend_take(p, pend_at(p, 0)->n < left ? pend_at(p, 0)->n : left, &nb);
+    *s = mpe__pend_take(p, mpe__pend_at(p, 0)->n < left ? mpe__pend_at(p, 0)->n : left, &nb);
     left -= s->n;
     if (rc == 0) rc = mpe_buf_add(&p->msg, NULL, nb);
     if (rc < 0) continue;
@@ -570,7 +312,7 @@ static int send_batch(mpe_pool *p, int slot, size_t k) {
   }
   if (rc == 0) rc = p->tr->send(p->tr, slot, p->msg.data, p->msg.len);
   if (rc < 0) { /* back to the front, in order */
-    for (size_t j = nseg; j-- > 0;) pend_front(p, &b->seg[j]);
+    for (size_t j = nseg; j-- > 0;) mpe__pend_front(p, &b->seg[j]);
     free(b);
     return rc;
   }
@@ -721,31 +463,9 @@ int mpe_pool_pids(const mpe_pool *p, pid_t *pids, int max) {
   return k;
 }
 
-/* A block for n tasks (lens[i] bytes each, total in all), its inputs unset. */
-static int new_block(mpe_pool *p, const size_t *lens, size_t n, block **out, size_t *total) {
-  *out = NULL;
-  if (p->broken) return MPE_EBROKEN;
-  if (p->state != RUN) return MPE_ECLOSED;
-  *total = 0;
-  for (size_t i = 0; i < n; i++) {
-    if (lens[i] > UINT32_MAX || *total + lens[i] < *total) return -EINVAL;
-    *total += lens[i];
-  }
-  if (!n) return 0;
-  if (n > (SIZE_MAX - sizeof(block) - *total) / sizeof(uint32_t)) return -ENOMEM;
-  size_t need = sizeof(block) + n * sizeof(uint32_t) + *total;
-  block *b = block_get(p, need);
-  if (!b) return -ENOMEM;
-  b->left = n;
-  b->in = (char *)(b->lens + n);
-  for (size_t i = 0; i < n; i++) b->lens[i] = (uint32_t)lens[i];
-  *out = b;
-  return 0;
-}
-
 /* Queues blk's n tasks: one span. */
 static int enqueue(mpe_pool *p, block *blk, size_t n, uint64_t *first_id) {
-  if (blk && pend_reserve(p, 1) < 0) {
+  if (blk && mpe__pend_reserve(p, 1) < 0) {
     free(blk);
     return -ENOMEM;
   }
@@ -766,7 +486,7 @@ int mpe_pool_submit_batch(mpe_pool *p, const void *data, const size_t *lens, siz
                           uint64_t *first_id) {
   block *b;
   size_t total;
-  int rc = new_block(p, lens, n, &b, &total);
+  int rc = mpe__new_block(p, lens, n, &b, &total);
   if (rc < 0) return rc;
   if (total) memcpy(b->in, data, total);
   return enqueue(p, b, n, first_id);
@@ -774,48 +494,6 @@ int mpe_pool_submit_batch(mpe_pool *p, const void *data, const size_t *lens, siz
 
 int mpe_pool_submit(mpe_pool *p, const void *in, size_t len, uint64_t *id) {
   return mpe_pool_submit_batch(p, in, &len, 1, id);
-}
-
-/* The next result into *r (copy: its data malloc'ed): 1, 0 when none is
- * here, -ENOMEM. A reply whose last result this was is retired: its buffer
- * is reused only at the next collect. */
-static int next_result(mpe_pool *p, mpe_task_result *r, int copy) {
-  if (p->dlen) {
-    *r = p->done[p->dhead];
-    p->dhead = (p->dhead + 1) & (p->dcap - 1);
-    p->dlen--;
-    p->outstanding--;
-    return 1;
-  }
-  if (!p->klen) return 0;
-  kept *x = &p->kp[p->khead];
-  const char *q = x->buf + x->pos;
-  if (x->full) {
-    mpe__result_full f;
-    memcpy(&f, q, sizeof f);
-    *r = (mpe_task_result){.status = f.status, .code = f.code, .len = f.len, .pid = f.pid};
-    q += sizeof f;
-  } else {
-    mpe__result_hdr h;
-    memcpy(&h, q, sizeof h);
-    *r = (mpe_task_result){.status = h.code ? MPE_ETASK : 0, .code = h.code, .len = h.len};
-    q += sizeof h;
-  }
-  if (r->len) {
-    r->data = copy ? malloc(r->len) : (void *)q;
-    if (!r->data) return -ENOMEM;
-    if (copy) memcpy(r->data, q, r->len);
-  }
-  x->pos = (size_t)(q - x->buf) + r->len;
-  r->id = x->ids[x->at].id + x->k;
-  if (++x->k == x->ids[x->at].n) x->at++, x->k = 0;
-  p->outstanding--;
-  if (--x->left == 0) {
-    p->retired = (spare){x->buf, x->cap};
-    p->khead = (p->khead + 1) & (p->kcap - 1);
-    p->klen--;
-  }
-  return 1;
 }
 
 /* Waits until a result is here: 1, or what collect returns instead. */
@@ -832,22 +510,22 @@ static int wait_result(mpe_pool *p, double timeout) {
 }
 
 int mpe_pool_collect(mpe_pool *p, double timeout, mpe_task_result *r) {
-  recycle(p);
+  mpe__recycle(p);
   int rc = wait_result(p, timeout);
-  if (rc > 0) rc = next_result(p, r, 1);
-  recycle(p); /* its data is a copy */
+  if (rc > 0) rc = mpe__next_result(p, r, 1);
+  mpe__recycle(p); /* its data is a copy */
   return rc < 0 ? rc : 0;
 }
 
 int mpe_pool_collect_many(mpe_pool *p, double timeout, mpe_task_result *rs, size_t max) {
   if (!max) return -EINVAL;
   if (max > INT_MAX) max = INT_MAX;
-  recycle(p);
+  mpe__recycle(p);
   int rc = wait_result(p, timeout);
   size_t got = 0;
   /* the parent's outcomes, and the results of one reply at most */
   while (rc > 0 && got < max && (p->dlen || (p->klen && !p->retired.buf)))
-    got += (size_t)next_result(p, &rs[got], 0);
+    got += (size_t)mpe__next_result(p, &rs[got], 0);
   return rc < 0 ? rc : (int)got;
 }
 
@@ -856,7 +534,7 @@ int mpe_pool_map(mpe_pool *p, size_t n, const void *const *in, const size_t *len
   if (p->outstanding) return -EBUSY; /* ids would not be the indexes */
   block *b;
   size_t total;
-  int rc = new_block(p, len, n, &b, &total);
+  int rc = mpe__new_block(p, len, n, &b, &total);
   if (rc < 0) return rc;
   for (size_t i = 0, at = 0; i < n; at += len[i++])
     if (len[i]) memcpy(b->in + at, in[i], len[i]);
@@ -923,19 +601,12 @@ void mpe_pool_free(mpe_pool *p, int kill) {
       batch *b = w->held[k];
       span t;
       for (size_t j = 0, base = 0; j < b->nseg; base += b->seg[j++].n)
-        if (part_of(b, j, base, b->done, b->n, &t)) drop_input(p, t.blk, t.n);
+        if (mpe__part_of(b, j, base, b->done, b->n, &t)) mpe__drop_input(p, t.blk, t.n);
       free(b);
     }
     free(w->held);
   }
-  for (size_t i = 0; i < p->plen; i++) drop_input(p, pend_at(p, i)->blk, pend_at(p, i)->n);
-  for (size_t i = 0; i < p->klen; i++) free(p->kp[(p->khead + i) & (p->kcap - 1)].buf);
-  recycle(p);
-  for (size_t i = 0; i < p->nspares; i++) free(p->spares[i].buf);
-  for (size_t i = 0; i < p->nblks; i++) free(p->blks[i]);
-  free(p->pend);
-  free(p->done);
-  free(p->kp);
+  mpe__lines_free(p);
   free(p->w);
   free(p->msg.data);
   free(p->lg);
