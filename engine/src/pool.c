@@ -376,7 +376,9 @@ static int pump(mpe_pool *p, const mpe__deadline *d, int (*ready)(const mpe_pool
     rc = p->tr->take(p->tr, wait, &data, &len, &tag);
     if (rc == 0) {
       rc = handle_reply(p, data, len, tag);
-      for (int k = 0; rc == 0 && k < 64; k++) {
+      /* more while not ready (a reply kept waits for its collect: taking
+       * ahead would only hold more buffers) */
+      for (int k = 0; rc == 0 && k < 64 && !ready(p); k++) {
         if (p->tr->take(p->tr, 0, &data, &len, &tag) != 0) break;
         rc = handle_reply(p, data, len, tag);
       }
