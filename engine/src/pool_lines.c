@@ -157,7 +157,7 @@ void mpe__recycle(mpe_pool *p) {
  * none does. */
 int mpe__part_of(const batch *b, size_t j, size_t base, size_t from, size_t to, span *t) {
   const span *s = &b->seg[j];
-  if (to <= base || from >= base + s->n) return 0;
+  if (from >= to || to <= base || from >= base + s->n) return 0; /* none: no empty span */
   size_t lo = from > base ? from - base : 0, hi = to < base + s->n ? to - base : s->n;
   *t = (span){s->blk, s->from + lo, hi - lo, s->off + bytes_of(s->blk, s->from, lo), 0};
   return 1;
