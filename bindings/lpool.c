@@ -229,8 +229,8 @@ static int l_submit(lua_State *L) {
   s.ref = fn->ref; /* 0 on a broker: the hosts read the function by its id */
   lua_Integer sent = 0;
   s.at = from;
-  s.to = to;
-  while (s.at <= to) {
+  while (s.at <= to) { /* CHUNK items a submit: the buffers stay small, and warm */
+    s.to = to - s.at >= CHUNK ? s.at + CHUNK - 1 : to;
     s.w = mpel_wire_get(L, 0);
     s.w->transfer = 0;
     s.w->remote = lp->broker;
@@ -260,7 +260,7 @@ static int l_submit(lua_State *L) {
       sent += (lua_Integer)s.k;
     }
     mpel_wire_done(s.w);
-    if (st == LUA_OK) break;
+    if (st == LUA_OK) continue;
     if (st == LUA_ERRMEM) return lua_error(L);
     /* the item's failure: on_error(job, i, message), counted done */
     const char *msg = lua_tostring(L, -1);
@@ -386,9 +386,9 @@ static int l_collect(lua_State *L) {
   lpool *lp = own_pool(L, 1);
   double deadline = mpel_deadline(mpel_opt_timeout(L, 2));
   lua_settop(L, 1);
-  mpe_task_result r;
+  if (!lp->res && !(lp->res = malloc(BATCH * sizeof *lp->res))) return luaL_error(L, "Pool: out of memory");
   int rc;
-  while ((rc = mpe_pool_collect(lp->p, mpel_left(deadline), &r)) == MPE_EINTR)
+  while ((rc = mpe_pool_collect_many(lp->p, mpel_left(deadline), lp->res, BATCH)) == MPE_EINTR)
     mpel_check_signal(L);
   if (rc == MPE_ETIMEDOUT) {
     lua_pushnil(L);
@@ -404,18 +404,22 @@ static int l_collect(lua_State *L) {
   lua_newtable(L);
   int touched = lua_gettop(L);
   cur_job c = {0};
-  for (int k = 0; rc == 0; k++) {
-    range *g = c.g && r.id - c.g->first < c.g->n ? c.g : find_range(lp, r.id);
-    if (g) {
+  /* each result is used before the next engine call: its data is the engine's */
+  for (int taken = 0; rc > 0; rc = taken >= DRAIN ? 0 : mpe_pool_collect_many(lp->p, 0, lp->res, BATCH)) {
+    taken += rc;
+    for (int k = 0; k < rc; k++) {
+      const mpe_task_result *r = &lp->res[k];
+      range *g = c.g && r->id - c.g->first < c.g->n ? c.g : find_range(lp, r->id);
+      if (!g) continue;
       if (g != c.g) load_job(L, &c, g, touched, touched);
-      lua_Integer idx = g->base + (lua_Integer)(r.id - g->first);
+      lua_Integer idx = g->base + (lua_Integer)(r->id - g->first);
       if (!c.cancelled) {
-        if (r.status == 0 && mpel_decode_scalar(L, r.data, r.len)) {
+        if (r->status == 0 && mpel_decode_scalar(L, r->data, r->len)) {
           lua_rawseti(L, c.values, idx);
-        } else if (r.status == 0) {
+        } else if (r->status == 0) {
           lua_pushcfunction(L, decode_value);
-          lua_pushlightuserdata(L, r.data);
-          lua_pushinteger(L, (lua_Integer)r.len);
+          lua_pushlightuserdata(L, r->data);
+          lua_pushinteger(L, (lua_Integer)r->len);
           if (lua_pcall(L, 2, 1, 0) == LUA_OK) {
             lua_rawseti(L, c.values, idx);
           } else { /* it cannot be read here (an object gone): the task fails */
@@ -431,7 +435,7 @@ static int l_collect(lua_State *L) {
           lua_rawgeti(L, LUA_REGISTRYINDEX, lp->on_error);
           lua_pushvalue(L, c.job);
           lua_pushinteger(L, idx);
-          push_failure(L, lp, &r);
+          push_failure(L, lp, r);
           lua_pushboolean(L, 0);
           lua_call(L, 4, 0);
         }
@@ -443,9 +447,6 @@ static int l_collect(lua_State *L) {
       c.done++;
       if (--g->left == 0) range_done(lp, g);
     }
-    mpe_task_result_clear(&r);
-    if (k >= DRAIN) break;
-    rc = mpe_pool_collect(lp->p, 0, &r);
   }
   flush_job(L, &c);
   lua_settop(L, touched);
@@ -480,8 +481,10 @@ static void release(lua_State *L, lpool *lp, int kill) {
     luaL_unref(L, LUA_REGISTRYINDEX, lp->r[lp->rhead + i].job);
   free(lp->r);
   free(lp->lens);
+  free(lp->res);
   lp->r = NULL;
   lp->lens = NULL;
+  lp->res = NULL;
   lp->rlen = lp->rhead = lp->rcap = lp->lcap = 0;
 }
 

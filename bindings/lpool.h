@@ -8,6 +8,8 @@
 
 #define HDR   13        /* task header: uint32 function id, uint64 its encoding's arena ref, uint8 star */
 #define DRAIN (1 << 16) /* results taken by one collect call, at most */
+#define BATCH 4096      /* results taken from the engine at once */
+#define CHUNK 16384     /* items encoded into one engine submit, at most */
 
 /* A function's encoding, in the arena where every worker reads it: freed
  * once pool.lua forgot it and no task that names it is outstanding. */
@@ -41,6 +43,7 @@ typedef struct lpool {
   size_t rhead, rlen, rcap; /* ranges in id order */
   size_t *lens;
   size_t lcap;
+  mpe_task_result *res; /* BATCH results (mpe_pool_collect_many) */
   int broker; /* its tasks run on a broker's hosts: functions go there by id */
   double broker_timeout;
   char shown[512]; /* the broker's URL as messages show it */

@@ -680,6 +680,12 @@ MPE_API int mpe_pool_submit(mpe_pool *p, const void *in, size_t len, uint64_t *i
  * MPE_ETIMEDOUT, MPE_EEMPTY (every task submitted was collected),
  * MPE_EBROKEN (the same, on a broken pool), MPE_EINTR. */
 MPE_API int mpe_pool_collect(mpe_pool *p, double timeout, mpe_task_result *r);
+/* As mpe_pool_collect, for many: waits for the first, then fills rs[0..max-1]
+ * with what is here (the parent's outcomes, and results of one worker reply
+ * at most) and returns how many (>= 1). No copies: a result's data points
+ * into the pool's reply buffer, valid until the next collect call on p (or
+ * mpe_pool_map, mpe_pool_free); never free it. */
+MPE_API int mpe_pool_collect_many(mpe_pool *p, double timeout, mpe_task_result *rs, size_t max);
 /* Runs fn over n inputs and fills results[0..n-1] in input order (ids are
  * the indexes; nothing else may be outstanding: -EBUSY). Blocks until all
  * are done: 0, or MPE_EBROKEN (every result still filled), or an engine

@@ -1,15 +1,23 @@
 /* pool.c - the pool's parent side: tasks, batches, results and blame.
  *
- * Tasks are submitted in blocks (one copy of the caller's buffer holds many
- * inputs) and wait in the pending line, a deque: work taken back from a dead
- * worker goes to its front, in order. dispatch() hands batches of pending
+ * Tasks are submitted in blocks (one copy of the caller's buffer and its
+ * lengths holds many inputs) and wait in the pending line, a deque of spans:
+ * a span is a run of consecutive tasks of one block, so a submit adds one
+ * entry however many tasks it holds, and work taken back from a dead worker
+ * goes to the front as spans, in order. dispatch() hands batches of pending
  * tasks to the workers with room, always to the one holding the fewest:
  * a worker holds up to `depth` tasks in batches of about depth / 2, so one
  * batch runs while the next waits in its inbox. Before any task time is
  * measured a worker holds one task (a task of unknown length must not keep
  * others waiting while a worker idles); then depth is the tasks that fill
  * QUEUED seconds, as measured by the workers (adaptive), or twice the
- * chunksize given.
+ * chunksize given. A batch is a few spans, and its message is copied from
+ * its blocks' lengths and bytes in a memcpy per span.
+ *
+ * A reply is kept whole: its results are collected from one buffer (ids from
+ * the batch's spans), recycled once the caller is done with it, so a result
+ * costs no allocation of its own. Outcomes the parent decides (a death, a
+ * timeout, terminate, a broken pool) wait in a ring of their own.
  *
  * The parent reaches its workers only through the transport (pool.h), and
  * looks at them at least every SLICE seconds while it waits: a worker that
@@ -25,143 +33,25 @@
  * terminate, every task without a result gets one saying so.
  *
  * Invariants: a task is in exactly one of the pending line, a batch held by
- * one worker, or the done ring; `unfinished` counts the first two,
- * `outstanding` all three. A block of inputs is freed when its last task
- * has its result. */
+ * one worker, a kept reply or the ring; `unfinished` counts the first two,
+ * `outstanding` all four. A block goes (is kept for reuse, pool_lines.c)
+ * when its last task has its result. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "futex.h"
-#include "pool.h"
+#include "pool_parent.h"
 
 #define SLICE 0.01              /* the parent looks at its workers this often */
 #define QUEUED 0.02             /* seconds of work a worker may hold */
 #define MAXDEPTH ((size_t)1 << 16) /* and at most this many tasks */
 #define CRASH_LOOP(n) (3 * (n) + 3)
-
-enum { RUN, CLOSED, JOINED, TERMINATED };
-
-typedef struct block {
-  size_t left; /* tasks without a result */
-  char data[];
-} block;
-
-typedef struct task {
-  uint64_t id;
-  const char *in;
-  block *blk;
-  uint32_t len;
-  uint32_t solo; /* send alone (a rerun to name a culprit) */
-} task;
-
-typedef struct batch {
-  uint64_t bid;
-  uint32_t n, done; /* done: tasks answered (a prefix) */
-  task t[];
-} batch;
-
-typedef struct worker {
-  int alive, retiring, timed_out;
-  uint64_t kill_seq;
-  batch **held; /* in the order sent */
-  size_t nheld, hcap;
-  size_t tasks_held, dispatched, finished;
-} worker;
-
-typedef struct legacy {
-  mpe_task_fn fn;
-  void *ctx;
-} legacy;
-
-struct mpe_pool {
-  int n, state, broken, shut;
-  mpe__pool_transport *tr;
-  mpe__pool_cfg cfg;
-  size_t chunksize;
-  double timeout;
-  task *pend; /* deque */
-  size_t phead, plen, pcap;
-  mpe_task_result *done; /* ring */
-  size_t dhead, dlen, dcap;
-  worker *w;
-  size_t unfinished, outstanding;
-  uint64_t next_id, next_bid;
-  double task_time, last_check;
-  int crashes;
-  mpe_buf msg;
-  legacy *lg;
-  pid_t gone_pid; /* the worker whose tasks worker_gone() is failing */
-  char error[4096];
-};
-
-/* ------------------------------------------------------------- the lines */
-
-/* The lines' capacities are powers of two (64, then doubled): an index
- * wraps with a mask. */
-static int grow(void **v, size_t *cap, size_t head, size_t len, size_t size) {
-  size_t ncap = *cap ? 2 * *cap : 64;
-  char *nv = malloc(ncap * size);
-  if (!nv) return -ENOMEM;
-  for (size_t i = 0; i < len; i++) memcpy(nv + i * size, (char *)*v + ((head + i) % *cap) * size, size);
-  free(*v);
-  *v = nv;
-  *cap = ncap;
-  return 0;
-}
-
-static int pend_reserve(mpe_pool *p, size_t more) {
-  while (p->pcap - p->plen < more) {
-    if (grow((void **)&p->pend, &p->pcap, p->phead, p->plen, sizeof *p->pend) < 0) return -ENOMEM;
-    p->phead = 0;
-  }
-  return 0;
-}
-
-/* Back to the front of the line (room reserved by the caller or freed by
- * the dispatch that took it). */
-static void pend_front(mpe_pool *p, const task *t) {
-  p->phead = (p->phead + p->pcap - 1) & (p->pcap - 1);
-  p->pend[p->phead] = *t;
-  p->plen++;
-}
-
-static void pend_back(mpe_pool *p, const task *t) {
-  p->pend[(p->phead + p->plen++) & (p->pcap - 1)] = *t;
-}
-
-static task pend_pop(mpe_pool *p) {
-  task t = p->pend[p->phead];
-  p->phead = (p->phead + 1) & (p->pcap - 1);
-  p->plen--;
-  return t;
-}
-
-static void drop_input(task *t) {
-  if (t->blk && --t->blk->left == 0) free(t->blk);
-  t->blk = NULL;
-}
-
-/* The result of task t (data: malloc'ed, given to the ring). */
-static int finish(mpe_pool *p, task *t, int status, int code, void *data, size_t len) {
-  if (p->dlen == p->dcap) {
-    if (grow((void **)&p->done, &p->dcap, p->dhead, p->dlen, sizeof *p->done) < 0) {
-      free(data);
-      return -ENOMEM;
-    }
-    p->dhead = 0;
-  }
-  pid_t pid = status == MPE_EDIED || status == MPE_ETIMEDOUT ? p->gone_pid : 0;
-  p->done[(p->dhead + p->dlen++) & (p->dcap - 1)] = (mpe_task_result){
-      .id = t->id, .status = status, .code = code, .data = data, .len = len, .pid = pid};
-  drop_input(t);
-  p->unfinished--;
-  return 0;
-}
-
 /* ------------------------------------------------------------ the workers */
 
 __attribute__((format(printf, 2, 3))) static void break_pool(mpe_pool *p, const char *fmt, ...) {
@@ -213,31 +103,25 @@ static int handle_reply(mpe_pool *p, const char *data, size_t len, uint32_t tag)
   if (!b) return 0; /* a batch already settled: nothing to give */
   if (h.from != b->done || h.n > b->n - b->done) return MPE_ECORRUPT;
   worker *w = &p->w[h.slot];
-  const char *pos = data + sizeof h, *end = data + len;
+  /* every result lies inside the reply */
   int full = tag == MPE__REPLY_FULL;
+  size_t rsize = full ? sizeof(mpe__result_full) : sizeof(mpe__result_hdr);
+  size_t lenat = full ? offsetof(mpe__result_full, len) : offsetof(mpe__result_hdr, len);
+  const char *start = data + sizeof h, *pos = start, *end = data + len;
   for (uint32_t i = 0; i < h.n; i++) {
-    mpe__result_full r = {0};
-    size_t rsize = full ? sizeof r : sizeof(mpe__result_hdr);
+    uint32_t rlen;
     if ((size_t)(end - pos) < rsize) return MPE_ECORRUPT;
-    if (full) memcpy(&r, pos, sizeof r);
-    else {
-      mpe__result_hdr rh;
-      memcpy(&rh, pos, sizeof rh);
-      r = (mpe__result_full){rh.code ? MPE_ETASK : 0, rh.code, 0, rh.len};
-    }
+    memcpy(&rlen, pos + lenat, sizeof rlen);
     pos += rsize;
-    if ((size_t)(end - pos) < r.len) return MPE_ECORRUPT;
-    void *out = NULL;
-    if (r.len) {
-      out = malloc(r.len);
-      if (!out) return -ENOMEM;
-      memcpy(out, pos, r.len);
-      pos += r.len;
-    }
-    int rc = finish(p, &b->t[b->done++], r.status, r.code, out, r.len);
-    if (rc < 0) return rc;
-    if (r.pid) p->done[(p->dhead + p->dlen - 1) & (p->dcap - 1)].pid = r.pid;
+    if ((size_t)(end - pos) < rlen) return MPE_ECORRUPT;
+    pos += rlen;
   }
+  if (h.n) {
+    int rc = mpe__keep_reply(p, b, start, (size_t)(pos - start), h.n, full);
+    if (rc < 0) return rc;
+  }
+  b->done += h.n;
+  p->unfinished -= h.n;
   w->tasks_held -= h.n;
   w->finished += h.n;
   p->crashes = 0;
@@ -266,6 +150,23 @@ static int wanted(const mpe_pool *p) {
   return !p->broken && !p->shut && (p->state == RUN || p->unfinished > 0);
 }
 
+/* Tasks from .. to - 1 of b back to the front of the line, in order (room
+ * reserved; ok 0: there was none, they are dropped). */
+static void back_to_line(mpe_pool *p, const batch *b, size_t from, size_t to, int solo, int ok) {
+  size_t base = b->n;
+  span t;
+  for (size_t j = b->nseg; j-- > 0;) {
+    base -= b->seg[j].n;
+    if (!mpe__part_of(b, j, base, from, to, &t)) continue;
+    t.solo = solo;
+    if (ok) mpe__pend_front(p, &t);
+    else {
+      mpe__drop_input(p, t.blk, t.n);
+      p->unfinished -= t.n;
+    }
+  }
+}
+
 /* The worker of slot has gone with code (see the opening comment). */
 static int worker_gone(mpe_pool *p, int slot, int code) {
   int rc = drain(p);
@@ -277,24 +178,29 @@ static int worker_gone(mpe_pool *p, int slot, int code) {
   int status = 0; /* what the culprit, if one is known, gets */
   if (w->timed_out) status = r.seq == w->kill_seq && r.task >= 0 ? MPE_ETIMEDOUT : 0;
   else if (r.task >= 0 || (r.batch && !r.exact)) status = MPE_EDIED;
-  rc = pend_reserve(p, w->tasks_held);
+  size_t room = 0;
+  for (size_t k = 0; k < w->nheld; k++) room += 2 * w->held[k]->nseg;
+  rc = mpe__pend_reserve(p, room);
   for (size_t k = w->nheld; k-- > 0;) {
     batch *b = w->held[k];
     int running = r.batch == b->bid && status;
     int unknown = running && (!r.exact || r.task < 0) && b->n - b->done > 1;
-    for (uint32_t i = b->n; i-- > b->done;) {
-      task *t = &b->t[i];
-      if (running && !unknown && (r.exact ? (long)i == r.task : 1)) {
-        if (rc == 0) rc = finish(p, t, status, code, NULL, 0);
-        else drop_input(t);
-        continue;
-      }
-      t->solo = unknown;
-      if (rc == 0) pend_front(p, t);
+    size_t c = b->n; /* the culprit (b->n: none) */
+    if (running && !unknown) c = r.exact ? (size_t)r.task : b->done;
+    if (c < b->done) c = b->n;
+    if (c >= b->n) {
+      back_to_line(p, b, b->done, b->n, unknown, rc == 0);
+    } else {
+      back_to_line(p, b, c + 1, b->n, unknown, rc == 0);
+      size_t base = 0, j = 0;
+      while (c - base >= b->seg[j].n) base += b->seg[j++].n;
+      block *blk = b->seg[j].blk;
+      if (rc == 0) rc = mpe__finish(p, blk, blk->first + b->seg[j].from + (c - base), status, code);
       else {
-        drop_input(t);
+        mpe__drop_input(p, blk, 1);
         p->unfinished--;
       }
+      back_to_line(p, b, b->done, c, unknown, rc == 0);
     }
     free(b);
   }
@@ -347,26 +253,24 @@ static void shutdown(mpe_pool *p, int status) {
     worker *w = &p->w[slot];
     for (size_t k = 0; k < w->nheld; k++) {
       batch *b = w->held[k];
-      for (uint32_t i = b->done; i < b->n; i++)
-        if (finish(p, &b->t[i], status, 0, NULL, 0) < 0) {
-          drop_input(&b->t[i]);
-          p->unfinished--;
-        }
+      span t;
+      for (size_t j = 0, base = 0; j < b->nseg; base += b->seg[j++].n)
+        if (mpe__part_of(b, j, base, b->done, b->n, &t)) mpe__finish_span(p, &t, status);
       free(b);
     }
     w->nheld = w->tasks_held = 0;
   }
   while (p->plen) {
-    task t = pend_pop(p);
-    if (finish(p, &t, status, 0, NULL, 0) < 0) {
-      drop_input(&t);
-      p->unfinished--;
-    }
+    size_t nb;
+    span s = mpe__pend_take(p, mpe__pend_at(p, 0)->n, &nb);
+    mpe__finish_span(p, &s, status);
   }
 }
 
 /* ------------------------------------------------------------- dispatching */
 
+/* Sends the worker of slot a batch of up to k pending tasks: a rerun task
+ * goes alone, and a batch stops before one. */
 static int send_batch(mpe_pool *p, int slot, size_t k) {
   worker *w = &p->w[slot];
   if (w->nheld == w->hcap) {
@@ -376,47 +280,52 @@ static int send_batch(mpe_pool *p, int slot, size_t k) {
     w->held = h;
     w->hcap = cap;
   }
-  batch *b = malloc(sizeof *b + k * sizeof(task));
-  if (!b) return -ENOMEM;
+  size_t take = 0, nseg = 0;
+  if (mpe__pend_at(p, 0)->solo) take = nseg = 1;
+  for (size_t i = 0; !take && i < p->plen && take < k && !mpe__pend_at(p, i)->solo; i++, nseg++)
+    take += mpe__pend_at(p, i)->n < k - take ? mpe__pend_at(p, i)->n : k - take;
+  batch *b = malloc(sizeof *b + nseg * sizeof(span));
+  if (!b || mpe__pend_reserve(p, 1) < 0) { /* room to put back a split span */
+    free(b);
+    return -ENOMEM;
+  }
   b->bid = ++p->next_bid;
-  b->n = (uint32_t)k;
+  b->n = take;
   b->done = 0;
-  size_t bytes = 0;
-  for (size_t i = 0; i < k; i++) {
-    b->t[i] = pend_pop(p);
-    bytes += b->t[i].len;
-  }
-  mpe__batch_hdr h = {.bid = b->bid, .n = b->n};
+  b->nseg = nseg;
+  mpe__batch_hdr h = {.bid = b->bid, .n = (uint32_t)take};
+  size_t lens_at = sizeof h, at = sizeof h + take * sizeof(uint32_t);
   p->msg.len = 0;
-  int rc = mpe_buf_add(&p->msg, NULL, sizeof h + k * sizeof(uint32_t) + bytes);
-  if (rc == 0) {
-    char *o = p->msg.data;
-    memcpy(o, &h, sizeof h);
-    o += sizeof h;
-    for (size_t i = 0; i < k; i++, o += sizeof(uint32_t)) memcpy(o, &b->t[i].len, sizeof(uint32_t));
-    for (size_t i = 0, j; i < k; i = j) { /* inputs end to end in their block: one copy */
-      size_t run = b->t[i].len;
-      for (j = i + 1; j < k && b->t[j].in == b->t[j - 1].in + b->t[j - 1].len; j++) run += b->t[j].len;
-      memcpy(o, b->t[i].in, run);
-      o += run;
-    }
-    rc = p->tr->send(p->tr, slot, p->msg.data, p->msg.len);
+  int rc = mpe_buf_add(&p->msg, &h, sizeof h);
+  if (rc == 0) rc = mpe_buf_add(&p->msg, NULL, take * sizeof(uint32_t));
+  for (size_t j = 0, left = take; j < nseg; j++) {
+    size_t nb;
+    span *s = &b->seg[j];
+    *s = mpe__pend_take(p, mpe__pend_at(p, 0)->n < left ? mpe__pend_at(p, 0)->n : left, &nb);
+    left -= s->n;
+    if (rc == 0) rc = mpe_buf_add(&p->msg, NULL, nb);
+    if (rc < 0) continue;
+    memcpy(p->msg.data + lens_at, s->blk->lens + s->from, s->n * sizeof(uint32_t));
+    memcpy(p->msg.data + at, s->blk->in + s->off, nb);
+    lens_at += s->n * sizeof(uint32_t);
+    at += nb;
   }
+  if (rc == 0) rc = p->tr->send(p->tr, slot, p->msg.data, p->msg.len);
   if (rc < 0) { /* back to the front, in order */
-    for (size_t i = k; i-- > 0;) pend_front(p, &b->t[i]);
+    for (size_t j = nseg; j-- > 0;) mpe__pend_front(p, &b->seg[j]);
     free(b);
     return rc;
   }
   w->held[w->nheld++] = b;
-  w->tasks_held += k;
-  w->dispatched += k;
+  w->tasks_held += take;
+  w->dispatched += take;
   if (p->cfg.maxtasks && w->dispatched >= p->cfg.maxtasks) w->retiring = 1;
   return 0;
 }
 
 /* Hands pending tasks to the workers with room. */
 static int dispatch(mpe_pool *p) {
-  if (!p->plen || p->shut) return 0;
+  if (!p->pending || p->shut) return 0;
   size_t depth = 1, per_batch = 1;
   if (p->chunksize) {
     per_batch = p->chunksize;
@@ -426,10 +335,10 @@ static int dispatch(mpe_pool *p) {
     depth = d >= (double)MAXDEPTH ? MAXDEPTH : d < 1 ? 1 : (size_t)d;
     per_batch = depth / 2 ? depth / 2 : 1;
     /* no worker takes much more than its share of the line */
-    size_t share = (p->plen + (size_t)p->n - 1) / (size_t)p->n;
+    size_t share = (p->pending + (size_t)p->n - 1) / (size_t)p->n;
     if (per_batch > share) per_batch = share;
   }
-  while (p->plen) {
+  while (p->pending) {
     int slot = -1;
     for (int s = 0; s < p->n; s++) {
       worker *w = &p->w[s];
@@ -441,14 +350,10 @@ static int dispatch(mpe_pool *p) {
     worker *w = &p->w[slot];
     size_t k = depth - w->tasks_held;
     if (k > per_batch) k = per_batch;
-    if (k > p->plen) k = p->plen;
+    if (k > p->pending) k = p->pending;
     if (p->cfg.maxtasks && k > p->cfg.maxtasks - w->dispatched) k = p->cfg.maxtasks - w->dispatched;
     if (k > UINT32_MAX / 2) k = UINT32_MAX / 2;
-    /* a rerun task goes alone, and a batch stops before one */
-    size_t i = 1;
-    if (p->pend[p->phead].solo) k = 1;
-    while (i < k && !p->pend[(p->phead + i) & (p->pcap - 1)].solo) i++;
-    int rc = send_batch(p, slot, i);
+    int rc = send_batch(p, slot, k);
     if (rc < 0) return rc;
   }
   return 0;
@@ -471,7 +376,9 @@ static int pump(mpe_pool *p, const mpe__deadline *d, int (*ready)(const mpe_pool
     rc = p->tr->take(p->tr, wait, &data, &len, &tag);
     if (rc == 0) {
       rc = handle_reply(p, data, len, tag);
-      for (int k = 0; rc == 0 && k < 64; k++) {
+      /* more while not ready (a reply kept waits for its collect: taking
+       * ahead would only hold more buffers) */
+      for (int k = 0; rc == 0 && k < 64 && !ready(p); k++) {
         if (p->tr->take(p->tr, 0, &data, &len, &tag) != 0) break;
         rc = handle_reply(p, data, len, tag);
       }
@@ -487,7 +394,7 @@ static int pump(mpe_pool *p, const mpe__deadline *d, int (*ready)(const mpe_pool
   }
 }
 
-static int has_result(const mpe_pool *p) { return p->dlen > 0 || p->unfinished == 0; }
+static int has_result(const mpe_pool *p) { return p->dlen > 0 || p->klen > 0 || p->unfinished == 0; }
 static int all_finished(const mpe_pool *p) { return p->unfinished == 0; }
 
 /* ------------------------------------------------------------ the public API */
@@ -558,69 +465,45 @@ int mpe_pool_pids(const mpe_pool *p, pid_t *pids, int max) {
   return k;
 }
 
-/* Queues n tasks over blk's bytes (lens[i] each), taking blk. */
-static int enqueue(mpe_pool *p, block *blk, const size_t *lens, size_t n, uint64_t *first_id) {
-  if (pend_reserve(p, n) < 0) {
+/* Queues blk's n tasks: one span. */
+static int enqueue(mpe_pool *p, block *blk, size_t n, uint64_t *first_id) {
+  if (blk && mpe__pend_reserve(p, 1) < 0) {
     free(blk);
     return -ENOMEM;
   }
   if (first_id) *first_id = p->next_id;
-  const char *in = blk ? blk->data : NULL;
-  for (size_t i = 0; i < n; i++) {
-    task t = {.id = p->next_id++, .in = in, .blk = blk, .len = (uint32_t)lens[i]};
-    pend_back(p, &t);
-    in += lens[i];
-  }
+  if (!blk) return 0;
+  blk->first = p->next_id;
+  p->next_id += n;
+  span s = {blk, 0, n, 0, 0};
+  p->pend[(p->phead + p->plen++) & (p->pcap - 1)] = s;
+  p->pending += n;
   p->unfinished += n;
   p->outstanding += n;
   dispatch(p); /* a failure leaves the tasks in line: the next wait retries */
   return 0;
 }
 
-static int check_submit(const mpe_pool *p, const size_t *lens, size_t n, size_t *total) {
-  if (p->broken) return MPE_EBROKEN;
-  if (p->state != RUN) return MPE_ECLOSED;
-  *total = 0;
-  for (size_t i = 0; i < n; i++) {
-    if (lens[i] > UINT32_MAX || *total + lens[i] < *total) return -EINVAL;
-    *total += lens[i];
-  }
-  return 0;
-}
-
-static block *new_block(size_t n, size_t total) {
-  if (!n) return NULL;
-  block *b = malloc(sizeof *b + total);
-  if (b) b->left = n;
-  return b;
-}
-
 int mpe_pool_submit_batch(mpe_pool *p, const void *data, const size_t *lens, size_t n,
                           uint64_t *first_id) {
+  block *b;
   size_t total;
-  int rc = check_submit(p, lens, n, &total);
+  int rc = mpe__new_block(p, lens, n, &b, &total);
   if (rc < 0) return rc;
-  block *b = new_block(n, total);
-  if (n && !b) return -ENOMEM;
-  if (total) memcpy(b->data, data, total);
-  return enqueue(p, b, lens, n, first_id);
+  if (total) memcpy(b->in, data, total);
+  return enqueue(p, b, n, first_id);
 }
 
 int mpe_pool_submit(mpe_pool *p, const void *in, size_t len, uint64_t *id) {
   return mpe_pool_submit_batch(p, in, &len, 1, id);
 }
 
-int mpe_pool_collect(mpe_pool *p, double timeout, mpe_task_result *r) {
+/* Waits until a result is here: 1, or what collect returns instead. */
+static int wait_result(mpe_pool *p, double timeout) {
   mpe__deadline d = {0};
   int timed = 0; /* the deadline is read only once there is a wait */
   for (;;) {
-    if (p->dlen > 0) {
-      *r = p->done[p->dhead];
-      p->dhead = (p->dhead + 1) & (p->dcap - 1);
-      p->dlen--;
-      p->outstanding--;
-      return 0;
-    }
+    if (p->dlen || p->klen) return 1;
     if (p->outstanding == 0) return p->broken ? MPE_EBROKEN : MPE_EEMPTY;
     if (!timed) d = mpe__deadline_in(timeout), timed = 1;
     int rc = pump(p, &d, has_result);
@@ -628,18 +511,37 @@ int mpe_pool_collect(mpe_pool *p, double timeout, mpe_task_result *r) {
   }
 }
 
+int mpe_pool_collect(mpe_pool *p, double timeout, mpe_task_result *r) {
+  mpe__recycle(p);
+  int rc = wait_result(p, timeout);
+  if (rc > 0) rc = mpe__next_result(p, r, 1);
+  mpe__recycle(p); /* its data is a copy */
+  return rc < 0 ? rc : 0;
+}
+
+int mpe_pool_collect_many(mpe_pool *p, double timeout, mpe_task_result *rs, size_t max) {
+  if (!max) return -EINVAL;
+  if (max > INT_MAX) max = INT_MAX;
+  mpe__recycle(p);
+  int rc = wait_result(p, timeout);
+  size_t got = 0;
+  /* the parent's outcomes, and the results of one reply at most */
+  while (rc > 0 && got < max && (p->dlen || (p->klen && !p->retired.buf)))
+    got += (size_t)mpe__next_result(p, &rs[got], 0);
+  return rc < 0 ? rc : (int)got;
+}
+
 int mpe_pool_map(mpe_pool *p, size_t n, const void *const *in, const size_t *len,
                  mpe_task_result *results) {
   if (p->outstanding) return -EBUSY; /* ids would not be the indexes */
+  block *b;
   size_t total;
-  int rc = check_submit(p, len, n, &total);
+  int rc = mpe__new_block(p, len, n, &b, &total);
   if (rc < 0) return rc;
-  block *b = new_block(n, total);
-  if (n && !b) return -ENOMEM;
   for (size_t i = 0, at = 0; i < n; at += len[i++])
-    if (len[i]) memcpy(b->data + at, in[i], len[i]);
+    if (len[i]) memcpy(b->in + at, in[i], len[i]);
   uint64_t base;
-  rc = enqueue(p, b, len, n, &base);
+  rc = enqueue(p, b, n, &base);
   if (rc < 0) return rc;
   for (size_t got = 0; got < n;) {
     mpe_task_result r;
@@ -698,18 +600,15 @@ void mpe_pool_free(mpe_pool *p, int kill) {
   for (int slot = 0; p->w && slot < p->n; slot++) {
     worker *w = &p->w[slot];
     for (size_t k = 0; k < w->nheld; k++) {
-      for (uint32_t i = w->held[k]->done; i < w->held[k]->n; i++) drop_input(&w->held[k]->t[i]);
-      free(w->held[k]);
+      batch *b = w->held[k];
+      span t;
+      for (size_t j = 0, base = 0; j < b->nseg; base += b->seg[j++].n)
+        if (mpe__part_of(b, j, base, b->done, b->n, &t)) mpe__drop_input(p, t.blk, t.n);
+      free(b);
     }
     free(w->held);
   }
-  while (p->plen) {
-    task t = pend_pop(p);
-    drop_input(&t);
-  }
-  for (size_t i = 0; i < p->dlen; i++) free(p->done[(p->dhead + i) % p->dcap].data);
-  free(p->pend);
-  free(p->done);
+  mpe__lines_free(p);
   free(p->w);
   free(p->msg.data);
   free(p->lg);
