@@ -221,7 +221,10 @@ int mpel_set_run_broker(const char *url) {
 
 /* mp.broker() -> the run's broker URL as messages show it (no password), or nil. */
 static int l_broker(lua_State *L) {
-  if (!run_broker) return 0;
+  if (!run_broker) {
+    lua_pushnil(L);
+    return 1;
+  }
   char buf[512];
   if (mpe_broker_url_display(run_broker, buf, sizeof buf) < 0) return luaL_error(L, "%s", buf);
   lua_pushstring(L, buf);

@@ -137,10 +137,18 @@ static void add_range(lua_State *L, lpool *lp, int job, uint32_t fid, uint64_t f
 /* Raises the pool's failure rc; on a broker, one that reached no broker
  * says which and for how long it was tried. */
 static int pool_fail(lua_State *L, lpool *lp, int rc) {
-  if (lp->broker && rc < 0 && rc > -4096 && rc != -ENOMEM && rc != -EINVAL)
-    return luaL_error(L, "Pool: the broker %s could not be reached for broker_timeout (%g s): %s", lp->shown,
-                      lp->broker_timeout, mpe_strerror(rc));
-  return mpel_fail(L, "Pool", rc);
+  int lost = rc == -ECONNREFUSED || rc == -ECONNRESET || rc == -EHOSTUNREACH || rc == -ENETUNREACH ||
+             rc == -ENOTCONN || rc == -EPIPE || rc == -EIO || rc == MPE_ETIMEDOUT || rc == -ETIMEDOUT;
+  char t[32];
+  snprintf(t, sizeof t, "%g", lp->broker_timeout);
+  if (lp->broker && lost)
+    lua_pushfstring(L, "Pool: the broker %s could not be reached for broker_timeout (%s s): %s", lp->shown, t,
+                    mpe_strerror(rc));
+  else if (lp->broker)
+    lua_pushfstring(L, "Pool: on the broker %s: %s", lp->shown, mpe_strerror(rc));
+  else
+    return mpel_fail(L, "Pool", rc);
+  return lua_error(L);
 }
 
 /* ------------------------------------------------------------ submitting */
@@ -660,7 +668,7 @@ static int l_fn(lua_State *L) {
     char field[32];
     snprintf(field, sizeof field, "f%u", (unsigned)fid);
     int rc = mpe_pool_broker_put(lp->p, field, bytes, len);
-    if (rc < 0) return mpel_fail(L, "Pool", rc);
+    if (rc < 0) return pool_fail(L, lp, rc);
   }
   if (lp->nfns == lp->fcap) {
     size_t cap = lp->fcap ? 2 * lp->fcap : 16;
@@ -706,7 +714,7 @@ static int l_put(lua_State *L) {
   const char *bytes = luaL_checklstring(L, 3, &len);
   if (!lp->broker) return luaL_error(L, "Pool: not a pool on a broker");
   int rc = mpe_pool_broker_put(lp->p, field, bytes, len);
-  if (rc < 0) return mpel_fail(L, "Pool", rc);
+  if (rc < 0) return pool_fail(L, lp, rc);
   return 0;
 }
 

@@ -155,6 +155,10 @@ static int fail_plain(lua_State *co, mpe_buf *out) {
     lua_pop(co, 1);
     lua_pushliteral(co, "Pool: the task failed");
   }
+  if (mpe_broker_host()) { /* on a broker's host: which one */
+    lua_pushfstring(co, "%s (on host %s)", lua_tostring(co, -1), mpe_broker_host());
+    lua_remove(co, -2);
+  }
   if (encode_top(co, out, "value") < 0) return 2;
   return 2;
 }
@@ -307,6 +311,16 @@ int mpel_broker_setup(void *arg, mpe_buf *why) {
   mpe_seal_key_set((const unsigned char *)key.data);
   memset(key.data, 0, key.len);
   free(key.data);
+  mpe_buf opt = {0}; /* the run's memory_limit and timeout, for the messages */
+  if (mpe_broker_context("options", &opt) == 1 && mpe_buf_add(&opt, "", 1) == 0) {
+    double t = 0;
+    size_t mt = 0, ml = 0;
+    if (sscanf(opt.data, "%lf %zu %zu", &t, &mt, &ml) == 3) {
+      w_pool->memory_limit = ml;
+      w_pool->timeout = t;
+    }
+  }
+  free(opt.data);
   lua_State *co = w_co;
   lua_settop(co, 0);
   lua_pushcfunction(co, init_handler);

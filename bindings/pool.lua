@@ -142,21 +142,15 @@ local known_options = {processes = true, initializer = true, initargs = true, ma
 -- would: the job script (when it follows the convention: loaded, main not
 -- called), its arguments, the modules it loaded from its own folder (by
 -- name), and the initializer. B.new stored the run's key and Lua build.
-local function ship(self, o)
-  local path, is_job = B.script()
-  B.put(self, "script_path", path or "(code)")
-  if path and is_job then
-    local f = io.open(path, "rb")
-    if f then
-      B.put(self, "script", f:read("a"))
-      f:close()
-      local args = {}
-      for i = 1, #(arg or {}) do args[i] = arg[i] end
-      B.put(self, "args", mp.encode(args))
-    end
-    local dir = path:match("^(.*)/[^/]*$") or "."
-    for name in pairs(package.loaded) do
-      local file = type(name) == "string" and package.searchpath(name, package.path)
+-- The modules loaded from the script's folder not shipped yet (at the
+-- pool's start and before each job: a module required later goes too).
+local function ship_modules(self, st)
+  local dir = st.script_dir
+  if not dir then return end
+  for name in pairs(package.loaded) do
+    if type(name) == "string" and not st.shipped[name] then
+      st.shipped[name] = true
+      local file = package.searchpath(name, package.path)
       if file and (file:sub(1, #dir + 1) == dir .. "/" or (dir == "." and not file:find("^/"))) then
         local m = io.open(file, "rb")
         if m then
@@ -166,6 +160,25 @@ local function ship(self, o)
         end
       end
     end
+  end
+end
+
+local function ship(self, st, o)
+  local path, is_job = B.script()
+  B.put(self, "script_path", path or "(code)")
+  if path and is_job then -- (a pool made before main runs: the script is not loaded there)
+    local f = io.open(path, "rb")
+    if f then
+      B.put(self, "script", f:read("a"))
+      f:close()
+      local args = {}
+      for i = 1, #(arg or {}) do args[i] = arg[i] end
+      B.put(self, "args", mp.encode(args))
+    end
+  end
+  if path then
+    st.script_dir, st.shipped = path:match("^(.*)/[^/]*$") or ".", {}
+    ship_modules(self, st)
   end
   if o.initializer then
     local initargs = o.initargs or {}
@@ -257,18 +270,18 @@ function mp.Pool(opts)
   local made, self = pcall(B.new, n, o.timeout, maxtasks, o.memory_limit, o.initializer, initargs, on_error,
                            ("%d.%d"):format(mp.getpid(), pool_count), broker, o.lease, o.attempts, bt)
   if not made then error((tostring(self):gsub("^mpengine%.pool:%d+: ", "")), 2) end
-  if broker then
-    ship(self, o)
-    n = B.size(self) -- its lanes: how many batches may be out at once
-  end
-  priv[self] = {n = n, broker = broker ~= nil, state = "run", fids = {}, nfids = 0, next_fid = 0, jobs = {}, njobs = 0,
+  if broker then n = B.size(self) end -- its lanes: how many batches may be out at once
+  local st = {n = n, broker = broker ~= nil, state = "run", fids = {}, nfids = 0, next_fid = 0, jobs = {}, njobs = 0,
                 progress_all = os.getenv("MPENGINE_PROGRESS") == "1"}
+  priv[self] = st
+  if broker then ship(self, st, o) end
   return self
 end
 
 -- The id of fn's encoding: stored once (B.fn), where every worker finds it.
 local function fid_of(self, st, fn)
   if type(fn) ~= "function" then raise(("Pool: function expected, got %s"):format(type(fn))) end
+  if st.shipped then ship_modules(self, st) end
   local ok, bytes = pcall(st.broker and B.encode_remote or mp.encode, fn)
   if not ok then error(bytes, 0) end -- the codec names the caller's line and the path
   local entry = st.fids[bytes]

@@ -58,7 +58,14 @@ static mpe__redis_script refresh_script = {
  * the run's counts that `mpengine status` shows (c:sent, c:running, c:done,
  * c:failed in the run's hash). */
 #define NTASKS                                                                                  \
-  "local function ntasks(d) if #d >= 16 then return (struct.unpack('<I4', d, 9)) end return 0 end\n" \
+  "local function fld(f, name)\n"                                                               \
+  "  if type(f) ~= 'table' then return nil end\n"                                               \
+  "  for i = 1, #f - 1, 2 do if f[i] == name then return f[i + 1] end end\n"                    \
+  "end\n"                                                                                       \
+  "local function ntasks(d)\n"                                                                  \
+  "  if type(d) == 'string' and #d >= 16 then return (struct.unpack('<I4', d, 9)) end\n"        \
+  "  return 0\n"                                                                                \
+  "end\n"                                                                                       \
   "local function add(key, f, v) if v ~= 0 then redis.call('HINCRBY', key, f, v) end end\n"
 #define OUTCOMES                                                                                \
   "local function outcomes(d)\n"                                                               \
@@ -83,24 +90,28 @@ static mpe__redis_script claim_script = {
   "local cfg = redis.call('HMGET', KEYS[1], 'lease', 'attempts')\n"
   "if not cfg[1] or redis.call('EXISTS', KEYS[2]) == 0 then return -1 end\n"
   "local lease, attempts, max = tonumber(cfg[1]), tonumber(cfg[2]), tonumber(ARGV[2])\n"
+  "if not lease or not attempts or not max then return -1 end\n"
   "local out = {}\n"
+  "local function bad(id) redis.call('XACK', KEYS[2], 'w', id) redis.call('XDEL', KEYS[2], id) end\n"
   "for _, e in ipairs(redis.call('XPENDING', KEYS[2], 'w', 'IDLE', lease, '-', '+', max)) do\n"
   "  local id, n = e[1], e[4]\n"
   "  if n >= attempts then\n"
   "    local ent = redis.call('XRANGE', KEYS[2], id, id)\n"
-  "    local seq = ent[1] and ent[1][2][2] or '-1'\n"
-  "    redis.call('XACK', KEYS[2], 'w', id)\n"
-  "    redis.call('XDEL', KEYS[2], id)\n"
-  "    local t = ent[1] and ntasks(ent[1][2][4]) or 0\n"
+  "    local f = ent[1] and ent[1][2]\n"
+  "    local seq = fld(f, 's') or '-1'\n"
+  "    bad(id)\n"
+  "    local t = ntasks(fld(f, 'd'))\n"
   "    add(KEYS[1], 'c:running', -t)\n"
   "    add(KEYS[1], 'c:failed', t)\n"
   "    redis.call('XADD', KEYS[3], '*', 's', seq, 'k', 'lost', 'h', host(e[2]), 'n', n)\n"
   "  else\n"
   "    local c = redis.call('XCLAIM', KEYS[2], 'w', ARGV[1], lease, id)\n"
-  "    if c[1] then\n"
+  "    local f = c[1] and c[1][2]\n"
+  "    local seq, d = fld(f, 's'), fld(f, 'd')\n"
+  "    if seq and d then\n"
   "      out[#out + 1] = id; out[#out + 1] = n + 1\n"
-  "      out[#out + 1] = c[1][2][2]; out[#out + 1] = c[1][2][4]\n"
-  "    end\n"
+  "      out[#out + 1] = seq; out[#out + 1] = d\n"
+  "    elseif c[1] then bad(id) end\n"
   "  end\n"
   "end\n"
   "local left = max - #out / 4\n"
@@ -108,9 +119,12 @@ static mpe__redis_script claim_script = {
   "  local rd = redis.call('XREADGROUP', 'GROUP', 'w', ARGV[1], 'COUNT', left, 'STREAMS', KEYS[2], '>')\n"
   "  if rd then\n"
   "    for _, ent in ipairs(rd[1][2]) do\n"
-  "      out[#out + 1] = ent[1]; out[#out + 1] = 1\n"
-  "      add(KEYS[1], 'c:running', ntasks(ent[2][4]))\n"
-  "      out[#out + 1] = ent[2][2]; out[#out + 1] = ent[2][4]\n"
+  "      local seq, d = fld(ent[2], 's'), fld(ent[2], 'd')\n"
+  "      if seq and d then\n"
+  "        out[#out + 1] = ent[1]; out[#out + 1] = 1\n"
+  "        add(KEYS[1], 'c:running', ntasks(d))\n"
+  "        out[#out + 1] = seq; out[#out + 1] = d\n"
+  "      else bad(ent[1]) end\n"
   "    end\n"
   "  end\n"
   "end\n"
@@ -145,11 +159,12 @@ static mpe__redis_script complete_script = {
   "for i = 2, #ARGV, 3 do\n"
   "  if held(i) then\n"
   "    local ent = redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i])\n"
+  "    local f = ent[1] and ent[1][2]\n"
   "    redis.call('XACK', KEYS[1], 'w', ARGV[i])\n"
   "    redis.call('XDEL', KEYS[1], ARGV[i])\n"
-  "    redis.call('XADD', KEYS[2], '*', 's', ent[1][2][2], 'k', 'ok', 'h', host(ARGV[1]), 'd', ARGV[i + 2])\n"
+  "    redis.call('XADD', KEYS[2], '*', 's', fld(f, 's') or '-1', 'k', 'ok', 'h', host(ARGV[1]), 'd', ARGV[i + 2])\n"
   "    local ok, bad = outcomes(ARGV[i + 2])\n"
-  "    add(KEYS[3], 'c:running', -ntasks(ent[1][2][4]))\n"
+  "    add(KEYS[3], 'c:running', -ntasks(fld(f, 'd')))\n"
   "    add(KEYS[3], 'c:done', ok)\n"
   "    add(KEYS[3], 'c:failed', bad)\n"
   "    out[#out + 1] = 1\n"
@@ -166,10 +181,13 @@ static mpe__redis_script handback_script = {
   "for i = 2, #ARGV, 2 do\n"
   "  if held(i) then\n"
   "    local ent = redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i])\n"
+  "    local f = ent[1] and ent[1][2]\n"
   "    redis.call('XACK', KEYS[1], 'w', ARGV[i])\n"
   "    redis.call('XDEL', KEYS[1], ARGV[i])\n"
-  "    redis.call('XADD', KEYS[1], '*', 's', ent[1][2][2], 'd', ent[1][2][4])\n"
-  "    add(KEYS[2], 'c:running', -ntasks(ent[1][2][4]))\n"
+  "    if fld(f, 's') and fld(f, 'd') then\n"
+  "      redis.call('XADD', KEYS[1], '*', 's', fld(f, 's'), 'd', fld(f, 'd'))\n"
+  "    end\n"
+  "    add(KEYS[2], 'c:running', -ntasks(fld(f, 'd')))\n"
   "    out[#out + 1] = 1\n"
   "  else out[#out + 1] = 0 end\n"
   "end\n"
@@ -519,10 +537,17 @@ double mpe__broker_lease(mpe__redis *r, const char *run) {
   return lease;
 }
 
+/* KEYS: runs. The runs whose keys have not expired (the others leave the set). */
+static mpe__redis_script runs_script = {
+  "local t = redis.call('TIME')\n"
+  "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+  "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)\n"
+  "return redis.call('ZRANGE', KEYS[1], 0, -1)\n", ""};
+
 int mpe__broker_runs(mpe__redis *r, char (*runs)[128], int max) {
-  const char *argv[] = {"ZRANGE", "mpe:runs", "0", "-1"};
+  const char *argv[] = {"mpe:runs"};
   redisReply *rep;
-  int rc = mpe__redis_cmd(r, &rep, 4, argv, NULL);
+  int rc = mpe__redis_eval(r, &runs_script, &rep, 1, 1, argv, NULL);
   if (rc < 0) return rc;
   int n = 0;
   for (size_t i = 0; rep->type == REDIS_REPLY_ARRAY && i < rep->elements && n < max; i++)

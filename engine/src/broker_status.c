@@ -46,6 +46,7 @@ static int hosts(mpe__redis *r, mpe_broker_host_info *out, int max) {
     h.done = done;
     h.failed = failed;
     h.seen = now - seen;
+    if (!(h.seen > -1e9 && h.seen < 1e12)) h.seen = -1; /* not a time (written by hand?) */
     if (h.seen > HOST_FORGET) { /* gone long ago: forgotten */
       const char *del[] = {"HDEL", "mpe:hosts", k->str};
       redisReply *d;

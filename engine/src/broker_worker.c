@@ -313,7 +313,7 @@ static int complete(host *w, mpe_buf *buf) {
       int acc = 0, rc = encode(w, h, buf);
       const void *d = buf->data;
       if (rc == 0) rc = mpe__broker_complete(w->r, w->rp[h->rp].run, w->me, 1, &h->t, &d, &buf->len, &acc);
-      if (rc < 0 && rc != -ENOENT) return rc;
+      if (rc < 0 && !mpe__redis_ok(w->r)) return rc; /* else the run is gone or broken: dropped */
     }
     drop(w, i);
   }
@@ -326,7 +326,7 @@ static int renew(host *w) {
     held *h = &w->h[i];
     if (h->lost || now - h->renewed < h->lease / 3) continue;
     int still = 0, rc = mpe__broker_renew(w->r, w->rp[h->rp].run, w->me, 1, &h->t, &still);
-    if (rc < 0 && rc != -ENOENT) return rc;
+    if (rc < 0 && !mpe__redis_ok(w->r)) return rc;
     h->lost = rc < 0 || !still;
     h->renewed = now;
   }
@@ -395,8 +395,8 @@ static int round_(host *w, mpe_buf *buf, mpe_pool_fn fn, void *ctx) {
   int n = mpe__broker_runs(w->r, runs, 256);
   if (n < 0) return n;
   reap_pools(w, runs, n);
-  for (int i = 0; i < n && w->cap - w->nh > 0; i++)
-    if ((rc = claim(w, runs[i], w->cap - w->nh, fn, ctx)) < 0) return rc;
+  for (int i = 0; i < n && w->cap - w->nh > 0; i++) /* a run whose keys are not ours to read is skipped */
+    if ((rc = claim(w, runs[i], w->cap - w->nh, fn, ctx)) < 0 && !mpe__redis_ok(w->r)) return rc;
   if (!w->nh) /* idle: until a driver submits (or a second, for the heartbeat) */
     return mpe__broker_wait_work(w->r, w->events, 1.0) < 0 ? -EIO : 0;
   if ((rc = collect_results(w, 0.05)) < 0) return rc;
@@ -461,8 +461,10 @@ int mpe_broker_worker_run(const char *url, int procs, const char *name, mpe_pool
       while (!mpe__stop_requested() && mpe__redis_reconnect(w->r, mpe_time() + 1) < 0) {
       }
       if (mpe__redis_ok(w->r)) say(w, "reconnected to", "");
-    } else if (r < 0) {
+    } else if (r == -ENOMEM) {
       rc = r;
+    } else if (r < 0) { /* what the broker holds is not as it should be: the host goes on */
+      mpe_sleep(0.1, NULL);
     }
   }
   if (mpe__redis_ok(w->r)) handback(w);

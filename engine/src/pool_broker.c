@@ -7,16 +7,24 @@
  * `attempts` times as per-task failures naming the last host. take() reads
  * the results stream (blocking XREAD) and turns each result into the reply
  * bytes pool.c reads (MPE__REPLY_FULL), addressed to the lane that sent the
- * batch. The run's keys are refreshed every ttl/3 while the driver waits, so
- * a dead driver's run expires. */
+ * batch. The run's keys live one lease (ttl = lease) and are refreshed
+ * every lease/3 by a thread of the driver's (the keeper, with a connection
+ * of its own), so a driver busy elsewhere keeps its run while a dead one's
+ * run expires within a lease, and the hosts then stop its tasks. Every call
+ * that meets a lost broker reconnects for up to broker_timeout, and a run
+ * the broker lost (restarted) is opened again with what it had. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "broker.h"
+#include "futex.h"
 #include "pool.h"
 
 #define BROKER_TIMEOUT 30.0 /* seconds the broker may stay away */
@@ -53,16 +61,30 @@ typedef struct bt {
   size_t nctx;
   double broker_timeout;
   int reopening;
+  char *url; /* for the keeper's connection (password: zeroed when freed) */
+  pthread_t keeper;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int keeping, stop;
 } bt;
 
 static int reopen(bt *t);
 
-/* After a failed call: reconnects (for up to broker_timeout), and when the
- * broker came back without the run (restarted without persistence), opens
- * it again with what it lost: 0 (the call is retried) or the call's error. */
-static int recover(bt *t, int rc) {
+/* After a failed call: when the connection was lost, reconnects (the call's
+ * retries share one budget, *until: broker_timeout from the first failure),
+ * and when the broker came back without the run (restarted without
+ * persistence), opens it again with what it lost: 0 (retry the call) or the
+ * call's error (an error the broker answered is not retried; the host's
+ * stop flag ends the wait with MPE_EINTR). */
+static int recover(bt *t, int rc, double *until) {
   if (rc == -ENOENT || mpe__redis_ok(t->r)) return rc;
-  if (mpe__redis_reconnect(t->r, mpe_time() + t->broker_timeout) < 0) return rc;
+  if (mpe__stop_requested()) return MPE_EINTR;
+  double now = mpe_time();
+  if (*until == 0) *until = now + t->broker_timeout;
+  if (now >= *until) return rc;
+  int again = mpe__redis_reconnect(t->r, *until);
+  if (again == MPE_EINTR) return MPE_EINTR;
+  if (again < 0) return rc;
   if (!t->opened || t->reopening) return 0;
   int alive = mpe__broker_refresh(t->r, t->run);
   if (alive == 0) return reopen(t) < 0 ? rc : 0;
@@ -96,6 +118,37 @@ static void forget_out(bt *t, size_t k) {
   t->out[k] = t->out[--t->nout];
 }
 
+/* The keeper: refreshes the run every lease/3 until told to stop. */
+static void *keeper(void *arg) {
+  bt *t = arg;
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, NULL); /* the host's signals go to its own thread */
+  mpe__redis *r = NULL;
+  char err[512];
+  pthread_mutex_lock(&t->mu);
+  while (!t->stop) {
+    struct timespec at;
+    clock_gettime(CLOCK_REALTIME, &at);
+    double step = t->o.ttl / 3, whole = (double)at.tv_sec + at.tv_nsec / 1e9 + step;
+    at.tv_sec = (time_t)whole;
+    at.tv_nsec = (long)((whole - (double)at.tv_sec) * 1e9);
+    pthread_cond_timedwait(&t->cv, &t->mu, &at);
+    if (t->stop) break;
+    pthread_mutex_unlock(&t->mu);
+    if (!r || !mpe__redis_ok(r)) {
+      mpe__redis_close(r);
+      r = NULL;
+      if (mpe__redis_connect(&r, t->url, step, err, sizeof err) < 0) r = NULL;
+    }
+    if (r) mpe__broker_refresh(r, t->run); /* a lost run is the driver's to open again */
+    pthread_mutex_lock(&t->mu);
+  }
+  pthread_mutex_unlock(&t->mu);
+  mpe__redis_close(r);
+  return NULL;
+}
+
 static int b_start(mpe__pool_transport *tr, int slot) {
   bt *t = (bt *)tr;
   (void)slot;
@@ -105,6 +158,7 @@ static int b_start(mpe__pool_transport *tr, int slot) {
   if (rc < 0) return rc;
   t->opened = 1;
   t->refreshed = mpe_time();
+  t->keeping = pthread_create(&t->keeper, NULL, keeper, t) == 0;
   return 0;
 }
 
@@ -124,8 +178,9 @@ static int b_send(mpe__pool_transport *tr, int slot, const void *batch, size_t l
   if (!copy) return -ENOMEM;
   memcpy(copy, batch, len);
   int rc;
+  double until = 0;
   while ((rc = mpe__broker_submit(t->r, t->run, (int64_t)h.bid, 1, &batch, &len)) < 0)
-    if ((rc = recover(t, rc)) < 0) {
+    if ((rc = recover(t, rc, &until)) < 0) {
       free(copy);
       return rc;
     }
@@ -183,9 +238,10 @@ static int b_take(mpe__pool_transport *tr, double timeout, const char **data, si
     t->nres = t->pos = 0;
     if (!t->opened) return MPE_ETIMEDOUT;
     int rc;
+    double until = 0;
     if (mpe_time() - t->refreshed > t->o.ttl / 3) {
       while ((rc = mpe__broker_refresh(t->r, t->run)) < 0)
-        if ((rc = recover(t, rc)) < 0) return rc;
+        if ((rc = recover(t, rc, &until)) < 0) return rc;
       if (rc == 0 && (rc = reopen(t)) < 0) return rc; /* the broker lost the run */
       t->refreshed = mpe_time();
     }
@@ -194,7 +250,7 @@ static int b_take(mpe__pool_transport *tr, double timeout, const char **data, si
       return MPE_ETIMEDOUT;
     }
     while ((rc = mpe__broker_results(t->r, t->run, t->last, timeout, t->res, MAXRES, &t->hold)) < 0)
-      if ((rc = recover(t, rc)) < 0) return rc;
+      if ((rc = recover(t, rc, &until)) < 0) return rc;
     if (rc == 0) return MPE_ETIMEDOUT;
     t->nres = rc;
   }
@@ -227,6 +283,19 @@ static pid_t b_pid(mpe__pool_transport *tr, int slot) {
 
 static void b_destroy(mpe__pool_transport *tr) {
   bt *t = (bt *)tr;
+  if (t->keeping) {
+    pthread_mutex_lock(&t->mu);
+    t->stop = 1;
+    pthread_cond_signal(&t->cv);
+    pthread_mutex_unlock(&t->mu);
+    pthread_join(t->keeper, NULL);
+  }
+  pthread_mutex_destroy(&t->mu);
+  pthread_cond_destroy(&t->cv);
+  if (t->url) {
+    memset(t->url, 0, strlen(t->url));
+    free(t->url);
+  }
   mpe__broker_release(&t->hold);
   if (t->opened && mpe__redis_ok(t->r)) mpe__broker_close(t->r, t->run);
   mpe__redis_close(t->r);
@@ -265,8 +334,9 @@ int mpe_pool_broker_put(mpe_pool *p, const char *field, const void *data, size_t
   free(t->ctx[i].bytes);
   t->ctx[i].bytes = copy;
   t->ctx[i].len = len;
+  double until = 0;
   while ((rc = mpe__broker_put(t->r, t->run, field, data, len)) < 0)
-    if ((rc = recover(t, rc)) < 0) return rc;
+    if ((rc = recover(t, rc, &until)) < 0) return rc;
   return 0;
 }
 
@@ -292,10 +362,16 @@ static int broker_mk(mpe__pool_transport **out, int workers, const mpe__pool_cfg
   snprintf(t->run, sizeof t->run, "%s.%d.%llx", host, (int)getpid(), (unsigned long long)(mpe_time() * 1e6));
   char err[512];
   int rc = mpe__redis_connect(&t->r, a->url, 5.0, err, sizeof err);
+  if (rc == 0 && !(t->url = strdup(a->url))) {
+    mpe__redis_close(t->r);
+    rc = -ENOMEM;
+  }
   if (rc < 0) {
     free(t);
     return rc;
   }
+  pthread_mutex_init(&t->mu, NULL);
+  pthread_cond_init(&t->cv, NULL);
   *out = &t->ops;
   return 0;
 }
@@ -312,12 +388,19 @@ int mpe_pool_start_broker(mpe_pool **out, const char *url, const mpe_pool_option
   mpe_pool_options o = {0};
   if (opts) o = *opts;
   if (!o.processes) o.processes = 16;
-  mk_arg a = {url, {10, 3, 30}, BROKER_TIMEOUT};
+  mk_arg a = {url, {10, 3, 10}, BROKER_TIMEOUT};
   if (bo && bo->broker_timeout > 0) a.broker_timeout = bo->broker_timeout;
   if (bo && bo->lease > 0) a.o.lease = bo->lease;
   if (bo && bo->attempts > 0) a.o.attempts = bo->attempts;
-  if (a.o.ttl < 3 * a.o.lease) a.o.ttl = 3 * a.o.lease;
-  int rc = mpe__pool_start_with(out, no_fn, NULL, &o, broker_mk, &a);
+  a.o.ttl = a.o.lease; /* a dead driver's run is gone within a lease */
+  /* timeout, maxtasksperchild and memory_limit are the hosts' (below): the
+   * driver's lanes never time out, retire or grow */
+  mpe_pool_options lanes = o;
+  lanes.timeout = 0;
+  lanes.maxtasksperchild = 0;
+  lanes.memory_limit = 0;
+  lanes.initializer = NULL;
+  int rc = mpe__pool_start_with(out, no_fn, NULL, &lanes, broker_mk, &a);
   if (rc < 0) return rc;
   /* what a host's local pool for this run is made with */
   char v[64];

@@ -12,8 +12,11 @@
 #  6. status --json lists the hosts; the password is in no command line;
 #  7. the driver killed: its run's keys expire from the broker and no worker
 #     runs its tasks any more;
-#  8. the broker restarted without persistence mid-map: the run is submitted
+#  8. the broker away past broker_timeout: a clear error, no hang;
+#  9. the broker restarted without persistence mid-map: the run is submitted
 #     again and every result comes, once.
+# Also: a plain script's module travels, maxtasksperchild, another Lua
+# build, malformed batches written by hand to the broker.
 # Waits on what the programs print and what Redis holds, never on a duration.
 # Usage: lua_hosts_test.sh BUILD_DIR SOURCE_DIR
 set -u
@@ -79,7 +82,28 @@ says basic "^error false .*features.lua:[0-9]*: boom | Pool: the task of apply f
   fail "basic: the error lacks its line or host"
 says basic "^local false .*Queue: an object of this host cannot reach a task on another host" ||
   fail "basic: a local Queue was not refused"
+run plain "$jobs/plain.lua" || fail "plain: the job failed"
+says plain "^plain 4,9$" || fail "plain: a plain script's module did not travel"
+run recycle "$jobs/features.lua" recycle || fail "recycle: the job failed"
+says recycle "^recycle 100 100$" || fail "recycle: maxtasksperchild on a broker"
 echo "ok travel: globals, modules, upvalues; errors with file:line and host; local objects refused"
+
+# a malformed batch written by hand to a run's stream: no host stops for it
+mkfifo "$d/go2"
+(cd "$d" && mpeh_in drv "$bin/mpengine" run "$jobs/features.lua" build <"$d/go2") >"$d/bad.out" 2>&1 &
+drv=$!
+exec 8>"$d/go2"
+until_ok says bad "^ready"
+q=$(rcli --scan --pattern 'mpe:run:*:q' | head -1)
+rcli XADD "$q" '*' s 1 >/dev/null
+rcli XADD "$q" '*' s 2 d short >/dev/null
+echo go >&8
+exec 8>&-
+driven || fail "bad: the job failed"
+says bad "^build true" || fail "bad: the run did not go on"
+says a "stopped" && fail "bad: host a stopped"
+says b "stopped" && fail "bad: host b stopped"
+echo "ok malformed batches: no host stopped, the run went on"
 
 # 3. a worker killed, a task timed out
 run die "$jobs/features.lua" die || fail "die: the job failed"
@@ -157,7 +181,22 @@ busy_workers() { # worker processes of host a that use CPU: none once the run is
 until_ok busy_workers
 echo "ok driver killed: its run expired from the broker, its tasks stopped"
 
-# 8. the broker restarted without persistence mid-map
+# 8. the broker away for longer than broker_timeout: a clear error, no hang
+mkfifo "$d/go3"
+(cd "$d" && mpeh_in drv "$bin/mpengine" run "$jobs/features.lua" away <"$d/go3") >"$d/away.out" 2>&1 &
+drv=$!
+exec 9>"$d/go3"
+until_ok says away "^ready"
+mpeh_kill broker
+echo go >&9
+exec 9>&-
+driven || fail "away: the job failed"
+says away "^away false Pool: the broker redis://[0-9.:]* could not be reached for broker_timeout (2 s)" ||
+  fail "away: no clear error"
+mpeh_redis_restart broker || fail "away: redis did not come back"
+echo "ok broker away past broker_timeout: a clear error"
+
+# 9. the broker restarted without persistence mid-map
 (cd "$d" && mpeh_in drv "$bin/mpengine" run "$jobs/long_map.lua" 400 10 2) >"$d/restart.out" 2>&1 &
 drv=$!
 until_ok holds a

@@ -38,6 +38,20 @@ function M.main(what)
     io.read("l")
     local ok, err = pcall(pool.apply, pool, function() return 1 end)
     print("build " .. tostring(ok) .. " " .. tostring(err):gsub("\n", " | "))
+  elseif what == "recycle" then -- maxtasksperchild is the hosts' (the driver's lanes never retire)
+    local p2 <close> = mp.Pool{maxtasksperchild = 2}
+    local xs = {}
+    for i = 1, 100 do xs[i] = i end
+    local r = p2:map(function(x) return x end, xs, 1)
+    print("recycle " .. #r .. " " .. r[100])
+  elseif what == "away" then -- the broker stops for longer than broker_timeout
+    local p2 <close> = mp.Pool{broker_timeout = 2}
+    p2:map(function(x) return x end, {1})
+    print("ready")
+    io.stdout:flush()
+    io.read("l")
+    local ok, err = pcall(p2.map, p2, function(x) return x end, {1, 2, 3})
+    print("away " .. tostring(ok) .. " " .. tostring(err):gsub("\n", " | "))
   elseif what == "timeout" then
     local ok, err = pcall(pool.apply, pool, function() while true do end end)
     print("timeout " .. tostring(ok) .. " " .. tostring(err):gsub("\n", " | "))
