@@ -83,6 +83,7 @@ unsigned long long mpe__start_time(pid_t pid) {
 }
 
 int mpe_in_child(void) { return in_child; }
+pid_t mpe_self_pid(void) { return mpe__self_pid(); }
 pid_t mpe_process_pid(const mpe_process *p) { return p->pid; }
 int mpe__process_pidfd(const mpe_process *p) { return p->pidfd; }
 
