@@ -14,7 +14,13 @@
  * still running; and a child whose function returns joins its own children
  * (SIGTERM to daemon ones) before it leaves, since leaving would kill them
  * (PR_SET_PDEATHSIG). No pid <= 0 is ever signalled: kill() would take it
- * for a process group or for every process we may signal. */
+ * for a process group or for every process we may signal.
+ *
+ * Start cost: after fork every page either side writes is a copy-on-write
+ * fault, and every code page the child runs is mapped afresh, so the child's
+ * path touches few pages (what can be read before fork is read in the
+ * parent), and the parent yields once after fork, so a child queued on its
+ * CPU runs before the parent goes on writing pages the child still shares. */
 #define _GNU_SOURCE
 #include "internal.h"
 
