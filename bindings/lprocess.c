@@ -267,7 +267,7 @@ static int p_start(lua_State *L) {
   mpel_encode(L, -1, "args", w);
   lua_settop(L, 1);
   mpe_spawn_options o = {.daemon = p->daemon, .keep = w->ends, .nkeep = w->nends};
-  child_ctx c = {L, 1, getpid()};
+  child_ctx c = {L, 1, mpe_self_pid()};
   /* The child's references to the shared objects it inherits are taken
    * here, before fork: taken in the child, an object this process drops
    * meanwhile could be freed before the child holds it. */
@@ -428,7 +428,7 @@ static int l_current_process(lua_State *L) {
   if (lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.self") == LUA_TNIL || stale_self) {
     stale_self = 0; /* the parent's is not ours */
     lua_pop(L, 1);
-    push_handle(L, SELF, (lua_Integer)getpid(), "", 0);
+    push_handle(L, SELF, (lua_Integer)mpe_self_pid(), "", 0);
     lua_pushvalue(L, -1);
     lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.self");
   }
@@ -457,7 +457,7 @@ void mpel_processes_atexit(lua_State *L) {
 static const char *proc_encode(lua_State *L, int idx, mpel_wire *w) {
   lproc *p = lua_touserdata(L, idx);
   unsigned char b[4 + 250];
-  lua_Integer pid = p->state == SELF ? (lua_Integer)getpid() : p->pid;
+  lua_Integer pid = p->state == SELF ? (lua_Integer)mpe_self_pid() : p->pid;
   for (int i = 0; i < 4; i++) b[i] = (unsigned char)(pid >> (24 - 8 * i));
   size_t len;
   p_name(L, idx);
