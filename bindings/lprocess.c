@@ -37,10 +37,20 @@ typedef struct lproc {
 static lua_Integer counter;
 static int self_daemon; /* in a child: the daemon flag of the Process it runs */
 
+/* What a child changes in the registry, it changes when first asked, not
+ * at start: every page a new child writes is a page fault (a copy of the
+ * parent's page), and a child that never starts a process nor asks for its
+ * parent should pay for none of it. The flags below are set by
+ * mpel_child_begin and say "the registry's entry is the parent's". */
+static int stale_children, stale_self, stale_parent;
+static lua_Integer parent_pid;
+static char parent_name[256]; /* a copy: the parent's name string may be collected here */
+
 static lproc *check_proc(lua_State *L, int idx) { return luaL_checkudata(L, idx, "Process"); }
 
 static void push_children(lua_State *L) {
-  if (lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.children") != LUA_TTABLE) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.children") != LUA_TTABLE || stale_children) {
+    stale_children = 0; /* the parent's children are our siblings */
     lua_pop(L, 1);
     lua_newtable(L);
     lua_pushvalue(L, -1);
@@ -177,13 +187,19 @@ void mpel_child_begin(lua_State *L, pid_t parent, const char *name, int daemon) 
    * reaches the whole process group, just ends it. */
   mpel_signal = 0;
   lua_sethook(L, NULL, 0, 0);
-  lua_newtable(L); /* the parent's children are our siblings */
-  lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.children");
-  /* mp.parent_process(): the parent as a foreign handle, under its name */
-  push_handle(L, FOREIGN, (lua_Integer)parent, mpel_process_name, strlen(mpel_process_name));
-  lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.parent");
-  lua_pushnil(L); /* mp.current_process() is ours now, not the parent's */
-  lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.self");
+  /* mp.parent_process(), mp.current_process() and the children table are
+   * made when first asked (see stale_children) */
+  stale_children = stale_self = 1;
+  size_t len = strlen(mpel_process_name);
+  if (len < sizeof parent_name) {
+    stale_parent = 1;
+    parent_pid = (lua_Integer)parent;
+    memcpy(parent_name, mpel_process_name, len + 1);
+  } else { /* a long name: the handle now */
+    stale_parent = 0;
+    push_handle(L, FOREIGN, (lua_Integer)parent, mpel_process_name, len);
+    lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.parent");
+  }
   self_daemon = daemon;
   lua_getglobal(L, "os");
   if (lua_istable(L, -1)) {
@@ -251,7 +267,7 @@ static int p_start(lua_State *L) {
   mpel_encode(L, -1, "args", w);
   lua_settop(L, 1);
   mpe_spawn_options o = {.daemon = p->daemon, .keep = w->ends, .nkeep = w->nends};
-  child_ctx c = {L, 1, getpid()};
+  child_ctx c = {L, 1, mpe_self_pid()};
   /* The child's references to the shared objects it inherits are taken
    * here, before fork: taken in the child, an object this process drops
    * meanwhile could be freed before the child holds it. */
@@ -409,9 +425,10 @@ static int l_active_children(lua_State *L) {
 }
 
 static int l_current_process(lua_State *L) {
-  if (lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.self") == LUA_TNIL) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.self") == LUA_TNIL || stale_self) {
+    stale_self = 0; /* the parent's is not ours */
     lua_pop(L, 1);
-    push_handle(L, SELF, (lua_Integer)getpid(), "", 0);
+    push_handle(L, SELF, (lua_Integer)mpe_self_pid(), "", 0);
     lua_pushvalue(L, -1);
     lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.self");
   }
@@ -419,6 +436,13 @@ static int l_current_process(lua_State *L) {
 }
 
 static int l_parent_process(lua_State *L) {
+  if (stale_parent) { /* the parent as a foreign handle, under its name */
+    stale_parent = 0;
+    push_handle(L, FOREIGN, parent_pid, parent_name, strlen(parent_name));
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.parent");
+    return 1;
+  }
   lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.parent"); /* nil in the main process */
   return 1;
 }
@@ -433,7 +457,7 @@ void mpel_processes_atexit(lua_State *L) {
 static const char *proc_encode(lua_State *L, int idx, mpel_wire *w) {
   lproc *p = lua_touserdata(L, idx);
   unsigned char b[4 + 250];
-  lua_Integer pid = p->state == SELF ? (lua_Integer)getpid() : p->pid;
+  lua_Integer pid = p->state == SELF ? (lua_Integer)mpe_self_pid() : p->pid;
   for (int i = 0; i < 4; i++) b[i] = (unsigned char)(pid >> (24 - 8 * i));
   size_t len;
   p_name(L, idx);

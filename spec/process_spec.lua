@@ -261,6 +261,45 @@ describe("Process", function()
     assert.is_true(p:join(30))
   end)
 
+  it("a child asked late still names its parent (renamed since, or a long name); its children are its own", function()
+    local long = ("n"):rep(300)
+    local r, w = mp.Pipe(false)
+    local sibling = mp.Process{target = function() end}
+    sibling:start()
+    local p = mp.Process{name = long, args = {w}, target = function(c)
+      local kids0 = #mp.active_children()
+      mp.current_process().name = "renamed"
+      collectgarbage() collectgarbage()
+      local g = mp.Process{args = {c}, target = function(c2)
+        mp.current_process().name = "grandchild"
+        collectgarbage() collectgarbage()
+        c2:send({parent = mp.parent_process().name, me = mp.current_process().name,
+                 kids = #mp.active_children()})
+      end}
+      g:start()
+      local kids1 = #mp.active_children()
+      g:join()
+      c:send({parent = mp.parent_process().name, kids0 = kids0, kids1 = kids1})
+    end}
+    p:start()
+    w:close()
+    assert.are.same({parent = "renamed", me = "grandchild", kids = 0}, r:recv(30))
+    assert.are.same({parent = "MainProcess", kids0 = 0, kids1 = 1}, r:recv(30))
+    assert.is_true(p:join(30))
+    sibling:join()
+    -- a long name reaches a grandchild whole
+    local r2, w2 = mp.Pipe(false)
+    local p2 = mp.Process{name = long, args = {w2}, target = function(c)
+      local g = mp.Process{args = {c}, target = function(c2) c2:send(mp.parent_process().name) end}
+      g:start()
+      g:join()
+    end}
+    p2:start()
+    w2:close()
+    assert.are.equal(long, r2:recv(30))
+    assert.is_true(p2:join(30))
+  end)
+
   it("runs a closure made after the child started, sent through a pipe", function()
     local a, b = mp.Pipe()
     local p = mp.Process{target = function(c)

@@ -340,8 +340,33 @@ TEST(test_errors_have_names) {
   CHECK(strlen(mpe_version()) >= 5);
 }
 
+static int child_reports_self_pid(void *arg) {
+  (void)arg;
+  return mpe_self_pid() == getpid() ? 0 : 1;
+}
+
+TEST(test_self_pid_follows_every_fork) {
+  CHECK(mpe_self_pid() == getpid());
+  CHECK(mpe_self_pid() == getpid()); /* remembered */
+  mpe_process *p;
+  CHECK_RC(mpe_process_spawn(&p, child_reports_self_pid, NULL, NULL), 0);
+  CHECK_RC(mpe_process_wait(p, -1), 0);
+  int code = -1;
+  CHECK_RC(mpe_process_exitcode(p, &code), 1);
+  CHECK(code == 0);
+  mpe_process_free(p);
+  pid_t pid = fork(); /* a fork the engine did not make */
+  CHECK(pid >= 0);
+  if (pid == 0) _exit(mpe_self_pid() == getpid() ? 0 : 1);
+  int status;
+  CHECK(waitpid(pid, &status, 0) == pid);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  CHECK(mpe_self_pid() == getpid());
+}
+
 int main(void) {
   CHECK_RC(mpe_init(16u << 20), 0);
+  RUN(test_self_pid_follows_every_fork);
   RUN(test_exit_codes);
   RUN(test_signal_statuses);
   RUN(test_child_starts_with_default_handlers);

@@ -218,6 +218,11 @@ MPE_API int mpe_process_signal_all(int sig);
 MPE_API int mpe_process_reap(void);
 /* 1 in a process the engine forked, 0 in the original one. */
 MPE_API int mpe_in_child(void);
+/* This process's pid, as getpid() but without a system call after the first
+ * (remembered, and forgotten in the child of any fork). A system call costs
+ * about a microsecond on a VM: checks "am I the owner?" made several times
+ * per operation should use this. */
+MPE_API pid_t mpe_self_pid(void);
 
 /* ------------------------------------------------------------------ pipes */
 

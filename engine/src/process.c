@@ -14,7 +14,13 @@
  * still running; and a child whose function returns joins its own children
  * (SIGTERM to daemon ones) before it leaves, since leaving would kill them
  * (PR_SET_PDEATHSIG). No pid <= 0 is ever signalled: kill() would take it
- * for a process group or for every process we may signal. */
+ * for a process group or for every process we may signal.
+ *
+ * Start cost: after fork every page either side writes is a copy-on-write
+ * fault, and every code page the child runs is mapped afresh, so the child's
+ * path touches few pages (what can be read before fork is read in the
+ * parent), and the parent yields once after fork, so a child queued on its
+ * CPU runs before the parent goes on writing pages the child still shares. */
 #define _GNU_SOURCE
 #include "internal.h"
 
@@ -22,6 +28,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <sys/prctl.h>
@@ -82,6 +89,7 @@ unsigned long long mpe__start_time(pid_t pid) {
 }
 
 int mpe_in_child(void) { return in_child; }
+pid_t mpe_self_pid(void) { return mpe__self_pid(); }
 pid_t mpe_process_pid(const mpe_process *p) { return p->pid; }
 int mpe__process_pidfd(const mpe_process *p) { return p->pidfd; }
 
@@ -134,11 +142,6 @@ void mpe__processes_after_fork(void) {
   children = NULL;
 }
 
-static int cmp_int(const void *a, const void *b) {
-  int x = *(const int *)a, y = *(const int *)b;
-  return (x > y) - (x < y);
-}
-
 /* In a child: closes every descriptor but stdio, the pipe ends it kept and
  * opts->keep_fds: files, sockets and pipes the parent had open are not the
  * child's (an inherited writing end would also keep a reader from EOF). */
@@ -147,7 +150,12 @@ static void close_other_fds(const mpe_spawn_options *opts) {
   int keep[MAX + 2];
   size_t n = mpe__pipes_fds(keep, MAX);
   for (size_t i = 0; opts && i < opts->nkeep_fds && n < MAX; i++) keep[n++] = opts->keep_fds[i];
-  qsort(keep, n, sizeof *keep, cmp_int);
+  for (size_t i = 1; i < n; i++) { /* a few, in order: no qsort's code page to fault in */
+    int v = keep[i];
+    size_t j = i;
+    for (; j > 0 && keep[j - 1] > v; j--) keep[j] = keep[j - 1];
+    keep[j] = v;
+  }
   keep[n++] = INT32_MAX; /* a sentinel past every descriptor */
   int from = 3;
   for (size_t i = 0; i < n; i++) {
@@ -199,19 +207,26 @@ static int caught_signals(unsigned char caught[(NSIG + 7) / 8]) {
   return 0;
 }
 
+/* The signals with a handler, read in the parent before fork (a read there
+ * costs no page of the child's; in the child, the open, the read and the
+ * parsing each touch code pages the child must fault in). known = 0: the
+ * line could not be read, so the child asks each signal itself. */
+typedef struct caught_set {
+  int known;
+  unsigned char bits[(NSIG + 7) / 8];
+} caught_set;
+
 /* In a child, signals blocked: every signal the parent catches goes back to
  * its default action; ignored ones stay ignored, as across exec. */
-static void default_handlers(void) {
-  unsigned char caught[(NSIG + 7) / 8];
-  int known = caught_signals(caught) == 0;
+static void default_handlers(const caught_set *c) {
   struct sigaction dfl;
   memset(&dfl, 0, sizeof dfl);
   dfl.sa_handler = SIG_DFL;
   sigemptyset(&dfl.sa_mask);
   for (int sig = 1; sig < NSIG; sig++) {
     if (sig == SIGKILL || sig == SIGSTOP) continue;
-    if (known) {
-      if (caught[(sig - 1) / 8] >> ((sig - 1) % 8) & 1) sigaction(sig, &dfl, NULL);
+    if (c->known) {
+      if (c->bits[(sig - 1) / 8] >> ((sig - 1) % 8) & 1) sigaction(sig, &dfl, NULL);
       continue;
     }
     struct sigaction sa; /* no /proc: ask each signal */
@@ -234,6 +249,8 @@ int mpe_process_spawn(mpe_process **out, mpe_entry_fn fn, void *arg,
   sigset_t all, old;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
+  caught_set caught; /* a handler set by another thread from here to fork stays in the child */
+  caught.known = caught_signals(caught.bits) == 0;
   pid_t pid = fork();
   if (pid < 0) {
     int e = errno;
@@ -252,7 +269,7 @@ int mpe_process_spawn(mpe_process **out, mpe_entry_fn fn, void *arg,
      * one of them here (a SIGTERM sent right after fork) would be swallowed.
      * Start from default dispositions, while signals are still blocked;
      * ignored signals stay ignored, as across exec. */
-    default_handlers();
+    default_handlers(&caught);
     mpe__processes_after_fork();
     mpe__pipes_after_fork(opts);
     if (!opts || !opts->inherit_fds) close_other_fds(opts);
@@ -264,6 +281,7 @@ int mpe_process_spawn(mpe_process **out, mpe_entry_fn fn, void *arg,
     _exit(code & 255);
   }
   pthread_sigmask(SIG_SETMASK, &old, NULL);
+  sched_yield(); /* a child queued on this CPU runs now, not after our work */
   p->pid = pid;
   p->ledger = mpe__ledger_take_pending();
   p->daemon = opts ? opts->daemon : 0;
