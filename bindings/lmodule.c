@@ -151,7 +151,7 @@ static int l_cpu_count(lua_State *L) {
 }
 
 static int l_getpid(lua_State *L) {
-  lua_pushinteger(L, (lua_Integer)getpid());
+  lua_pushinteger(L, (lua_Integer)mpe_self_pid());
   return 1;
 }
 

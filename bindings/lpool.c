@@ -39,7 +39,7 @@ static lpool *to_pool(lua_State *L, int idx) {
 /* The pool at idx, which must be this process's own and running. */
 static lpool *own_pool(lua_State *L, int idx) {
   lpool *lp = to_pool(L, idx);
-  if (!lp->p || lp->owner != getpid()) luaL_error(L, "Pool: can only be used from the process that made it");
+  if (!lp->p || lp->owner != mpe_self_pid()) luaL_error(L, "Pool: can only be used from the process that made it");
   return lp;
 }
 
@@ -473,7 +473,7 @@ static int ref_or_none(lua_State *L, int idx) {
 }
 
 static void release(lua_State *L, lpool *lp, int kill) {
-  if (lp->p && lp->owner == getpid()) mpe_pool_free(lp->p, kill);
+  if (lp->p && lp->owner == mpe_self_pid()) mpe_pool_free(lp->p, kill);
   lp->p = NULL;
   for (size_t i = 0; i < lp->nfns; i++)
     if (lp->fns[i].ref) mpe_free(mpe_deref(lp->fns[i].ref));
@@ -558,7 +558,7 @@ static int l_new(lua_State *L) {
   luaL_checktype(L, 7, LUA_TFUNCTION);
   const char *token = luaL_checkstring(L, 8);
   lpool *lp = push_pool(L);
-  lp->owner = getpid();
+  lp->owner = mpe_self_pid();
   snprintf(lp->token, sizeof lp->token, "%s", token);
   lp->memory_limit = o.memory_limit;
   lp->timeout = o.timeout;
@@ -580,8 +580,8 @@ static int l_new(lua_State *L) {
 
 static int l_gc(lua_State *L) {
   lpool *lp = lua_touserdata(L, 1);
-  if (lp->p && lp->owner == getpid() && !mpe_in_child()) mpe_pool_terminate(lp->p);
-  if (lp->owner == getpid()) release(L, lp, 1);
+  if (lp->p && lp->owner == mpe_self_pid() && !mpe_in_child()) mpe_pool_terminate(lp->p);
+  if (lp->owner == mpe_self_pid()) release(L, lp, 1);
   return 0;
 }
 
@@ -789,8 +789,8 @@ static int l_in_child(lua_State *L) {
  * processes a run (0: one per CPU) until SIGINT/SIGTERM: 0 or < 0. */
 int mpel_serve_broker(lua_State *L, const char *url, int procs, const char *name) {
   lpool *lp = push_pool(L);
-  lp->owner = getpid();
-  snprintf(lp->token, sizeof lp->token, "host.%d", (int)getpid());
+  lp->owner = mpe_self_pid();
+  snprintf(lp->token, sizeof lp->token, "host.%d", (int)mpe_self_pid());
   lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.serving");
   mpe_pool_options o = {0};
   o.processes = procs;
