@@ -727,8 +727,9 @@ MPE_API void mpe_pool_free(mpe_pool *p, int kill);
 /* The pool across hosts, through a Redis broker (the broker library,
  * libmpengine_broker, built when hiredis is there; URL as
  * redis://[[user]:password@]host[:port][/db] or unix:///path?password=..).
- * A broker pool has the same submit/collect/map calls; processes is how
- * many of its batches may be out at once (0: 16); its tasks run on the
+ * A broker pool has the same submit/collect/map calls; processes > 0 caps
+ * how many of its tasks run at once (one a lane), 0: 16 lanes of batches
+ * (no cap beyond the hosts' workers); its tasks run on the
  * worker hosts' fn. A task whose remote worker died gets MPE_EDIED with its
  * pid and a text naming the host; one lost `attempts` times with its hosts
  * gets MPE_EDIED, pid 0 and "Pool: task lost N times (last on host NAME)". */

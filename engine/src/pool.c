@@ -327,7 +327,9 @@ static int send_batch(mpe_pool *p, int slot, size_t k) {
 static int dispatch(mpe_pool *p) {
   if (!p->pending || p->shut) return 0;
   size_t depth = 1, per_batch = 1;
-  if (p->chunksize) {
+  if (p->one_each) {
+    /* one task a lane: processes is then an exact cap */
+  } else if (p->chunksize) {
     per_batch = p->chunksize;
     depth = 2 * per_batch;
   } else if (p->task_time > 0) {
@@ -616,3 +618,5 @@ void mpe_pool_free(mpe_pool *p, int kill) {
 }
 
 mpe__pool_transport *mpe__pool_transport_of(mpe_pool *p) { return p ? p->tr : NULL; }
+
+void mpe__pool_one_each(mpe_pool *p) { p->one_each = 1; }

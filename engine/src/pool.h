@@ -137,6 +137,8 @@ typedef int (*mpe__pool_mk)(mpe__pool_transport **out, int workers, const mpe__p
 int mpe__pool_start_with(mpe_pool **out, mpe_pool_fn fn, void *ctx, const mpe_pool_options *opts,
                          mpe__pool_mk mk, void *arg);
 
+/* Each worker of p holds one task at most (a broker pool's exact cap). */
+void mpe__pool_one_each(mpe_pool *p);
 /* The transport a pool reaches its workers through. */
 mpe__pool_transport *mpe__pool_transport_of(mpe_pool *p);
 

@@ -402,6 +402,7 @@ int mpe_pool_start_broker(mpe_pool **out, const char *url, const mpe_pool_option
   lanes.initializer = NULL;
   int rc = mpe__pool_start_with(out, no_fn, NULL, &lanes, broker_mk, &a);
   if (rc < 0) return rc;
+  if (opts && opts->processes > 0) mpe__pool_one_each(*out); /* processes: tasks running at once */
   /* what a host's local pool for this run is made with */
   char v[64];
   snprintf(v, sizeof v, "%.17g %zu %zu", o.timeout, o.maxtasksperchild, o.memory_limit);

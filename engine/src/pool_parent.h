@@ -73,6 +73,7 @@ struct mpe_pool {
   mpe__pool_transport *tr;
   mpe__pool_cfg cfg;
   size_t chunksize;
+  int one_each; /* a worker (a broker's lane) holds one task at most */
   double timeout;
   span *pend; /* deque of spans; pending: the tasks in them */
   size_t phead, plen, pcap, pending;

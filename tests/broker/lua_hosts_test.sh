@@ -86,6 +86,8 @@ run plain "$jobs/plain.lua" || fail "plain: the job failed"
 says plain "^plain 4,9$" || fail "plain: a plain script's module did not travel"
 run recycle "$jobs/features.lua" recycle || fail "recycle: the job failed"
 says recycle "^recycle 100 100$" || fail "recycle: maxtasksperchild on a broker"
+run cap "$jobs/features.lua" cap || fail "cap: the job failed"
+says cap "^cap [12]$" || fail "cap: more tasks ran at once than processes"
 echo "ok travel: globals, modules, upvalues; errors with file:line and host; local objects refused"
 
 # a malformed batch written by hand to a run's stream: no host stops for it

@@ -44,6 +44,20 @@ function M.main(what)
     for i = 1, 100 do xs[i] = i end
     local r = p2:map(function(x) return x end, xs, 1)
     print("recycle " .. #r .. " " .. r[100])
+  elseif what == "cap" then -- processes caps the tasks running at once, over every host
+    local p2 <close> = mp.Pool{processes = 2}
+    local spans = p2:map(function()
+      local s = mp.time()
+      while mp.time() < s + 0.03 do end
+      return {s, mp.time()}
+    end, {1, 2, 3, 4, 5, 6, 7, 8}, 1)
+    local most = 0
+    for _, a in ipairs(spans) do -- tasks running when a started
+      local n = 0
+      for _, b in ipairs(spans) do if b[1] <= a[1] and a[1] < b[2] then n = n + 1 end end
+      most = math.max(most, n)
+    end
+    print("cap " .. most)
   elseif what == "away" then -- the broker stops for longer than broker_timeout
     local p2 <close> = mp.Pool{broker_timeout = 2}
     p2:map(function(x) return x end, {1})
