@@ -312,6 +312,9 @@ static int cmd_worker(int argc, char **argv) {
     char *b = broker_arg(argc, argv, &i);
     if (b) {
       url = b;
+    } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+      usage(stdout);
+      return 0;
     } else if (strcmp(argv[i], "--procs") == 0 && i + 1 < argc) {
       char *end;
       procs = strtol(argv[++i], &end, 10);
@@ -377,6 +380,10 @@ static int cmd_status(int argc, char **argv) {
     char *b = broker_arg(argc, argv, &i);
     if (b) url = b;
     else if (strcmp(argv[i], "--json") == 0) json = 1;
+    else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+      usage(stdout);
+      return 0;
+    }
     else {
       fprintf(stderr, "%s: status: unknown or incomplete option '%s'\n", progname, argv[i]);
       return EXIT_USAGE;

@@ -25,7 +25,7 @@ end
 -- Runs in a worker: the words of one file, lower-cased, with their counts.
 function M.count_words(path)
   local f = io.open(path, "rb")
-  if not f then return {} end
+  if not f then error(("cannot read %s (on a worker host, the files must be at the same path)"):format(path)) end
   local text = f:read("a")
   f:close()
   local counts = {}
