@@ -641,6 +641,7 @@ for _, t in ipairs(redis.call('SMEMBERS', KEYS[1])) do
     redis.call('SREM', KEYS[1], t)
   end
 end
+if moved > 0 then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end
 return moved]]
 
 local TASK_DONE = script [[
@@ -653,6 +654,7 @@ return u]]
 local UNCLOSE = script [[
 redis.call('LREM', KEYS[1], 1, ARGV[1])
 redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return 1]]
 
 local QNAMES = {[5] = "Queue", [6] = "JoinableQueue", [7] = "SimpleQueue"}
@@ -690,7 +692,7 @@ local function consumer(st)
 end
 
 local function q_took(st, data)
-  if st.maxsize > 0 then conn(st):pipe({"LPUSH", st.k.nf, 1}, {"LTRIM", st.k.nf, 0, 0}) end
+  if st.maxsize > 0 then conn(st):pipe({"LPUSH", st.k.nf, 1}, {"LTRIM", st.k.nf, 0, 0}, {"PEXPIRE", st.k.nf, ttl_ms(st)}) end
   return B.decode(data)
 end
 
@@ -704,13 +706,13 @@ local function q_get(self, timeout, nowait)
     if joinable then
       local pend = consumer(st)
       if nowait then
-        data = c:call("LMOVE", st.k.q, pend, "LEFT", "RIGHT")
+        data = c:pipe({"LMOVE", st.k.q, pend, "LEFT", "RIGHT"}, {"PEXPIRE", pend, ttl_ms(st)})[1]
       else
-        local s = slice_of(deadline)
-        data = c:bcall(s, "BLMOVE", st.k.q, pend, "LEFT", "RIGHT", sfmt("%.3f", s))
+        local s = slice_of(deadline) -- (a slice is shorter than the read timeout)
+        data = c:pipe({"BLMOVE", st.k.q, pend, "LEFT", "RIGHT", sfmt("%.3f", s)}, {"PEXPIRE", pend, ttl_ms(st)})[1]
       end
       if data == CLOSED then
-        c:eval(UNCLOSE, 2, pend, st.k.q, CLOSED)
+        c:eval(UNCLOSE, 2, pend, st.k.q, CLOSED, ttl_ms(st))
         return nil, "closed"
       end
     else
@@ -722,12 +724,12 @@ local function q_get(self, timeout, nowait)
         data = r and r[2]
       end
       if data == CLOSED then
-        c:call("RPUSH", st.k.q, CLOSED)
+        c:pipe({"RPUSH", st.k.q, CLOSED}, {"PEXPIRE", st.k.q, ttl_ms(st)})
         return nil, "closed"
       end
     end
     if data then return q_took(st, data) end
-    if joinable then c:eval(RECLAIM, 2, st.k.cs, st.k.q, st.prefix) end
+    if joinable then c:eval(RECLAIM, 2, st.k.cs, st.k.q, st.prefix, ttl_ms(st)) end
     B.check_signal()
     if nowait then return nil, "empty" end
     if expired(deadline) then return nil, "timeout" end
@@ -783,9 +785,9 @@ local jq_m = setmetatable({
     local deadline = deadline_of(timeout, "JoinableQueue")
     while true do
       local c = c_of(st)
-      c:eval(RECLAIM, 2, st.k.cs, st.k.q, st.prefix)
+      c:eval(RECLAIM, 2, st.k.cs, st.k.q, st.prefix, ttl_ms(st))
       if tonumber(c:call("GET", st.k.u) or "0") <= 0 then
-        c:pipe({"LPUSH", st.k.j, 1}, {"LTRIM", st.k.j, 0, 0}) -- the next joiner goes on too
+        c:pipe({"LPUSH", st.k.j, 1}, {"LTRIM", st.k.j, 0, 0}, {"PEXPIRE", st.k.j, ttl_ms(st)}) -- the next joiner goes on too
         return true
       end
       if expired(deadline) then return false, "timeout" end
