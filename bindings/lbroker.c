@@ -51,7 +51,8 @@ static bconn *check_conn(lua_State *L, int idx) {
 
 static int conn_gc(lua_State *L) {
   bconn *c = luaL_checkudata(L, 1, CONN_MT);
-  if (c->r) mpe__redis_close(c->r); /* in a child: closes its copy of the socket only */
+  if (c->r && c->pid == getpid()) mpe__redis_close(c->r);
+  else if (c->r) mpe__redis_abandon(c->r); /* a parent's, inherited through fork */
   c->r = NULL;
   if (c->url) {
     memset(c->url, 0, strlen(c->url));

@@ -1,0 +1,97 @@
+-- objects_job.lua - what each "host" of objects_hosts_test.sh runs, with the
+-- broker in MPENGINE_BROKER; objects are found by name on the broker.
+--   counter ID N K         N processes x K increments: under the Lock, and v:add(1)
+--   counts ID              prints "locked L added A"
+--   hold ID LEASE          takes the Lock, prints "held FENCE", keeps using the broker
+--   take ID TIMEOUT        tries the Lock: "took FENCE" or "refused"
+--   queue ID P C N OUT     P producers x N items, C consumers writing what they get
+--                          to OUT.<pid>; the host whose producers end last closes the queue
+local mp = require "mpengine"
+
+local M = {}
+
+local function named(ctor, id, what, ...) return ctor(..., {broker = true, name = id .. ":" .. what}) end
+
+local function run_all(n, target)
+  local ps = {}
+  for i = 1, n do
+    ps[i] = mp.Process{target = target, args = {i}}
+    ps[i]:start()
+  end
+  for i = 1, n do
+    ps[i]:join()
+    assert(ps[i].exitcode == 0, "a process failed")
+  end
+end
+
+function M.counter(id, n, k)
+  local lock = named(mp.Lock, id, "lock")
+  local locked, added = named(mp.Value, id, "locked", "i", 0), named(mp.Value, id, "added", "i", 0)
+  run_all(tonumber(n), function()
+    for _ = 1, tonumber(k) do
+      lock:acquire()
+      locked.value = locked.value + 1
+      lock:release()
+      added:add(1)
+    end
+  end)
+end
+
+function M.counts(id)
+  local locked, added = named(mp.Value, id, "locked", "i", 0), named(mp.Value, id, "added", "i", 0)
+  print(("locked %d added %d"):format(locked.value, added.value))
+end
+
+function M.hold(id, lease)
+  local lock = mp.Lock{broker = true, name = id .. ":lease", lease = tonumber(lease)}
+  local d = named(mp.Dict, id, "beat")
+  assert(lock:acquire())
+  print("held " .. lock.fence)
+  io.stdout:flush()
+  local i = 0
+  while true do -- every broker call renews the lease when it is a third through
+    i = i + 1
+    d.beat = i
+    mp.sleep(0.05) -- pacing, not synchronisation
+  end
+end
+
+function M.take(id, timeout)
+  local lock = mp.Lock{broker = true, name = id .. ":lease", lease = 1}
+  if lock:acquire(tonumber(timeout)) then
+    print("took " .. lock.fence)
+    lock:release()
+  else
+    print("refused")
+  end
+end
+
+function M.queue(id, p, c, n, out)
+  local q = named(mp.Queue, id, "q")
+  local ended = named(mp.Value, id, "producers", "i", 0)
+  local consumers = {}
+  for i = 1, tonumber(c) do
+    consumers[i] = mp.Process{target = function()
+      local f = assert(io.open(out .. "." .. mp.getpid(), "w"))
+      for v in q:iter() do f:write(v, "\n") end
+      f:close()
+    end}
+    consumers[i]:start()
+  end
+  run_all(tonumber(p), function()
+    local tag = mp.getpid() * 1000000
+    for j = 1, tonumber(n) do q:put(tag + j) end
+  end)
+  if ended:add(tonumber(p)) == 4 then q:close() end
+  for i = 1, #consumers do
+    consumers[i]:join()
+    assert(consumers[i].exitcode == 0, "a consumer failed")
+  end
+end
+
+function M.main(what, ...)
+  assert(mp.broker(), "run with MPENGINE_BROKER=URL")
+  M[what](...)
+end
+
+return M
