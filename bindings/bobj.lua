@@ -25,7 +25,7 @@ local DEFAULT_LEASE = 10
 local sfmt, mtype = string.format, math.type
 
 local SUB = {Dict = 1, Value = 2, Lock = 3, RLock = 4, Queue = 5, JoinableQueue = 6, SimpleQueue = 7,
-  Event = 8, Semaphore = 9, BoundedSemaphore = 10}
+  Event = 8, Semaphore = 9, BoundedSemaphore = 10, Array = 11}
 
 -- ------------------------------------------------------------ the process
 
@@ -157,8 +157,7 @@ end
 
 -- ------------------------------------------------------------ the objects
 
-local metas = {}   -- sub -> metatable
-local methods = {} -- sub -> method table
+local metas = {} -- sub -> metatable
 
 local function keys_of(prefix, names)
   local k = {m = prefix .. ":m"}
@@ -170,7 +169,7 @@ local KEYS = {
   [1] = {h = "h"}, [2] = {v = "v"}, [3] = {l = "l", f = "f", w = "w"}, [4] = {l = "l", f = "f", w = "w"},
   [5] = {q = "q", c = "c", nf = "nf"}, [6] = {q = "q", c = "c", nf = "nf", u = "u", j = "j", cs = "cs"},
   [7] = {q = "q", c = "c", nf = "nf"}, [8] = {e = "e", g = "g", n = "n", w = "w"},
-  [9] = {s = "s", w = "w"}, [10] = {s = "s", w = "w"},
+  [9] = {s = "s", w = "w"}, [10] = {s = "s", w = "w"}, [11] = {a = "a"},
 }
 
 local function wrap(st)
@@ -250,7 +249,6 @@ end
 local function S(self) return B.state(self) end
 
 local function common(name, sub, m, index_extra)
-  methods[sub] = m
   local mt = {__name = name}
   mt.__index = function(self, key)
     local f = m[key]
@@ -330,9 +328,8 @@ end
 
 local function l_release(self)
   local st = S(self)
-  local h = held[st.prefix]
   pid_now()
-  h = held[st.prefix]
+  local h = held[st.prefix]
   if not h then error(lock_name(st) .. ": cannot release a lock this process does not hold", 2) end
   local r = c_of(st):eval(RELEASE, 2, st.k.l, st.k.w, my_token, ttl_ms(st))
   if r == -1 then
@@ -611,6 +608,135 @@ value_mt.__newindex = function(self, key, x)
   c_of(st):call("SET", st.k.v, val_text(x), "PX", ttl_ms(st))
 end
 
+-- ------------------------------------------------------------------ Array
+
+-- A hash of elements by index ("1".."n"), so an add is HINCRBY (exact 64-bit).
+local ACREATE = script [[
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  local n = tonumber(ARGV[1])
+  redis.call('HSET', KEYS[1], unpack(ARGV, n * 2 + 2))
+  for i = 1, n do redis.call('HSET', KEYS[2], ARGV[2 * i], ARGV[2 * i + 1]) end
+end
+local ttl = redis.call('HGET', KEYS[1], 'ttl')
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('EXPIRE', KEYS[2], ttl)
+return redis.call('HGETALL', KEYS[1])]]
+
+local AADD = script [[
+local v = redis.call('HGET', KEYS[1], ARGV[1]) or '0'
+local n = ARGV[2]
+local r
+if string.sub(v, 1, 1) ~= 'f' and string.sub(n, 1, 1) ~= 'f' then
+  redis.call('HINCRBY', KEYS[1], ARGV[1], n)
+  r = redis.call('HGET', KEYS[1], ARGV[1])
+  if ARGV[4] ~= '' and (tonumber(r) < tonumber(ARGV[4]) or tonumber(r) > tonumber(ARGV[5])) then
+    redis.call('HINCRBY', KEYS[1], ARGV[1], -tonumber(n)); return {0}
+  end
+else
+  r = 'f' .. string.format('%.17g', tonumber((string.gsub(v, '^f', ''))) + tonumber((string.gsub(n, '^f', ''))))
+  redis.call('HSET', KEYS[1], ARGV[1], r)
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return {1, r}]]
+
+local function a_index(st, i)
+  if mtype(i) ~= "integer" then i = type(i) == "number" and math.tointeger(i) or nil end
+  if not i or i < 1 or i > st.n then
+    error(sfmt("Array index %s out of range (1..%d)", tostring(i), st.n), 3)
+  end
+  return i
+end
+
+local function a_val(st, s)
+  if s == nil or s == false then return st.typecode == "c" and "\0" or st.typecode:match("^[fd]$") and 0.0 or 0 end
+  return text_val(s)
+end
+
+local function a_range(st, i, j, what)
+  if i < 1 or j > st.n or j < i - 1 then
+    error(sfmt("Array: elements %d..%d out of range (1..%d)", i, j, st.n), 3)
+  end
+  return what
+end
+
+local array_m = {}
+
+function array_m.totable(self)
+  local st = S(self)
+  local fields = {}
+  for i = 1, st.n do fields[i] = i end
+  if st.n == 0 then return {} end
+  local r = c_of(st):call("HMGET", st.k.a, table.unpack(fields))
+  local out = {}
+  for i = 1, st.n do out[i] = a_val(st, r[i]) end
+  return out
+end
+
+function array_m.slice(self, i, j)
+  local st = S(self)
+  i, j = i or 1, j or st.n
+  a_range(st, i, j)
+  if j < i then return {} end
+  local fields = {}
+  for x = i, j do fields[#fields + 1] = x end
+  local r = c_of(st):call("HMGET", st.k.a, table.unpack(fields))
+  local out = {}
+  for x = 1, #fields do out[x] = a_val(st, r[x]) end
+  return out
+end
+
+function array_m.store(self, list, i)
+  local st = S(self)
+  i = i or 1
+  a_range(st, i, i + #list - 1)
+  if #list == 0 then return end
+  local args = {"HSET", st.k.a}
+  for x = 1, #list do
+    args[#args + 1] = i + x - 1
+    args[#args + 1] = val_text(v_check(st.typecode, list[x]))
+  end
+  c_of(st):pipe({"MULTI"}, args, {"PEXPIRE", st.k.a, ttl_ms(st)}, {"EXEC"})
+end
+
+function array_m.add(self, i, n)
+  local st = S(self)
+  i = a_index(st, i)
+  local tc = st.typecode
+  if tc == "c" then error("Array: add needs a number typecode", 2) end
+  if type(n) ~= "number" then error("Array: add: n must be a number", 2) end
+  local float = tc == "f" or tc == "d"
+  if not float then n = v_check("q", n) end
+  local r = RANGES[tc]
+  local narrow = r and r[2] < math.maxinteger
+  local out = c_of(st):eval(AADD, 1, st.k.a, i, num_text(float and n + 0.0 or n), ttl_ms(st),
+    narrow and sfmt("%d", r[1]) or "", narrow and sfmt("%d", r[2]) or "")
+  if out[1] == 0 then error(sfmt("Array: adding %s goes out of range for typecode '%s'", tostring(n), tc), 2) end
+  return text_val(out[2])
+end
+
+array_m.get_lock = function(self)
+  local st = S(self)
+  if st.nolock == 1 then error("Array: made with {lock = false}: it has no lock", 2) end
+  if not st.lock then st.lock = own_lock(st) end
+  return st.lock
+end
+
+local array_mt = common("Array", SUB.Array, array_m, function(self, key)
+  local st = S(self)
+  if key == "typecode" then return st.typecode end
+  if type(key) == "number" then
+    local i = a_index(st, key)
+    return a_val(st, c_of(st):call("HGET", st.k.a, i))
+  end
+end)
+array_mt.__newindex = function(self, key, x)
+  local st = S(self)
+  local i = a_index(st, key)
+  x = v_check(st.typecode, x)
+  c_of(st):pipe({"HSET", st.k.a, i, val_text(x)}, {"PEXPIRE", st.k.a, ttl_ms(st)})
+end
+array_mt.__len = function(self) return S(self).n end
+
 -- ------------------------------------------------------------------ Queue
 
 local CLOSED = "\255closed"
@@ -648,7 +774,9 @@ local TASK_DONE = script [[
 if tonumber(redis.call('GET', KEYS[1]) or '0') <= 0 then return -1 end
 redis.call('LPOP', KEYS[3])
 local u = redis.call('DECR', KEYS[1])
-if u <= 0 then redis.call('LPUSH', KEYS[2], 1); redis.call('LTRIM', KEYS[2], 0, 0); redis.call('PEXPIRE', KEYS[2], ARGV[1]) end
+if u <= 0 then
+  redis.call('LPUSH', KEYS[2], 1); redis.call('LTRIM', KEYS[2], 0, 0); redis.call('PEXPIRE', KEYS[2], ARGV[1])
+end
 return u]]
 
 local UNCLOSE = script [[
@@ -665,7 +793,8 @@ local function q_put(self, v, timeout, nowait)
   local data = B.encode(v)
   local deadline = deadline_of(timeout, QNAMES[st.sub])
   while true do
-    local c, r = c_of(st)
+    local c = c_of(st)
+    local r
     if st.sub == SUB.JoinableQueue then
       r = c:eval(PUT, 3, st.k.q, st.k.c, st.k.u, data, st.maxsize, ttl_ms(st))
     else
@@ -692,7 +821,9 @@ local function consumer(st)
 end
 
 local function q_took(st, data)
-  if st.maxsize > 0 then conn(st):pipe({"LPUSH", st.k.nf, 1}, {"LTRIM", st.k.nf, 0, 0}, {"PEXPIRE", st.k.nf, ttl_ms(st)}) end
+  if st.maxsize > 0 then
+    conn(st):pipe({"LPUSH", st.k.nf, 1}, {"LTRIM", st.k.nf, 0, 0}, {"PEXPIRE", st.k.nf, ttl_ms(st)})
+  end
   return B.decode(data)
 end
 
@@ -787,7 +918,8 @@ local jq_m = setmetatable({
       local c = c_of(st)
       c:eval(RECLAIM, 2, st.k.cs, st.k.q, st.prefix, ttl_ms(st))
       if tonumber(c:call("GET", st.k.u) or "0") <= 0 then
-        c:pipe({"LPUSH", st.k.j, 1}, {"LTRIM", st.k.j, 0, 0}, {"PEXPIRE", st.k.j, ttl_ms(st)}) -- the next joiner goes on too
+        -- the next joiner goes on too
+        c:pipe({"LPUSH", st.k.j, 1}, {"LTRIM", st.k.j, 0, 0}, {"PEXPIRE", st.k.j, ttl_ms(st)})
         return true
       end
       if expired(deadline) then return false, "timeout" end
@@ -994,9 +1126,52 @@ wrap_ctor("Value", function(opts, args)
   return create(SUB.Value, opts, meta, "v", tc == "c" and ("e" .. B.encode(init)) or val_text(init))
 end)
 
--- Not on a broker yet: Condition, Barrier, Array stay local; asked for
+wrap_ctor("Array", function(opts, args)
+  local tc, init = args[1], args[2]
+  if type(tc) ~= "string" or not (RANGES[tc] or tc == "f" or tc == "d" or tc == "c") then
+    error("Array: bad typecode " .. tostring(tc), 3)
+  end
+  local values = {}
+  if type(init) == "string" and tc == "c" then
+    for i = 1, #init do values[i] = init:sub(i, i) end
+  elseif type(init) == "table" then
+    for i = 1, #init do values[i] = v_check(tc, init[i]) end
+  elseif mtype(init) == "integer" and init >= 0 then
+    values = nil
+  else
+    error("Array: size_or_table must be an integer >= 0 or a list", 3)
+  end
+  local n = values and #values or init
+  local c = B.connect(opts.broker ~= true and opts.broker or nil)
+  local prefix
+  if opts.name ~= nil then
+    prefix = "mpe:n:" .. opts.name
+  else
+    made = made + 1
+    prefix = "mpe:o:" .. token():gsub(":", ".") .. "." .. made
+  end
+  local ttl = opts.ttl or DEFAULT_TTL
+  local argv = {values and #values or 0}
+  for i = 1, values and #values or 0 do
+    argv[#argv + 1] = i
+    argv[#argv + 1] = val_text(values[i])
+  end
+  for _, kv in ipairs {{"kind", SUB.Array}, {"ttl", ttl}, {"typecode", tc}, {"n", n},
+    {"nolock", opts.lock == false and 1 or 0}} do
+    argv[#argv + 1] = kv[1]
+    argv[#argv + 1] = kv[2]
+  end
+  local st = {sub = SUB.Array, display = c:display(), prefix = prefix, c = c, pid = pid_now()}
+  local k = keys_of(prefix, KEYS[SUB.Array])
+  from_meta(st, c:eval(ACREATE, 2, k.m, k.a, table.unpack(argv)))
+  if st.kind ~= SUB.Array then error(sfmt("Broker: %s on %s is another kind of object", prefix, st.display), 3) end
+  st.touched = mp.time()
+  return wrap(st)
+end)
+
+-- Not on a broker yet: Condition, Barrier stay local; asked for
 -- explicitly on a broker, they say so.
-for _, name in ipairs {"Condition", "Barrier", "Array"} do
+for _, name in ipairs {"Condition", "Barrier"} do
   local local_ctor = mp[name]
   mp[name] = function(...)
     local opts, args = split(...)

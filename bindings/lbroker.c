@@ -26,9 +26,9 @@
 
 #include "mpe_lua.h"
 
-#define CONN_MT "mpengine.BrokerConnection"
+#define CONN_MT   "mpengine.BrokerConnection"
 #define SCRIPT_MT "mpengine.BrokerScript"
-#define OBJ_KIND 15 /* wire byte of every object on a broker (payload: sub-kind, URL, prefix) */
+#define OBJ_KIND  15 /* wire byte of every object on a broker (payload: sub-kind, URL, prefix) */
 
 #ifdef MPE_HAVE_BROKER
 #include <hiredis/hiredis.h>
@@ -51,8 +51,10 @@ static bconn *check_conn(lua_State *L, int idx) {
 
 static int conn_gc(lua_State *L) {
   bconn *c = luaL_checkudata(L, 1, CONN_MT);
-  if (c->r && c->pid == getpid()) mpe__redis_close(c->r);
-  else if (c->r) mpe__redis_abandon(c->r); /* a parent's, inherited through fork */
+  if (c->r && c->pid == getpid())
+    mpe__redis_close(c->r);
+  else if (c->r)
+    mpe__redis_abandon(c->r); /* a parent's, inherited through fork */
   c->r = NULL;
   if (c->url) {
     memset(c->url, 0, strlen(c->url));
@@ -170,8 +172,10 @@ static void push_reply(lua_State *L, bconn *c, redisReply *rep, int in_array) {
     break;
   case REDIS_REPLY_ERROR: lua_pushfstring(L, "Broker %s: %s", c->display, rep->str); break;
   default:
-    if (in_array) lua_pushboolean(L, 0);
-    else lua_pushnil(L);
+    if (in_array)
+      lua_pushboolean(L, 0);
+    else
+      lua_pushnil(L);
     break;
   }
 }
@@ -250,7 +254,8 @@ static int c_pipe(lua_State *L) {
     int base = lua_gettop(L);
     lua_Integer m = luaL_len(L, i);
     luaL_checkstack(L, (int)m + 4, "broker command");
-    for (lua_Integer j = 1; j <= m; j++) lua_geti(L, i, j);
+    for (lua_Integer j = 1; j <= m; j++)
+      lua_geti(L, i, j);
     const char **av;
     size_t *al;
     int n = gather(L, base + 1, &av, &al);
@@ -316,7 +321,8 @@ static int c_display(lua_State *L) {
 }
 
 static const luaL_Reg conn_methods[] = {
-    {"call", c_call}, {"bcall", c_bcall}, {"pipe", c_pipe}, {"eval", c_eval}, {"display", c_display}, {NULL, NULL},
+    {"call", c_call}, {"bcall", c_bcall},     {"pipe", c_pipe},
+    {"eval", c_eval}, {"display", c_display}, {NULL, NULL},
 };
 
 static void open_conn_meta(lua_State *L) {
@@ -334,8 +340,8 @@ static int no_broker(lua_State *L) {
   return luaL_error(L, "Broker: this build has no broker (hiredis was not found when it was built)");
 }
 #define b_connect no_broker
-#define b_lookup no_broker
-#define b_script no_broker
+#define b_lookup  no_broker
+#define b_script  no_broker
 static int b_display(lua_State *L) {
   if (!mpel_run_broker()) return 0;
   return no_broker(L);
@@ -358,7 +364,8 @@ static const char *obj_encode(lua_State *L, int idx, mpel_wire *w) {
   int sub = (int)lua_tointeger(L, -3);
   const char *d = lua_tolstring(L, -2, &dl), *p = lua_tolstring(L, -1, &pl);
   const char *why = NULL;
-  if (!d || !p || dl + pl + 2 > sizeof buf) why = "a broker object's reference is too long";
+  if (!d || !p || dl + pl + 2 > sizeof buf)
+    why = "a broker object's reference is too long";
   else {
     buf[0] = (char)sub;
     memcpy(buf + 1, d, dl + 1);
@@ -369,8 +376,8 @@ static const char *obj_encode(lua_State *L, int idx, mpel_wire *w) {
   return why;
 }
 
-static int obj_decode(lua_State *L, const mpel_class *cls, const unsigned char *ref, size_t len, mpe_pipe **ends,
-                      size_t nends) {
+static int obj_decode(lua_State *L, const mpel_class *cls, const unsigned char *ref, size_t len,
+                      mpe_pipe **ends, size_t nends) {
   const unsigned char *nul = len > 1 ? memchr(ref + 1, 0, len - 1) : NULL;
   if (!nul) return -1;
   if (lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.battach") != LUA_TFUNCTION) return -1;
@@ -441,16 +448,19 @@ static int b_token(lua_State *L) {
   host[sizeof host - 1] = 0;
   if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) memset(rnd, 0, sizeof rnd);
   char buf[200];
-  snprintf(buf, sizeof buf, "%s:%d:%02x%02x%02x%02x%02x%02x", host, (int)getpid(), rnd[0], rnd[1], rnd[2], rnd[3],
-           rnd[4], rnd[5]);
+  snprintf(buf, sizeof buf, "%s:%d:%02x%02x%02x%02x%02x%02x", host, (int)getpid(), rnd[0], rnd[1], rnd[2],
+           rnd[3], rnd[4], rnd[5]);
   lua_pushstring(L, buf);
   return 1;
 }
 
 static const luaL_Reg bfuncs[] = {
-    {"connect", b_connect}, {"lookup", b_lookup}, {"display", b_display}, {"script", b_script},
-    {"register", b_register}, {"wrap", b_wrap}, {"state", b_state}, {"encode", b_encode},
-    {"decode", b_decode}, {"check_signal", b_check_signal}, {"token", b_token}, {NULL, NULL},
+    {"connect", b_connect},   {"lookup", b_lookup},
+    {"display", b_display},   {"script", b_script},
+    {"register", b_register}, {"wrap", b_wrap},
+    {"state", b_state},       {"encode", b_encode},
+    {"decode", b_decode},     {"check_signal", b_check_signal},
+    {"token", b_token},       {NULL, NULL},
 };
 
 extern const unsigned char mpel_bobj_lua[];

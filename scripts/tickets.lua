@@ -117,12 +117,12 @@ end
 function M.main(...)
   local locked, path = true, nil
   local args, i = {...}, 1
-  local broker, sale, buyers, total, left
+  local broker, sale, buyers, total, show_left
   while i <= #args do
     local a = args[i]
     if a == "--unlocked" then locked = false
     elseif a == "--broker" then broker = true
-    elseif a == "--left" then left = true
+    elseif a == "--left" then show_left = true
     elseif a == "--sale" then sale, i = args[i + 1], i + 1
     elseif a == "--buyers" then buyers, i = tonumber(args[i + 1]), i + 1
     elseif a == "--of" then total, i = tonumber(args[i + 1]), i + 1
@@ -132,7 +132,7 @@ function M.main(...)
   if broker then
     assert(mp.broker(), "--broker: run with mpengine run --broker URL (or MPENGINE_BROKER=URL)")
     sale = sale or "sale"
-    if left then
+    if show_left then
       print(mp.Dict{broker = true, name = "tickets:" .. sale .. ":db"}.count)
       return true
     end
