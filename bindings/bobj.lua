@@ -25,17 +25,18 @@ local DEFAULT_LEASE = 10
 local sfmt, mtype = string.format, math.type
 
 local SUB = {Dict = 1, Value = 2, Lock = 3, RLock = 4, Queue = 5, JoinableQueue = 6, SimpleQueue = 7,
-  Event = 8, Semaphore = 9, BoundedSemaphore = 10, Array = 11}
+  Event = 8, Semaphore = 9, BoundedSemaphore = 10, Array = 11, Condition = 12, Barrier = 13}
 
 -- ------------------------------------------------------------ the process
 
 local my_pid, my_token
 local held = {} -- prefix -> {fence, count, lease, renewed, lost, st} for the locks this process holds
+local beats = {} -- prefix -> st of the JoinableQueues this process consumes from (their heartbeats)
 
 local function pid_now()
   local p = mp.getpid()
   if p ~= my_pid then -- a fresh process (or a forked child): its own name, no locks held
-    my_pid, my_token, held = p, B.token(), {}
+    my_pid, my_token, held, beats = p, B.token(), {}, {}
   end
   return p
 end
@@ -64,8 +65,12 @@ if redis.call('HGET', KEYS[1], 'o') == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2]); return 1 end
 return 0]]
 
--- Renews the leases this process holds that are a third through.
+local consumer
+
+-- Renews the leases this process holds, and its heartbeats as a consumer,
+-- that are a third through.
 local function renew_due()
+  for _, st in pairs(beats) do consumer(st) end
   if next(held) == nil then return end
   local now = mp.time()
   for _, h in pairs(held) do
@@ -169,7 +174,7 @@ local KEYS = {
   [1] = {h = "h"}, [2] = {v = "v"}, [3] = {l = "l", f = "f", w = "w"}, [4] = {l = "l", f = "f", w = "w"},
   [5] = {q = "q", c = "c", nf = "nf"}, [6] = {q = "q", c = "c", nf = "nf", u = "u", j = "j", cs = "cs"},
   [7] = {q = "q", c = "c", nf = "nf"}, [8] = {e = "e", g = "g", n = "n", w = "w"},
-  [9] = {s = "s", w = "w"}, [10] = {s = "s", w = "w"}, [11] = {a = "a"},
+  [9] = {s = "s", w = "w"}, [10] = {s = "s", w = "w"}, [11] = {a = "a"}, [12] = {q = "q"}, [13] = {s = "s"},
 }
 
 local function wrap(st)
@@ -809,10 +814,11 @@ local function q_put(self, v, timeout, nowait)
 end
 
 -- A JoinableQueue's consumer: its heartbeat (lease) and its list of taken items.
-local function consumer(st)
+function consumer(st)
   local t = token()
   if st.ctoken ~= t or mp.time() - st.beat >= st.lease / 3 then
     st.ctoken, st.beat = t, mp.time()
+    beats[st.prefix] = st
     st.pend = st.prefix .. ":p:" .. t
     conn(st):pipe({"SET", st.prefix .. ":hb:" .. t, 1, "PX", math.floor(st.lease * 1000)},
       {"SADD", st.k.cs, t}, {"PEXPIRE", st.k.cs, ttl_ms(st)}, {"PEXPIRE", st.pend, ttl_ms(st)})
@@ -1028,6 +1034,207 @@ local sem_m = {
 common("Semaphore", SUB.Semaphore, sem_m)
 common("BoundedSemaphore", SUB.BoundedSemaphore, sem_m)
 
+-- -------------------------------------------------------------- Condition
+
+-- Each waiter parks a wake-up list of its own in the condition's waiters
+-- list; notify(n) moves n of them (oldest first) to "notified".
+local NOTIFY = script [[
+local n = 0
+while n < tonumber(ARGV[1]) do
+  local k = redis.call('LPOP', KEYS[1])
+  if not k then break end
+  redis.call('RPUSH', k, 1); redis.call('PEXPIRE', k, ARGV[2])
+  n = n + 1
+end
+return n]]
+
+local function cond_lock(st)
+  if not st.lock then
+    if st.lockref == "" then
+      st.lock = own_lock(st) -- its own RLock
+    else
+      local sub, prefix = st.lockref:match("^(%d+):(.*)$")
+      st.lock = attach(tonumber(sub), st.display, prefix)
+    end
+  end
+  return st.lock
+end
+
+local function cond_held(st, what)
+  local lk = cond_lock(st)
+  pid_now()
+  local h = held[S(lk).prefix]
+  if not h then error("Condition: cannot " .. what .. " without holding its lock", 3) end
+  return lk, h
+end
+
+local waits = 0
+
+local function cond_wait_once(self, deadline)
+  local st = S(self)
+  local lk, h = cond_held(st, "wait")
+  waits = waits + 1
+  local wk = sfmt("%s:w:%s.%d", st.prefix, token(), waits)
+  c_of(st):pipe({"RPUSH", st.k.q, wk}, {"PEXPIRE", st.k.q, ttl_ms(st)})
+  local count = h.count
+  for _ = 1, count do l_release(lk) end
+  local ok, notified = pcall(function()
+    while true do
+      local s = slice_of(deadline)
+      if conn(st):bcall(s, "BLPOP", wk, sfmt("%.3f", s)) then return true end
+      B.check_signal()
+      if expired(deadline) then return false end
+    end
+  end)
+  if not (ok and notified) then
+    -- gone from the waiters list: a notify took it meanwhile, and its wake-up is there
+    if conn(st):call("LREM", st.k.q, 1, wk) == 0 and ok then
+      notified = conn(st):bcall(1, "BLPOP", wk, "1") and true or false
+    end
+  end
+  for _ = 1, count do l_acquire(lk) end
+  if not ok then error(notified, 0) end
+  return notified
+end
+
+local cond_m = {
+  acquire = function(self, timeout) return l_acquire(cond_lock(S(self)), timeout) end,
+  release = function(self) return l_release(cond_lock(S(self))) end,
+  get_lock = function(self) return cond_lock(S(self)) end,
+  guard = function(self) return cond_lock(S(self)):guard() end,
+  wait = function(self, timeout)
+    local deadline = deadline_of(timeout, "Condition")
+    if cond_wait_once(self, deadline) then return true end
+    return false, "timeout"
+  end,
+  wait_for = function(self, pred, timeout)
+    local deadline = deadline_of(timeout, "Condition")
+    cond_held(S(self), "wait")
+    while true do
+      local v = pred()
+      if v or expired(deadline) then return v end
+      cond_wait_once(self, deadline)
+    end
+  end,
+  notify = function(self, n)
+    local st = S(self)
+    n = n or 1
+    if mtype(n) ~= "integer" or n < 1 then error("Condition: n must be >= 1", 2) end
+    cond_held(st, "notify")
+    c_of(st):eval(NOTIFY, 1, st.k.q, n, ttl_ms(st))
+  end,
+  notify_all = function(self)
+    local st = S(self)
+    cond_held(st, "notify")
+    c_of(st):eval(NOTIFY, 1, st.k.q, 1000000, ttl_ms(st))
+  end,
+  _waiting = function(self)
+    local st = S(self)
+    return c_of(st):call("LLEN", st.k.q)
+  end,
+}
+common("Condition", SUB.Condition, cond_m)
+
+-- ---------------------------------------------------------------- Barrier
+
+-- s: {gen, count, broken}; the waiters of round gen wait on PREFIX:w:gen.
+local ARRIVE = script [[
+if redis.call('HGET', KEYS[1], 'broken') == '1' then return {-1} end
+local gen = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0')
+local count = redis.call('HINCRBY', KEYS[1], 'count', 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if count >= tonumber(ARGV[1]) then return {1, gen, count - 1} end
+return {0, gen, count - 1}]]
+
+-- The round ends: passed (ARGV[3] ok) or broken; every waiter of it wakes.
+local PASS = script [[
+local gen = redis.call('HGET', KEYS[1], 'gen') or '0'
+if gen ~= ARGV[4] then return 0 end
+local w = ARGV[1] .. ':w:' .. gen
+if ARGV[3] == 'ok' then
+  redis.call('HSET', KEYS[1], 'count', 0, 'gen', tonumber(gen) + 1)
+else
+  redis.call('HSET', KEYS[1], 'broken', 1)
+end
+for _ = 1, tonumber(ARGV[5]) do redis.call('RPUSH', w, ARGV[3]) end
+redis.call('PEXPIRE', w, ARGV[2]); redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1]]
+
+local RESET = script [[
+local gen = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0')
+local w = ARGV[1] .. ':w:' .. gen
+for _ = 1, tonumber(ARGV[3]) do redis.call('RPUSH', w, 'broken') end
+redis.call('PEXPIRE', w, ARGV[2])
+redis.call('HSET', KEYS[1], 'count', 0, 'gen', gen + 1, 'broken', 0)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1]]
+
+local function b_end(st, gen, how)
+  c_of(st):eval(PASS, 1, st.k.s, st.prefix, ttl_ms(st), how, gen, st.parties)
+end
+
+local function b_action(st)
+  if st.action_fn == nil then
+    st.action_fn = st.action ~= "" and text_val(st.action) or false
+  end
+  return st.action_fn
+end
+
+local barrier_m = {
+  wait = function(self, timeout)
+    local st = S(self)
+    if timeout == nil and st.timeout >= 0 then timeout = st.timeout end
+    local deadline = deadline_of(timeout, "Barrier")
+    local r = c_of(st):eval(ARRIVE, 1, st.k.s, st.parties, ttl_ms(st))
+    if r[1] == -1 then return nil, "closed", "broken" end
+    local gen, index = r[2], r[3]
+    if r[1] == 1 then
+      local action = b_action(st)
+      local ok, err = true, nil
+      if action then ok, err = pcall(action) end
+      b_end(st, gen, ok and "ok" or "broken")
+      if not ok then error(err, 0) end
+      return index
+    end
+    local wk = sfmt("%s:w:%d", st.prefix, gen)
+    local ok, res = pcall(function()
+      while true do
+        local s = slice_of(deadline)
+        local got = conn(st):bcall(s, "BLPOP", wk, sfmt("%.3f", s))
+        if got then return got[2] end
+        B.check_signal()
+        if expired(deadline) then return "timeout" end
+      end
+    end)
+    if not ok or res == "timeout" then -- leaving breaks the round, as in Python
+      b_end(st, gen, "broken")
+      if not ok then error(res, 0) end
+      return nil, "timeout"
+    end
+    if res == "ok" then return index end
+    return nil, "closed", "broken"
+  end,
+  abort = function(self)
+    local st = S(self)
+    local gen = c_of(st):call("HGET", st.k.s, "gen") or "0"
+    b_end(st, gen, "broken")
+  end,
+  reset = function(self)
+    local st = S(self)
+    c_of(st):eval(RESET, 1, st.k.s, st.prefix, ttl_ms(st), st.parties)
+  end,
+}
+common("Barrier", SUB.Barrier, barrier_m, function(self, key)
+  local st = S(self)
+  if key == "parties" then return st.parties end
+  if key == "broken" then return c_of(st):call("HGET", st.k.s, "broken") == "1" end
+  if key == "n_waiting" then
+    local r = c_of(st):call("HMGET", st.k.s, "count", "broken")
+    if r[2] == "1" then return 0 end
+    return tonumber(r[1] or "0")
+  end
+end)
+
 -- ------------------------------------------------------ the constructors
 
 -- The options of a constructor call: its last argument when that is a plain
@@ -1169,18 +1376,30 @@ wrap_ctor("Array", function(opts, args)
   return wrap(st)
 end)
 
--- Not on a broker yet: Condition, Barrier stay local; asked for
--- explicitly on a broker, they say so.
-for _, name in ipairs {"Condition", "Barrier"} do
-  local local_ctor = mp[name]
-  mp[name] = function(...)
-    local opts, args = split(...)
-    if opts and opts.broker ~= nil and opts.broker ~= false then
-      error(name .. ": not available on a broker yet (it stays a local object)", 2)
+wrap_ctor("Condition", function(opts, args)
+  local lk = args[1]
+  local lockref
+  if lk == nil then
+    lockref = "" -- its own RLock
+  else
+    local ls = B.state(lk)
+    if not ls or (ls.sub ~= SUB.Lock and ls.sub ~= SUB.RLock) then
+      error("Condition: lock must be a Lock or RLock on the same broker", 3)
     end
-    if opts then return local_ctor(local_opts(opts, args)) end
-    return local_ctor(...)
+    lockref = ls.sub .. ":" .. ls.prefix
   end
-end
+  return create(SUB.Condition, opts, {lockref = lockref})
+end)
+
+wrap_ctor("Barrier", function(opts, args)
+  local parties, action, timeout = args[1], args[2], args[3]
+  if mtype(parties) ~= "integer" or parties < 1 then error("Barrier: parties must be >= 1", 3) end
+  if action ~= nil and type(action) ~= "function" then error("Barrier: action must be a function", 3) end
+  if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
+    error("Barrier: timeout must be a number of seconds >= 0", 3)
+  end
+  return create(SUB.Barrier, opts, {parties = parties, action = action and val_text(action) or "",
+    timeout = timeout or -1})
+end)
 
 return attach

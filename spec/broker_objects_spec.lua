@@ -201,11 +201,11 @@ describe("objects on a broker", function()
   end)
 
   it("Lock: a holder that keeps using the broker keeps its lease", function()
-    local l = mp.Lock{broker = url, lease = 0.3}
+    local l = mp.Lock{broker = url, lease = 1.5}
     local d = mp.Dict(B)
     l:acquire()
     local t0 = mp.time()
-    while mp.time() - t0 < 1 do d.x = 1 end -- broker calls renew the lease
+    while mp.time() - t0 < 2.5 do d.x = 1 end -- broker calls renew the lease (every 0.5 s)
     local got = mp.Queue{broker = false}
     local p = mp.Process{target = function() got:put((l:acquire(0))) end}
     p:start()
@@ -414,8 +414,59 @@ describe("objects on a broker", function()
     assert.has_error(function() b:add(1, 10) end, "Array: adding 10 goes out of range for typecode 'b'")
   end)
 
-  it("Condition and Barrier on a broker say they are not there yet", function()
-    assert.has_error(function() mp.Barrier(2, B) end,
-      "Barrier: not available on a broker yet (it stays a local object)")
+  it("Condition: wait needs the lock, times out holding it, notify and notify_all wake waiters", function()
+    local c, d = mp.Condition(B), mp.Dict(B)
+    assert.has_error(function() c:wait(0) end, "Condition: cannot wait without holding its lock")
+    assert.has_error(function() c:notify() end, "Condition: cannot notify without holding its lock")
+    assert.is_true(c:acquire())
+    assert.are.same({false, "timeout"}, {c:wait(0.05)})
+    assert.is_true(c:get_lock():locked())
+    c:release()
+    local out = mp.Queue(B)
+    local ps = {}
+    for i = 1, 3 do
+      ps[i] = mp.Process{target = function()
+        local _ <close> = c:guard()
+        out:put(c:wait_for(function() return d.ready end, 30))
+      end}
+      ps[i]:start()
+    end
+    H.wait_until(function() return c:_waiting() == 3 end, 30)
+    c:acquire()
+    d.ready = "go"
+    c:notify()
+    c:release()
+    assert.are.equal("go", out:get(30))
+    c:acquire()
+    c:notify_all()
+    c:release()
+    assert.are.equal("go", out:get(30))
+    assert.are.equal("go", out:get(30))
+    for i = 1, 3 do ps[i]:join() end
+    local l = mp.Lock(B)
+    local c2 = mp.Condition(l, B)
+    assert.is_true(c2:get_lock() == l)
+  end)
+
+  it("Barrier: rounds with an action, indices, timeout breaks it, reset", function()
+    local d = mp.Dict(B)
+    local b = mp.Barrier(3, function() d:incr("actions") end, nil, B)
+    assert.are.equal(3, b.parties)
+    local out = mp.Queue(B)
+    run(3, function()
+      for _ = 1, 2 do out:put(b:wait(30)) end
+    end)
+    local got = {}
+    for _ = 1, 6 do got[#got + 1] = out:get(1) end
+    table.sort(got)
+    assert.are.same({0, 0, 1, 1, 2, 2}, got)
+    assert.are.equal(2, d.actions)
+    local b2 = mp.Barrier(2, nil, nil, B)
+    assert.are.same({nil, "timeout"}, {b2:wait(0.05)})
+    assert.is_true(b2.broken)
+    assert.are.same({nil, "closed", "broken"}, {b2:wait()})
+    b2:reset()
+    assert.is_false(b2.broken)
+    assert.are.equal(0, b2.n_waiting)
   end)
 end)

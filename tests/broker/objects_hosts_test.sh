@@ -10,7 +10,9 @@
 #     Lock; once it is gone, another host gets it after the lease, with a
 #     larger fence;
 #  4. a Queue: 4 producers x 50,000 items, 3 consumers over 2 hosts: every
-#     item exactly once.
+#     item exactly once;
+#  5. a JoinableQueue consumer's host killed after it took an item: another
+#     host gets that item again (after the consumer's lease), and join ends.
 # Waits on what the programs print, never on a duration.
 # Usage: objects_hosts_test.sh BUILD_DIR SOURCE_DIR
 set -u
@@ -82,3 +84,13 @@ files=$(ls "$d"/items-* | wc -l)
 [ "$n" = 200000 ] && [ "$dups" = 0 ] && [ "$files" = 3 ] ||
   fail "queue: $n items, $dups duplicated, $files consumers (want 200000, 0, 3)"
 echo "ok queue: 4 producers x 50,000 over 2 hosts, 3 consumers: 200,000 items, each exactly once"
+
+# 5. a JoinableQueue consumer's host killed
+mpeh_in b "$cli" run "$job" jput j1 1 2 >"$d/jput.out" 2>&1 || fail "jput"
+on a jtake "$job" jtake j1 1
+until_ok says jtake "^took "
+took=$(sed -n 's/^took //p' "$d/jtake.out")
+mpeh_kill a
+mpeh_in b "$cli" run "$job" jdrain j1 1 2 >"$d/jdrain.out" 2>&1 || fail "jdrain"
+says jdrain "^got 1 2 joined$" || fail "joinable: the killed consumer's item $took was not redelivered"
+echo "ok joinable queue: item $took, taken on a killed host, redelivered on the other; join ended"

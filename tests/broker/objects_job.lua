@@ -6,6 +6,10 @@
 --   take ID TIMEOUT        tries the Lock: "took FENCE" or "refused"
 --   queue ID P C N OUT     P producers x N items, C consumers writing what they get
 --                          to OUT.<pid>; the host whose producers end last closes the queue
+--   jput ID LEASE N        puts 1..N in a JoinableQueue
+--   jtake ID LEASE         takes one item, prints "took ITEM", never acknowledges it,
+--                          and keeps using the broker (its heartbeat goes on)
+--   jdrain ID LEASE N      takes N items (acknowledging each), then joins: "got A B ... joined"
 local mp = require "mpengine"
 
 local M = {}
@@ -87,6 +91,34 @@ function M.queue(id, p, c, n, out)
     consumers[i]:join()
     assert(consumers[i].exitcode == 0, "a consumer failed")
   end
+end
+
+local function jq(id, lease) return mp.JoinableQueue{broker = true, name = id .. ":jq", lease = tonumber(lease)} end
+
+function M.jput(id, lease, n)
+  local q = jq(id, lease)
+  for i = 1, tonumber(n) do q:put(i) end
+end
+
+function M.jtake(id, lease)
+  local q = jq(id, lease)
+  print("took " .. q:get())
+  io.stdout:flush()
+  while true do
+    q:qsize()
+    mp.sleep(0.05) -- pacing, not synchronisation
+  end
+end
+
+function M.jdrain(id, lease, n)
+  local q = jq(id, lease)
+  local got = {}
+  for i = 1, tonumber(n) do
+    got[i] = assert(q:get(30))
+    q:task_done()
+  end
+  table.sort(got)
+  print("got " .. table.concat(got, " ") .. (q:join(30) and " joined" or " not joined"))
 end
 
 function M.main(what, ...)
