@@ -30,7 +30,7 @@ local SUB = {Dict = 1, Value = 2, Lock = 3, RLock = 4, Queue = 5, JoinableQueue 
 -- ------------------------------------------------------------ the process
 
 local my_pid, my_token
-local held = {} -- prefix -> {fence, count, lease, renewed, lost, st} for the locks this process holds
+local held = {} -- prefix -> {fence, count} for the locks this process holds
 local beats = {} -- prefix -> st of the JoinableQueues this process consumes from (their heartbeats)
 
 local function pid_now()
@@ -60,29 +60,12 @@ end
 
 local function script(src) return B.script(src) end
 
-local RENEW = script [[
-if redis.call('HGET', KEYS[1], 'o') == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2]); return 1 end
-return 0]]
-
 local consumer
 
--- Renews the leases this process holds, and its heartbeats as a consumer,
--- that are a third through.
+-- Renews this process's heartbeats as a consumer that are a third through
+-- (its Locks' leases are renewed by a thread: B.lease_hold).
 local function renew_due()
   for _, st in pairs(beats) do consumer(st) end
-  if next(held) == nil then return end
-  local now = mp.time()
-  for _, h in pairs(held) do
-    if not h.lost and now - h.renewed >= h.lease / 3 then
-      local st = h.st
-      if conn(st):eval(RENEW, 1, st.k.l, my_token, math.floor(h.lease * 1000)) == 1 then
-        h.renewed = now
-      else
-        h.lost = true
-      end
-    end
-  end
 end
 
 -- Keeps every key of st alive for its ttl, at most every ttl/3 per process.
@@ -316,7 +299,8 @@ local function l_acquire(self, timeout)
     local r = c:eval(ACQUIRE, 2, st.k.l, st.k.f, token(), math.floor(lease * 1000),
       st.sub == SUB.RLock and "1" or "0", ttl_ms(st))
     if r[1] == 1 then
-      held[st.prefix] = {fence = r[2], count = 1, lease = lease, renewed = mp.time(), st = st}
+      held[st.prefix] = {fence = r[2], count = 1}
+      B.lease_hold(c, st.k.l, my_token, lease)
       return true
     elseif r[1] == 2 then
       local h = held[st.prefix]
@@ -339,9 +323,15 @@ local function l_release(self)
   local r = c_of(st):eval(RELEASE, 2, st.k.l, st.k.w, my_token, ttl_ms(st))
   if r == -1 then
     held[st.prefix] = nil
+    B.lease_drop(st.k.l)
     error(lock_name(st) .. ": lease lost", 2)
   end
-  if r == 1 then h.count = h.count - 1 else held[st.prefix] = nil end
+  if r == 1 then
+    h.count = h.count - 1
+  else
+    held[st.prefix] = nil
+    B.lease_drop(st.k.l)
+  end
 end
 
 local function guard_of(self, acquire, release)

@@ -18,10 +18,13 @@
  * timeout of their own wait plus the usual one, and the objects call them in
  * bounded slices, so the run's SIGINT ends every wait (bobj.lua). */
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "mpe_lua.h"
@@ -320,6 +323,152 @@ static int c_display(lua_State *L) {
   return 1;
 }
 
+
+/* ------------------------------------------------------- lease renewal
+ *
+ * The leases this process holds (its broker Locks) are renewed by a thread
+ * of its own, every lease/3, whatever the Lua side is doing (a long
+ * computation, a sleep, a local wait): the holder's host renews while it
+ * lives. The thread has its own connection per broker, blocks every signal
+ * (the run's SIGINT stays the main thread's), and never touches Lua. A
+ * forked child starts with no leases and no thread (a renewer of another
+ * pid is left alone: its mutex may have been held at the fork). */
+
+#define MAX_LEASES 64
+#define MAX_RCONNS 4
+
+typedef struct held_lease {
+  char key[256], token[200];
+  int url; /* index in rconn */
+  long ms;
+  double due;
+} held_lease;
+
+typedef struct renewer {
+  pid_t pid;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int started;
+  held_lease v[MAX_LEASES];
+  int n;
+  char *url[MAX_RCONNS];
+  mpe__redis *conn[MAX_RCONNS];
+} renewer;
+
+static renewer *ren;
+
+static const char renew_src[] = "if redis.call('HGET', KEYS[1], 'o') == ARGV[1] then "
+                                "redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end return 0";
+
+static void *renew_loop(void *arg) {
+  renewer *R = arg;
+  mpe__redis_script script = {renew_src, {0}};
+  pthread_mutex_lock(&R->mu);
+  for (;;) {
+    double now = mpe_time(), next = now + 3600;
+    for (int i = 0; i < R->n; i++) {
+      if (R->v[i].due > now) {
+        if (R->v[i].due < next) next = R->v[i].due;
+        continue;
+      }
+      held_lease l = R->v[i];
+      mpe__redis **c = &R->conn[l.url];
+      const char *url = R->url[l.url];
+      pthread_mutex_unlock(&R->mu);
+      char err[256], ms[32];
+      snprintf(ms, sizeof ms, "%ld", l.ms);
+      if (!*c) mpe__redis_connect(c, url, 5.0, err, sizeof err);
+      else if (!mpe__redis_ok(*c)) mpe__redis_reconnect(*c, mpe_time() + (double)l.ms / 3000.0);
+      if (*c && mpe__redis_ok(*c)) {
+        const char *av[3] = {l.key, l.token, ms};
+        struct redisReply *rep = NULL;
+        if (mpe__redis_eval(*c, &script, &rep, 1, 3, av, NULL) == 0) mpe__redis_free(rep);
+      }
+      pthread_mutex_lock(&R->mu);
+      /* the next renewal of that key, if it is still held (releases may have moved it) */
+      for (int j = 0; j < R->n; j++)
+        if (!strcmp(R->v[j].key, l.key)) R->v[j].due = mpe_time() + (double)l.ms / 3000.0;
+      now = mpe_time();
+      next = now;
+      break; /* look again from the start: the list may have changed */
+    }
+    if (next > now) {
+      struct timespec ts;
+      ts.tv_sec = (time_t)next;
+      ts.tv_nsec = (long)((next - (double)ts.tv_sec) * 1e9);
+      pthread_cond_timedwait(&R->cv, &R->mu, &ts);
+    }
+  }
+  return NULL;
+}
+
+static renewer *renewer_get(void) {
+  if (ren && ren->pid == getpid()) return ren;
+  renewer *R = calloc(1, sizeof *R);
+  if (!R) return NULL;
+  R->pid = getpid();
+  pthread_mutex_init(&R->mu, NULL);
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* mpe_time's clock */
+  pthread_cond_init(&R->cv, &ca);
+  pthread_condattr_destroy(&ca);
+  ren = R;
+  return R;
+}
+
+/* B.lease_hold(conn, key, token, lease_seconds): renew key while held. */
+static int b_lease_hold(lua_State *L) {
+  bconn *c = check_conn(L, 1);
+  const char *key = luaL_checkstring(L, 2), *token = luaL_checkstring(L, 3);
+  double lease = luaL_checknumber(L, 4);
+  renewer *R = renewer_get();
+  if (!R || strlen(key) >= sizeof R->v[0].key || strlen(token) >= sizeof R->v[0].token)
+    return luaL_error(L, "Lock: cannot renew this lease");
+  pthread_mutex_lock(&R->mu);
+  int u = 0;
+  while (u < MAX_RCONNS && R->url[u] && strcmp(R->url[u], c->url)) u++;
+  int ok = u < MAX_RCONNS && R->n < MAX_LEASES;
+  if (ok && !R->url[u]) ok = (R->url[u] = strdup(c->url)) != NULL;
+  if (ok) {
+    held_lease *l = &R->v[R->n++];
+    snprintf(l->key, sizeof l->key, "%s", key);
+    snprintf(l->token, sizeof l->token, "%s", token);
+    l->url = u;
+    l->ms = (long)(lease * 1000);
+    l->due = mpe_time() + lease / 3;
+    pthread_cond_signal(&R->cv);
+  }
+  if (ok && !R->started) {
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    pthread_t th;
+    R->started = pthread_create(&th, NULL, renew_loop, R) == 0;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (R->started) pthread_detach(th);
+    else ok = 0;
+  }
+  pthread_mutex_unlock(&R->mu);
+  if (!ok) return luaL_error(L, "Lock: cannot renew this lease (too many held at once, or no thread)");
+  return 0;
+}
+
+/* B.lease_drop(key): no longer held. */
+static int b_lease_drop(lua_State *L) {
+  const char *key = luaL_checkstring(L, 1);
+  renewer *R = ren && ren->pid == getpid() ? ren : NULL;
+  if (!R) return 0;
+  pthread_mutex_lock(&R->mu);
+  for (int i = 0; i < R->n; i++)
+    if (!strcmp(R->v[i].key, key)) {
+      R->v[i] = R->v[--R->n];
+      break;
+    }
+  pthread_mutex_unlock(&R->mu);
+  return 0;
+}
+
 static const luaL_Reg conn_methods[] = {
     {"call", c_call}, {"bcall", c_bcall},     {"pipe", c_pipe},
     {"eval", c_eval}, {"display", c_display}, {NULL, NULL},
@@ -339,8 +488,10 @@ static void open_conn_meta(lua_State *L) {
 static int no_broker(lua_State *L) {
   return luaL_error(L, "Broker: this build has no broker (hiredis was not found when it was built)");
 }
-#define b_connect no_broker
-#define b_lookup  no_broker
+#define b_connect     no_broker
+#define b_lookup      no_broker
+#define b_lease_hold  no_broker
+#define b_lease_drop  no_broker
 static int b_script(lua_State *L) { /* kept for a connection that never comes */
   luaL_checkstring(L, 1);
   lua_settop(L, 1);
@@ -459,12 +610,13 @@ static int b_token(lua_State *L) {
 }
 
 static const luaL_Reg bfuncs[] = {
-    {"connect", b_connect},   {"lookup", b_lookup},
-    {"display", b_display},   {"script", b_script},
-    {"register", b_register}, {"wrap", b_wrap},
-    {"state", b_state},       {"encode", b_encode},
-    {"decode", b_decode},     {"check_signal", b_check_signal},
-    {"token", b_token},       {NULL, NULL},
+    {"connect", b_connect},       {"lookup", b_lookup},
+    {"display", b_display},       {"script", b_script},
+    {"register", b_register},     {"wrap", b_wrap},
+    {"state", b_state},           {"encode", b_encode},
+    {"decode", b_decode},         {"check_signal", b_check_signal},
+    {"token", b_token},           {"lease_hold", b_lease_hold},
+    {"lease_drop", b_lease_drop}, {NULL, NULL},
 };
 
 extern const unsigned char mpel_bobj_lua[];

@@ -179,20 +179,22 @@ describe("objects on a broker", function()
     assert.are.equal(200, d.n)
   end)
 
-  it("Lock: a lapsed lease goes to another with a larger fence; the old holder's release raises", function()
+  it("Lock: a paused holder's lease lapses: another gets it with a larger fence; the old release raises", function()
     local l = mp.Lock{broker = url, lease = 0.5}
     local fences, go = mp.Queue{broker = false}, mp.Event{broker = false}
     local holder = mp.Process{target = function()
       l:acquire()
       fences:put(l.fence)
-      go:wait() -- a local wait: nothing renews the lease meanwhile
+      go:wait()
       local ok, err = pcall(l.release, l)
       fences:put(ok and "released" or err)
     end}
     holder:start()
     local first = fences:get()
-    assert.is_true(l:acquire(10))
+    os.execute("kill -STOP " .. holder.pid) -- paused: its renewing thread too
+    assert.is_true(l:acquire(30))
     assert.is_true(l.fence > first)
+    os.execute("kill -CONT " .. holder.pid)
     go:set()
     assert.matches("Lock: lease lost", fences:get())
     holder:join()
@@ -200,18 +202,28 @@ describe("objects on a broker", function()
     l:release()
   end)
 
-  it("Lock: a holder that keeps using the broker keeps its lease", function()
-    local l = mp.Lock{broker = url, lease = 1.5}
+  it("Lock: a holder keeps its lease while its process lives, even with no broker call", function()
+    local l = mp.Lock{broker = url, lease = 0.3}
     local d = mp.Dict(B)
-    l:acquire()
-    local t0 = mp.time()
-    while mp.time() - t0 < 2.5 do d.x = 1 end -- broker calls renew the lease (every 0.5 s)
-    local got = mp.Queue{broker = false}
+    local got, slept, done = mp.Queue{broker = false}, mp.Event{broker = false}, mp.Event{broker = false}
+    local holder = mp.Process{target = function()
+      l:acquire()
+      d.fence = l.fence
+      mp.sleep(1.5) -- five leases, renewed by the process's thread
+      slept:set()
+      done:wait()
+      l:release()
+    end}
+    holder:start()
+    slept:wait(30)
+    assert.is_number(d.fence)
     local p = mp.Process{target = function() got:put((l:acquire(0))) end}
     p:start()
     p:join()
     assert.is_false(got:get(30))
-    l:release()
+    done:set()
+    holder:join()
+    assert.are.equal(0, holder.exitcode)
   end)
 
   it("Queue: the return shapes, timeouts, close", function()

@@ -2,7 +2,7 @@
 -- broker in MPENGINE_BROKER; objects are found by name on the broker.
 --   counter ID N K         N processes x K increments: under the Lock, and v:add(1)
 --   counts ID              prints "locked L added A"
---   hold ID LEASE          takes the Lock, prints "held FENCE", keeps using the broker
+--   hold ID LEASE          takes the Lock, prints "held FENCE", sleeps (its lease renewed)
 --   take ID TIMEOUT        tries the Lock: "took FENCE" or "refused"
 --   queue ID P C N OUT     P producers x N items, C consumers writing what they get
 --                          to OUT.<pid>; the host whose producers end last closes the queue
@@ -48,16 +48,10 @@ end
 
 function M.hold(id, lease)
   local lock = mp.Lock{broker = true, name = id .. ":lease", lease = tonumber(lease)}
-  local d = named(mp.Dict, id, "beat")
   assert(lock:acquire())
   print("held " .. lock.fence)
   io.stdout:flush()
-  local i = 0
-  while true do -- every broker call renews the lease when it is a third through
-    i = i + 1
-    d.beat = i
-    mp.sleep(0.05) -- pacing, not synchronisation
-  end
+  mp.sleep(600) -- no broker call: the process's renewing thread keeps the lease
 end
 
 function M.take(id, timeout)
