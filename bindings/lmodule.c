@@ -279,5 +279,6 @@ __attribute__((visibility("default"))) int luaopen_mpengine(lua_State *L) {
   mpel_open_value(L);
   mpel_open_dict(L);
   mpel_open_pool(L);
+  mpel_open_broker_objects(L);
   return 1;
 }

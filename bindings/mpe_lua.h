@@ -238,6 +238,8 @@ int mpel_l_wait(lua_State *L);
 void mpel_child_begin(lua_State *L, pid_t parent, const char *name, int daemon);
 /* mp.Pool and its worker side (lpool.c); the module at -1. */
 void mpel_open_pool(lua_State *L);
+/* The objects on a broker (lbroker.c, bobj.lua): wraps the constructors; the module at -1. */
+void mpel_open_broker_objects(lua_State *L);
 /* Ends the run for this state's processes (see lprocess.c). */
 void mpel_processes_atexit(lua_State *L);
 

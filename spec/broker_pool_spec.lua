@@ -39,3 +39,70 @@ describe("Pool on a broker", function()
     assert.are.equal("redis://127.0.0.1:1\n", out)
   end)
 end)
+
+-- A worker host of the spec's own (`mpengine worker`, the broker in its
+-- environment from a file) against a Redis the spec starts.
+describe("Pool on a broker, with a worker host", function()
+  local R = require "redis_helper"
+  local srv, why = R.start()
+  local host_pid, log
+
+  setup(function()
+    if not srv then return end
+    log = H.tmpname()
+    local envfile = H.tmpname()
+    local f = assert(io.open(envfile, "w"))
+    f:write(srv.url)
+    f:close()
+    local cmd = "export MPENGINE_BROKER=$(cat %s); %s worker --procs 2 --name spechost >%s 2>&1 & echo $!"
+    local p = assert(io.popen(cmd
+      :format(envfile, H.CLI, log)))
+    host_pid = tonumber(p:read("l"))
+    p:close()
+    os.remove(envfile)
+    H.wait_until(function() return (H.read(log) or ""):find("serving") ~= nil end, 20)
+  end)
+
+  teardown(function()
+    if host_pid then
+      os.execute("kill -TERM " .. host_pid)
+      H.wait_until(function() return not H.alive(host_pid) end, 20)
+    end
+    if srv then srv:stop() end
+  end)
+
+  it("keeps the Pool's API and return shapes; errors name the host", function()
+    if not srv then pending(why) return end
+    local pool <close> = mp.Pool{broker = srv.url}
+    local k = 7
+    assert.are.same({8, 9, 10}, pool:map(function(x) return x + k end, {1, 2, 3}))
+    assert.are.equal(5, pool:apply(function(a, b) return a + b end, {2, 3}))
+    assert.are.same({6, 20}, pool:starmap(function(a, b) return a * b end, {{2, 3}, {4, 5}}))
+    local seen = {}
+    for i, v in pool:imap(function(x) return x * 2 end, {1, 2, 3}) do seen[i] = v end
+    assert.are.same({2, 4, 6}, seen)
+    local r = pool:apply_async(function() return "async" end)
+    assert.are.equal("async", r:get(30))
+    assert.is_true(r:successful())
+    local ok, err = pcall(pool.apply, pool, function() error("boom") end)
+    assert.is_false(ok)
+    assert.truthy(tostring(err):find("boom", 1, true))
+    assert.truthy(tostring(err):find("on host spechost", 1, true), tostring(err))
+    pool:close()
+    pool:join()
+  end)
+
+  it("a joined pool's run leaves no key; a worker host stopped by SIGTERM says so", function()
+    if not srv then pending(why) return end
+    local pool = mp.Pool{broker = srv.url}
+    assert.are.same({1}, pool:map(function(x) return x end, {1}))
+    assert.truthy(srv:cli("--scan", "--pattern", "mpe:run:*"):find("mpe:run"))
+    pool:close()
+    pool:join()
+    assert.falsy(srv:cli("--scan", "--pattern", "mpe:run:*"):find("mpe:run"))
+    os.execute("kill -TERM " .. host_pid)
+    H.wait_until(function() return not H.alive(host_pid) end, 20)
+    assert.truthy((H.read(log) or ""):find("stopped serving", 1, true))
+    host_pid = nil
+  end)
+end)

@@ -43,6 +43,9 @@ struct redisReply;
  * timeout bounds the connect and each command (seconds). */
 int mpe__redis_connect(mpe__redis **out, const char *url, double timeout, char *err, size_t errlen);
 void mpe__redis_close(mpe__redis *r);
+/* Frees a handle inherited through fork without touching its socket: the
+ * parent's, whose descriptor number may be another file's here by now. */
+void mpe__redis_abandon(mpe__redis *r);
 /* The last error's text ("redis://host:port: ..."), never the password. */
 const char *mpe__redis_error(const mpe__redis *r);
 const char *mpe__redis_display(const mpe__redis *r);

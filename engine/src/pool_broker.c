@@ -66,6 +66,7 @@ typedef struct bt {
   pthread_mutex_t mu;
   pthread_cond_t cv;
   int keeping, stop;
+  int lanes, released; /* when every lane is released (join, terminate) the run ends */
 } bt;
 
 static int reopen(bt *t);
@@ -268,12 +269,28 @@ static void b_running(mpe__pool_transport *tr, int slot, mpe__running *r) {
 
 static void b_kill(mpe__pool_transport *tr, int slot) { (void)tr, (void)slot; }
 
-/* A lane's batches are forgotten: a result that comes later is dropped. */
+static void stop_keeper(bt *t) {
+  if (!t->keeping) return;
+  pthread_mutex_lock(&t->mu);
+  t->stop = 1;
+  pthread_cond_signal(&t->cv);
+  pthread_mutex_unlock(&t->mu);
+  pthread_join(t->keeper, NULL);
+  t->keeping = 0;
+}
+
+/* A lane's batches are forgotten: a result that comes later is dropped.
+ * Once every lane is (the pool joined or terminated), the run ends: its keys
+ * go, and the hosts stop what they still run of it. */
 static void b_release(mpe__pool_transport *tr, int slot, int quit) {
   bt *t = (bt *)tr;
   (void)quit;
   for (size_t k = t->nout; k-- > 0;)
     if (t->out[k].slot == slot) forget_out(t, k);
+  if (++t->released < t->lanes || !t->opened) return;
+  stop_keeper(t);
+  if (mpe__redis_ok(t->r)) mpe__broker_close(t->r, t->run);
+  t->opened = 0;
 }
 
 static pid_t b_pid(mpe__pool_transport *tr, int slot) {
@@ -283,13 +300,7 @@ static pid_t b_pid(mpe__pool_transport *tr, int slot) {
 
 static void b_destroy(mpe__pool_transport *tr) {
   bt *t = (bt *)tr;
-  if (t->keeping) {
-    pthread_mutex_lock(&t->mu);
-    t->stop = 1;
-    pthread_cond_signal(&t->cv);
-    pthread_mutex_unlock(&t->mu);
-    pthread_join(t->keeper, NULL);
-  }
+  stop_keeper(t);
   pthread_mutex_destroy(&t->mu);
   pthread_cond_destroy(&t->cv);
   if (t->url) {
@@ -348,12 +359,13 @@ typedef struct mk_arg {
 
 static int broker_mk(mpe__pool_transport **out, int workers, const mpe__pool_cfg *cfg, void *arg) {
   mk_arg *a = arg;
-  (void)workers, (void)cfg;
+  (void)cfg;
   bt *t = calloc(1, sizeof *t);
   if (!t) return -ENOMEM;
   t->ops =
       (mpe__pool_transport){b_start, b_send, b_take, b_gone, b_running, b_kill, b_release, b_pid, b_destroy};
   t->o = a->o;
+  t->lanes = workers;
   t->broker_timeout = a->broker_timeout;
   strcpy(t->last, "0");
   char host[64] = "host";

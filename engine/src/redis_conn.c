@@ -305,6 +305,16 @@ void mpe__redis_close(mpe__redis *r) {
   free(r);
 }
 
+void mpe__redis_abandon(mpe__redis *r) {
+  if (!r) return;
+  if (r->c) {
+    r->c->fd = -1; /* not ours to close: another process's socket (or a number reused since) */
+    redisFree(r->c);
+    r->c = NULL;
+  }
+  mpe__redis_close(r);
+}
+
 const char *mpe__redis_error(const mpe__redis *r) { return r->err; }
 const char *mpe__redis_display(const mpe__redis *r) { return r->display; }
 int mpe__redis_ok(const mpe__redis *r) { return r->c != NULL; }

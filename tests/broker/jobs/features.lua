@@ -21,7 +21,7 @@ function M.main(what)
       .. " imap_unordered " .. table.concat(u, ","))
     local ok, err = pcall(pool.apply, pool, function() error("boom") end)
     print("error " .. tostring(ok) .. " " .. tostring(err):gsub("\n", " | "))
-    local q = mp.Queue()
+    local q = mp.Queue{broker = false} -- of this host (a broker run makes them on the broker)
     ok, err = pcall(pool.apply, pool, function(x) return x end, {{q}})
     print("local " .. tostring(ok) .. " " .. tostring(err):gsub("\n", " | "))
   elseif what == "die" then
@@ -58,6 +58,19 @@ function M.main(what)
       most = math.max(most, n)
     end
     print("cap " .. most)
+  elseif what == "objects" then -- the run's objects (on the broker) reach tasks on every host
+    local d, q, lock, v = mp.Dict(), mp.Queue(), mp.Lock(), mp.Value("i", 0)
+    pool:map(function(x)
+      d:incr("n")
+      q:put(x)
+      lock:acquire()
+      v.value = v.value + 1
+      lock:release()
+      return x
+    end, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, 1)
+    local got = 0
+    for _ = 1, 10 do got = got + q:get(10) end
+    print(("objects %d %d %d"):format(d:get("n"), got, v.value))
   elseif what == "away" then -- the broker stops for longer than broker_timeout
     local p2 <close> = mp.Pool{broker_timeout = 2}
     p2:map(function(x) return x end, {1})
