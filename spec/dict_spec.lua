@@ -289,9 +289,9 @@ describe("Dict", function()
   end)
 
   it("holds references to the objects in its values, and gives them back", function()
-    settle()
-    local used0 = mp.arena_stats()
-    do
+    -- once first: what the engine makes once a process (wait slots, caches) is then
+    -- made, and later rounds must give back what they take
+    local function round()
       local d = mp.Dict()
       d.v = mp.Value('i', 5)
       d.a = {mp.Array('d', 1 << 14), mp.Lock()}
@@ -306,7 +306,13 @@ describe("Dict", function()
       d.d = mp.Array('d', 1 << 14)
       d.d = nil
     end
+    round()
     settle()
-    assert.are.equal(used0, (mp.arena_stats()))
+    local used0 = mp.arena_stats()
+    -- five rounds: a leak of even 26 bytes a round shows; the handle the last check
+    -- remembers (one a class, kept alive while remembered) may differ by a few bytes
+    for _ = 1, 5 do round() end
+    settle()
+    assert.is_true(math.abs(mp.arena_stats() - used0) < 128, ("%d bytes then %d"):format(used0, mp.arena_stats()))
   end)
 end)
