@@ -571,25 +571,6 @@ static int b_state(lua_State *L) {
   return 1;
 }
 
-/* B.encode(v) -> bytes for any host: a local engine object in v raises. */
-static int b_encode(lua_State *L) {
-  luaL_checkany(L, 1);
-  mpel_wire *w = mpel_wire_get(L, 0);
-  w->transfer = 0;
-  w->remote = 1;
-  mpel_encode(L, 1, "value", w);
-  lua_pushlstring(L, w->buf, w->len);
-  mpel_wire_done(w);
-  return 1;
-}
-
-static int b_decode(lua_State *L) {
-  size_t n;
-  const char *s = luaL_checklstring(L, 1, &n);
-  mpel_decode_copy(L, s, n);
-  return 1;
-}
-
 static int b_check_signal(lua_State *L) {
   mpel_check_signal(L);
   return 0;
@@ -613,8 +594,8 @@ static const luaL_Reg bfuncs[] = {
     {"connect", b_connect},       {"lookup", b_lookup},
     {"display", b_display},       {"script", b_script},
     {"register", b_register},     {"wrap", b_wrap},
-    {"state", b_state},           {"encode", b_encode},
-    {"decode", b_decode},         {"check_signal", b_check_signal},
+    {"state", b_state},           {"encode", mpel_l_encode_remote},
+    {"decode", mpel_l_decode},         {"check_signal", b_check_signal},
     {"token", b_token},           {"lease_hold", b_lease_hold},
     {"lease_drop", b_lease_drop}, {NULL, NULL},
 };

@@ -165,17 +165,25 @@ static int l_arena_stats(lua_State *L) {
 
 /* mp.encode(v) / mp.decode(s): the codec, for tests and for storing values.
  * Bytes take no references: each decode takes its own (see mpel_decode). */
-static int l_encode(lua_State *L) {
+/* The encoding of the value at 1 (remote: for another host, objects of
+ * this host refused with their path). */
+static int encode_at_1(lua_State *L, int remote) {
   luaL_checkany(L, 1);
+  lua_settop(L, 1);
   mpel_wire *w = mpel_wire_get(L, 0);
   w->transfer = 0;
+  w->remote = remote;
   mpel_encode(L, 1, "value", w);
   lua_pushlstring(L, w->buf, w->len);
   mpel_wire_done(w);
   return 1;
 }
 
-static int l_decode(lua_State *L) {
+static int l_encode(lua_State *L) { return encode_at_1(L, 0); }
+
+int mpel_l_encode_remote(lua_State *L) { return encode_at_1(L, 1); }
+
+int mpel_l_decode(lua_State *L) {
   size_t n;
   const char *s = luaL_checklstring(L, 1, &n);
   mpel_decode_copy(L, s, n);
@@ -245,7 +253,7 @@ static const luaL_Reg funcs[] = {
     {"getpid", l_getpid},
     {"arena_stats", l_arena_stats},
     {"encode", l_encode},
-    {"decode", l_decode},
+    {"decode", mpel_l_decode},
     {"_limit_memory", l_limit_memory},
     {"_isatty", l_isatty},
     {"_term_width", l_term_width},

@@ -718,20 +718,6 @@ static int l_put(lua_State *L) {
   return 0;
 }
 
-/* B.encode_remote(v) -> v's encoding for another host (objects of this
- * host refused with their path). */
-static int l_encode_remote(lua_State *L) {
-  luaL_checkany(L, 1);
-  lua_settop(L, 1);
-  mpel_wire *w = mpel_wire_get(L, 0);
-  w->transfer = 0;
-  w->remote = 1;
-  mpel_encode(L, 1, "value", w);
-  lua_pushlstring(L, w->buf, w->len);
-  mpel_wire_done(w);
-  return 1;
-}
-
 /* B.context(field) -> in a broker host's worker, the run's field, or nil. */
 static int l_context(lua_State *L) {
   mpe_buf b = {0};
@@ -847,7 +833,7 @@ static const luaL_Reg funcs[] = {
     {"fn", l_fn},
     {"forget", l_forget},
     {"put", l_put},
-    {"encode_remote", l_encode_remote},
+    {"encode_remote", mpel_l_encode_remote},
     {"context", l_context},
     {"build", l_build},
     {"host", l_host},

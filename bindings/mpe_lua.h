@@ -207,6 +207,9 @@ extern const char *mpel_process_name;
  * URL, password included, or NULL; set by the host before the script runs. */
 const char *mpel_run_broker(void);
 int mpel_set_run_broker(const char *url);
+/* mp.decode, and the encoding of a value for another host (lmodule.c). */
+int mpel_l_decode(lua_State *L);
+int mpel_l_encode_remote(lua_State *L);
 /* `mpengine worker`: serves the broker's runs until SIGINT/SIGTERM (lpool.c). */
 int mpel_serve_broker(lua_State *L, const char *url, int procs, const char *name);
 
