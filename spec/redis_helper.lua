@@ -42,10 +42,12 @@ function R.start()
     local conf = dir .. "/redis.conf"
     local f = assert(io.open(conf, "w"))
     f:write(string.format("port %d\nbind 127.0.0.1\nrequirepass %s\nsave \"\"\nappendonly no\n" ..
-      "daemonize yes\npidfile %s/redis.pid\nlogfile %s/redis.log\ndir %s\n", port, pass, dir, dir, dir))
+      "daemonize no\npidfile %s/redis.pid\nlogfile %s/redis.log\ndir %s\n", port, pass, dir, dir, dir))
     f:close()
     sh("chmod 600 " .. conf)
-    sh("redis-server " .. conf)
+    -- exec: setpriv's parent is this process, and its death signal stays set
+    -- across the exec of redis-server
+    local child = io.popen("exec setpriv --pdeathsig KILL redis-server " .. conf .. " 2>&1", "r")
     for _ = 1, 200 do
       local out = sh(string.format("REDISCLI_AUTH=%s redis-cli -p %d ping", pass, port))
       if out:match("PONG") then
@@ -54,8 +56,8 @@ function R.start()
         function srv.stop()
           local pid = tonumber((io.open(dir .. "/redis.pid") or io.open("/dev/null")):read("a"):match("%d+") or "")
           if pid then sh("kill " .. pid) end
-          sh(string.format("for i in $(seq 100); do kill -0 %s 2>/dev/null || break; sleep 0.05; done; rm -rf %s",
-            tostring(pid or 0), dir))
+          child:close() -- waits for the server to end
+          sh("rm -rf " .. dir)
         end
         function srv.cli(_, ...)
           local args = {}
@@ -68,6 +70,8 @@ function R.start()
       sh("sleep 0.05")
     end
     -- the port was taken meanwhile: try another
+    sh("kill $(cat " .. dir .. "/redis.pid 2>/dev/null) 2>/dev/null")
+    child:close()
   end
   sh("rm -rf " .. dir)
   return nil, "redis-server did not start"
