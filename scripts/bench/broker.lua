@@ -32,13 +32,13 @@ local function self_exe()
   return sh("readlink /proc/$PPID/exe"):match("[^\n]+") or "mpengine"
 end
 
+-- Loops of busy()'s work per millisecond where it runs (here, or on a host).
 local loops_per_ms
-local function calibrate()
+local function loop_speed()
   local n, x = 2000000, 0
   local t0 = mp.time()
   for i = 1, n do x = x + i % 7 end
-  loops_per_ms = math.floor(n / ((mp.time() - t0) * 1000))
-  return x
+  return math.floor(n / ((mp.time() - t0) * 1000)) + x * 0
 end
 
 -- The broker and hosts of this run; stop() ends them all.
@@ -188,12 +188,7 @@ end
 local function host_loops(pool)
   local best = 0
   for _ = 1, 5 do
-    best = math.max(best, pool:apply(function()
-      local n, x = 2000000, 0
-      local t0 = mp.time()
-      for i = 1, n do x = x + i % 7 end
-      return math.floor(n / ((mp.time() - t0) * 1000)) + x * 0
-    end))
+    best = math.max(best, pool:apply(loop_speed))
   end
   return best
 end
@@ -215,7 +210,7 @@ end
 function M.main(...)
   local rc = in_namespaces({...})
   if rc then return rc end
-  calibrate()
+  loops_per_ms = loop_speed()
   local xs, items = {}, {}
   for i = 1, 200000 do xs[i] = i end
   for i = 1, 16 do items[i] = 50 end
