@@ -15,6 +15,7 @@
 -- made it: a copy that travelled inside a task raises at once.
 local mp, B, progress = ...
 
+local WEAK_KEYS = {__mode = "k"}
 local MAXFIDS = 512 -- distinct functions remembered before the registry starts over
 
 local Pool = {}
@@ -272,16 +273,32 @@ function mp.Pool(opts)
   if not made then error((tostring(self):gsub("^mpengine%.pool:%d+: ", "")), 2) end
   if broker then n = B.size(self) end -- its lanes: how many batches may be out at once
   local st = {n = n, broker = broker ~= nil, state = "run", fids = {}, nfids = 0, next_fid = 0, jobs = {}, njobs = 0,
+                by_fn = setmetatable({}, WEAK_KEYS),
                 progress_all = os.getenv("MPENGINE_PROGRESS") == "1"}
   priv[self] = st
   if broker then ship(self, st, o) end
   return self
 end
 
+-- 1 if fn's encoding depends on fn alone: its only upvalue, if any, is
+-- _ENV (which travels as "the receiver's globals", whatever its value).
+local function self_contained(fn)
+  for i = 1, math.huge do
+    local name = debug.getupvalue(fn, i)
+    if name == nil then return true end
+    if name ~= "_ENV" then return false end
+  end
+end
+
 -- The id of fn's encoding: stored once (B.fn), where every worker finds it.
+-- A function without upvalues of its own is remembered by identity too, so
+-- a loop of apply(fn) encodes fn once (a closure is encoded every call: its
+-- upvalues may have changed).
 local function fid_of(self, st, fn)
   if type(fn) ~= "function" then raise(("Pool: function expected, got %s"):format(type(fn))) end
   if st.shipped then ship_modules(self, st) end
+  local known = st.by_fn[fn]
+  if known then return known.id end
   local ok, bytes = pcall(st.broker and B.encode_remote or mp.encode, fn)
   if not ok then error(bytes, 0) end -- the codec names the caller's line and the path
   local entry = st.fids[bytes]
@@ -294,12 +311,14 @@ local function fid_of(self, st, fn)
         if live[e.id] then keep[b], nkeep = e, nkeep + 1 else B.forget(self, e.id) end
       end
       st.fids, st.nfids = keep, nkeep
+      st.by_fn = setmetatable({}, WEAK_KEYS)
     end
     st.nfids, st.next_fid = st.nfids + 1, st.next_fid + 1
     entry = {id = st.next_fid, fn = fn} -- fn kept: the objects it names stay alive
     B.fn(self, entry.id, bytes)
     st.fids[bytes] = entry
   end
+  if self_contained(fn) then st.by_fn[fn] = entry end
   return entry.id
 end
 

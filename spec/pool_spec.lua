@@ -27,6 +27,21 @@ describe("Pool", function()
     assert.are.equal("function", pool:apply(function() return type(string.format) end))
   end)
 
+  it("the same function applied again: a closure travels with its upvalues as they are now", function()
+    local k = 1
+    local add = function(x) return x + k end
+    local plain = function(x) return x * 2 end -- no upvalue of its own: remembered by identity
+    for i = 1, 5 do
+      k = i * 10
+      assert.are.equal(i + k, pool:apply(add, {i}))
+      assert.are.equal(i * 2, pool:apply(plain, {i}))
+      assert.are.equal(("%d"):format(i), pool:apply(function(x) return tostring(x) end, {i}))
+    end
+    -- many distinct closures: the registry starts over and plain still runs
+    for i = 1, 600 do assert.are.equal(i, pool:apply(function() return i end)) end
+    assert.are.equal(14, pool:apply(plain, {7}))
+  end)
+
   it("apply_async: get, wait, ready, successful", function()
     local r = pool:apply_async(function(x) mp.sleep(0.05) return x * 2 end, {21})
     assert.is_false(r:wait(0))

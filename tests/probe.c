@@ -7,6 +7,9 @@
  * cacheline_rt_ns  one cache line bounced between two processes and back
  *                  (shared-memory ping-pong on one word, both sides spinning)
  * futex_rt_ns      a futex wake of the other process and its wake back
+ * futex_rt_1cpu_ns the same with both processes on one CPU: two context
+ *                  switches a round, the floor of a round trip between two
+ *                  processes that sleep when the other CPUs are busy
  * pipe_rt_ns       one byte over a pipe and back
  * fork_wait_ns     fork() of a child that _exit()s at once, and waitpid()
  * memcpy_gbps      memcpy of 32 MiB into another 32 MiB (GB/s)
@@ -45,7 +48,7 @@ static int cmp(const void *a, const void *b) {
   return (x > y) - (x < y);
 }
 
-static double medians[5]; /* of the last figures, in the order they are measured */
+static double medians[6]; /* of the last figures, in the order they are measured */
 static int nmedians;
 
 /* The best of n batches (the lowest; highest with best_high), and its median kept. */
@@ -146,14 +149,15 @@ static void pp_round(void) {
   if (write(pfd[0][1], &c, 1) != 1 || read(pfd[1][0], &c, 1) != 1) exit(1);
 }
 
-/* Median nanoseconds of one round trip of kind k, batches of n rounds. */
-static double round_trip(rt_kind k, long n) {
+/* Best nanoseconds of one round trip of kind k, batches of n rounds; both
+ * processes on the first CPU when one_cpu, else on the first two. */
+static double round_trip_on(rt_kind k, long n, int one_cpu) {
   memset(sh, 0, sizeof *sh);
   turn = 0;
   pid_t pid = fork();
   if (pid < 0) return -1;
   if (pid == 0) {
-    pin(1);
+    pin(one_cpu ? 0 : 1);
     k.child(n * (BATCHES + 1));
     _exit(0);
   }
@@ -169,6 +173,8 @@ static double round_trip(rt_kind k, long n) {
   sched_setaffinity(0, sizeof allowed, &allowed);
   return best(xs, BATCHES, 0);
 }
+
+static double round_trip(rt_kind k, long n) { return round_trip_on(k, n, 0); }
 
 static double fork_wait(long n) {
   double xs[BATCHES];
@@ -221,10 +227,11 @@ int main(int argc, char **argv) {
   double pp = round_trip((rt_kind){pp_child, pp_round}, rounds_for(secs, 20000));
   double fw = fork_wait(rounds_for(secs, 500000));
   double mc = memcpy_gbps();
+  double f1 = round_trip_on((rt_kind){fx_child, fx_round}, rounds_for(secs, 20000), 1);
   printf("{\"cpus\": %d, \"cacheline_rt_ns\": %.1f, \"futex_rt_ns\": %.1f, \"pipe_rt_ns\": %.1f, "
-         "\"fork_wait_ns\": %.1f, \"memcpy_gbps\": %.2f, \"cacheline_rt_ns_median\": %.1f, "
-         "\"futex_rt_ns_median\": %.1f, \"pipe_rt_ns_median\": %.1f, \"fork_wait_ns_median\": %.1f, "
-         "\"memcpy_gbps_median\": %.2f}\n",
-         cpus, cl, fx, pp, fw, mc, medians[0], medians[1], medians[2], medians[3], medians[4]);
-  return cl > 0 && fx > 0 && pp > 0 && fw > 0 && mc > 0 ? 0 : 1;
+         "\"fork_wait_ns\": %.1f, \"memcpy_gbps\": %.2f, \"futex_rt_1cpu_ns\": %.1f, "
+         "\"cacheline_rt_ns_median\": %.1f, \"futex_rt_ns_median\": %.1f, \"pipe_rt_ns_median\": %.1f, "
+         "\"fork_wait_ns_median\": %.1f, \"memcpy_gbps_median\": %.2f, \"futex_rt_1cpu_ns_median\": %.1f}\n",
+         cpus, cl, fx, pp, fw, mc, f1, medians[0], medians[1], medians[2], medians[3], medians[4], medians[5]);
+  return cl > 0 && fx > 0 && pp > 0 && fw > 0 && mc > 0 && f1 > 0 ? 0 : 1;
 }

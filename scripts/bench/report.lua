@@ -240,6 +240,9 @@ function M.main(repeat_n, outdir)
     add("|---|---|")
     add(("| cache-line round trip between two processes | %s ns |"):format(fmt(floors.cacheline_rt_ns)))
     add(("| futex round trip | %s µs |"):format(fmt(floors.futex_rt_ns / 1e3)))
+    if floors.futex_rt_1cpu_ns then
+      add(("| futex round trip, both processes on one CPU | %s µs |"):format(fmt(floors.futex_rt_1cpu_ns / 1e3)))
+    end
     add(("| pipe round trip | %s µs |"):format(fmt(floors.pipe_rt_ns / 1e3)))
     add(("| fork + waitpid | %s ms |"):format(fmt(floors.fork_wait_ns / 1e6)))
     add(("| memcpy | %s GB/s |"):format(fmt(floors.memcpy_gbps)))
