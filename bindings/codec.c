@@ -122,7 +122,8 @@ typedef struct enc {
   mpel_wire *w;
   int seen; /* stack index: value -> id */
   int upids; /* stack index: upvalue id -> function id << 16 | index */
-  int rev;  /* stack index: value -> "mod" or "mod\0key" */
+  int rev;  /* stack index: value -> "mod" or "mod\0key"; nil until needed */
+  int plain; /* stack index of a root that is never a module by name, or 0 */
   int nextid;
   int depth;
   int ext;  /* an extension but REF was written: the message is sealed */
@@ -284,8 +285,16 @@ static int enc_seen(enc *e, int idx) {
 }
 
 /* 1 if the value at idx is a module or a module's field (written by name). */
+static void rev_push(lua_State *L);
+
 static int enc_named(enc *e, int idx) {
   lua_State *L = e->L;
+  if (idx == e->plain) return 0;
+  if (lua_isnil(L, e->rev)) { /* the map, checked against package.loaded, at the first need */
+    luaL_checkstack(L, 8, "cannot send value");
+    rev_push(L);
+    lua_replace(L, e->rev);
+  }
   lua_pushvalue(L, idx);
   if (lua_rawget(L, e->rev) != LUA_TSTRING) {
     lua_pop(L, 1);
@@ -712,7 +721,7 @@ static void seal(enc *e, size_t start) {
                    (unsigned char *)w->buf + start);
 }
 
-void mpel_encode(lua_State *L, int idx, const char *root, mpel_wire *w) {
+static void encode(lua_State *L, int idx, const char *root, mpel_wire *w, int plain_root) {
   idx = lua_absindex(L, idx);
   int t = lua_type(L, idx);
   if (t != LUA_TTABLE && t != LUA_TFUNCTION && t != LUA_TUSERDATA) {
@@ -731,8 +740,9 @@ void mpel_encode(lua_State *L, int idx, const char *root, mpel_wire *w) {
   e.w = w;
   lua_newtable(L);
   e.seen = lua_gettop(L);
-  rev_push(L);
+  lua_pushnil(L);
   e.rev = lua_gettop(L);
+  e.plain = plain_root && t == LUA_TTABLE ? idx : 0;
   lua_newtable(L);
   e.upids = lua_gettop(L);
   lua_pushnil(L); /* made at the first engine object */
@@ -757,6 +767,10 @@ void mpel_encode(lua_State *L, int idx, const char *root, mpel_wire *w) {
   }
   lua_settop(L, top);
 }
+
+void mpel_encode(lua_State *L, int idx, const char *root, mpel_wire *w) { encode(L, idx, root, w, 0); }
+
+void mpel_encode_args(lua_State *L, int idx, const char *root, mpel_wire *w) { encode(L, idx, root, w, 1); }
 
 void mpel_wire_unsend(lua_State *L, mpel_wire *w) {
   if (!w->inflight) return;

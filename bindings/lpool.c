@@ -190,7 +190,7 @@ static int encode_items(lua_State *L) {
       memcpy(s->w->buf + s->w->len, sc, n);
       s->w->len += n;
     } else {
-      mpel_encode(L, -1, "value", s->w);
+      (s->star ? mpel_encode_args : mpel_encode)(L, -1, "value", s->w);
     }
     lua_pop(L, 1);
     lp->lens[s->k++] = s->w->len - start;

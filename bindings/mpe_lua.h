@@ -167,6 +167,10 @@ void mpel_wire_unsend(lua_State *L, mpel_wire *w);
 int mpel_wire_reserve(mpel_wire *w, size_t more);
 /* Appends the value at idx to w; raises "cannot send value at ROOT...: TYPE". */
 void mpel_encode(lua_State *L, int idx, const char *root, mpel_wire *w);
+/* The same for a table of arguments, which the receiver unpacks: the table
+ * itself is never sent as a module by name (what it holds may be), so a
+ * message of plain values needs no look at package.loaded. */
+void mpel_encode_args(lua_State *L, int idx, const char *root, mpel_wire *w);
 /* Pushes the value encoded in buf; ends[] may be claimed (set to NULL).
  * Raises on malformed input, and on code, modules, metatables or objects in
  * a message this run did not seal. mpel_decode adopts the references in

@@ -27,6 +27,14 @@ describe("Pool", function()
     assert.are.equal("function", pool:apply(function() return type(string.format) end))
   end)
 
+  it("modules and their functions in the arguments travel by name", function()
+    -- (the arguments' own table is never a module; what it holds may be)
+    assert.is_true(pool:apply(function(s, f, t) return s == string and f == string.format and t.m == math end,
+      {string, string.format, {m = math}}))
+    assert.are.same({true, true}, pool:starmap(function(s, f) return s == table and f == table.concat end,
+      {{table, table.concat}, {table, table.concat}}))
+  end)
+
   it("the same function applied again: a closure travels with its upvalues as they are now", function()
     local k = 1
     local add = function(x) return x + k end
