@@ -1,14 +1,15 @@
 /* queue.c - a multi-producer, multi-consumer message queue in the arena.
  *
- * Layout: a byte ring (power-of-two capacity, grown on demand) of records
- * {len:64, tag:32, kind:16, pad:16} + payload, each padded to 16 bytes so a
- * record never straddles the end of the ring: when one would, a SKIP record
- * fills the tail end and the next starts at offset 0. head and tail are
- * 32-bit byte positions that only grow (modulo 2^32: the ring is at most
- * 2 GiB); position p lives at p & (cap - 1). Messages over
- * INLINE_MAX go in their own arena block and the ring holds a BLOCK record
- * naming it, so a message of any size passes through a queue of any bound,
- * and the consumer decodes it in place.
+ * Layout: a byte ring (power-of-two capacity, line-aligned, grown on
+ * demand) of records: one 8-byte header word {tag, len, kind, stamp} +
+ * payload, each padded to 8 bytes, so a small message (up to 8 bytes)
+ * takes 16 and a cache line carries four. A record never straddles the
+ * end of the ring: when one would, a SKIP record fills the tail end and the
+ * next starts at offset 0. head and tail are 32-bit byte positions that
+ * only grow (modulo 2^32: the ring is at most 2 GiB); position p lives at
+ * p & (cap - 1). Messages over INLINE_MAX go in their own arena block and
+ * the ring holds a BLOCK record naming it, so a message of any size passes
+ * through a queue of any bound, and the consumer decodes it in place.
  *
  * Robustness: putters hold one robust mutex (plock), getters another
  * (clock); growing the ring takes both (plock first; getters never take
@@ -18,20 +19,36 @@
  * old state or the new one, never half of one, and since the counts travel
  * in the same stores as the positions there is nothing to recount. What can
  * be lost is the message the dead process was putting or had just taken (and
- * a ring, if it died inside a growth).
+ * a ring, if it died inside a growth). The stamp and the tail hint below
+ * are written after the commit and only ever say "committed" of what is:
+ * a putter killed before writing them leaves records a getter finds through
+ * the putters' word instead.
+ *
+ * Moving messages: a getter must not read the putters' line (the lock and
+ * the word a putter writes at every put) nor a ring line a putter is still
+ * writing: each such read takes the line away, and the putter waits for a
+ * transfer to take it back (several hundred ns on a VM whose CPUs sit far
+ * apart), once per message at worst. So a putter stamps each record's
+ * header after its commit, and publishes the tail in a word of its own
+ * (the tail hint) each time a record ends in a new cache line. A getter
+ * that keeps up (a stream) reads records up to the hint, that is in lines
+ * the putters have finished, four small messages per line transfer; at the
+ * hint it waits (below) instead of following the putter into its line.
+ * Otherwise it looks at the stamp of the record at its head, and only when
+ * there is none at the putters' word. The putter reads the getters' word
+ * only when its snapshot says the ring or maxsize is full.
  *
  * Waiting: emptiness is head == tail. A getter that finds none spins up to
- * the spin budget watching the two words (no lock, no system call), then
- * sleeps on the get_seq futex; a putter bumps get_seq after its commit and
- * wakes one sleeper only if get_waiters says there is one, so the fast path
- * of both sides makes no system call. A getter whose last get found a
- * message waiting is in a stream: its spin looks first after a gap
- * (spin.c), so a consumer that keeps up with its producer takes several
- * records per transfer of the producer's line instead of pulling the line
- * after every put. The same holds for putters waiting
- * for room (put_seq) and for join (join_seq). close() sets the flag under
- * plock, so a getter that sees it closed and then finds nothing after a
- * last look at the tail has seen every put. */
+ * the spin budget watching the tail hint and the stamp at its head (no
+ * lock, no system call), then sleeps on the get_seq futex; a putter looks
+ * at get_waiters after its commit and bumps get_seq and wakes one sleeper
+ * only if there is one, so the fast path of both sides writes nothing the
+ * other side reads. A getter in a stream (its last get found a message
+ * waiting) looks first after a gap (spin.c), so it takes a batch of lines
+ * per wait. The same holds for putters waiting for room (put_seq) and for
+ * join (join_seq). close() sets the flag under plock, so a getter that sees
+ * it closed and then finds nothing after a last look at the tail has seen
+ * every put. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <signal.h>
