@@ -467,7 +467,10 @@ int mpe_queue_get(mpe_queue *q, double timeout, mpe_qmsg *m) {
      * a putter is writing; it waits when it reaches the hint. Otherwise
      * (and once it waited) it looks at the record's stamp, then tailw
      * (the putters' line). */
-    int ok = before(head, wpos(atomic_load_explicit(&q->tail_seen, memory_order_relaxed)));
+    uint32_t seen = wpos(atomic_load_explicit(&q->tail_seen, memory_order_relaxed));
+    int ok = before(head, seen);
+    if (!ok && seen != head) /* passed by stamps: never let it fall 2^31 behind */
+      atomic_store_explicit(&q->tail_seen, head, memory_order_relaxed);
     int stream = get_spin.stream && !late;
     if (!ok && stream) ok = seen_in_hint(q, head);
     if (!ok && !stream) ok = stamped(atomic_load_explicit(r, memory_order_acquire), head);
