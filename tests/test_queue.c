@@ -261,6 +261,164 @@ TEST(test_killed_producer_and_consumer_leave_a_contiguous_run) {
   mpe_qmsg_free(&m);
 }
 
+/* A holder killed at each step of a call, exactly there (mpe__queue_kill_at):
+ * a churning child (put, get) or a filling one (puts only) arms the step
+ * after WARM messages, so its ring has wrapped (or is full) by then, and
+ * dies the next time it reaches the step. Left behind: exactly the
+ * message the step had committed, no other, and a queue that works. */
+enum { WARM = 300 };
+typedef struct kill_plan {
+  int step, fill;
+  int left; /* messages the dead one leaves; -1: a run 0, 1, ... of any length */
+} kill_plan;
+
+static size_t fill_msg(char *buf, uint64_t i) {
+  size_t n = sizeof i + (size_t)(i * 37 % 992); /* sizes vary: the ring wraps with skips */
+  memcpy(buf, &i, sizeof i);
+  memset(buf + sizeof i, (int)(i & 0xff), n - sizeof i);
+  return n;
+}
+
+static int die_at(void *arg) {
+  const kill_plan *k = arg;
+  mpe_qmsg m = {0};
+  char buf[1000];
+  for (uint64_t i = 0;; i++) {
+    if (i == WARM) mpe__queue_kill_at = k->step;
+    size_t n = fill_msg(buf, i);
+    if (mpe_queue_put(shared, buf, n, (uint32_t)n, -1) != 0) return 1;
+    if (!k->fill && mpe_queue_get(shared, -1, &m) != 0) return 2;
+  }
+}
+
+/* Drains the queue, checking every message whole and the numbers a run
+ * with no hole (each one after the last); returns how many. */
+static int drain_run(uint64_t *first) {
+  mpe_qmsg m = {0};
+  int n = 0, rc;
+  uint64_t prev = 0;
+  while ((rc = mpe_queue_get(shared, 0, &m)) == 0) {
+    uint64_t v;
+    CHECK(m.len == m.tag && m.len >= sizeof v);
+    memcpy(&v, m.data, sizeof v);
+    CHECK(m.len == sizeof v + v * 37 % 992);
+    for (size_t k = sizeof v; k < m.len; k++) CHECK((unsigned char)m.data[k] == (v & 0xff));
+    CHECK(n == 0 || v == prev + 1);
+    if (n == 0) *first = v;
+    prev = v;
+    n++;
+  }
+  CHECK(rc == MPE_ETIMEDOUT && mpe_queue_size(shared) == 0);
+  mpe_qmsg_free(&m);
+  return n;
+}
+
+TEST(test_killed_at_each_step) {
+  static const kill_plan plans[] = {
+      {MPE__QK_PUT_WRITTEN, 0, 0}, {MPE__QK_PUT_COMMITTED, 0, 1}, {MPE__QK_PUT_SKIP, 0, 1},
+      {MPE__QK_PUT_DONE, 0, 1},    {MPE__QK_GET_READ, 0, 1},      {MPE__QK_GET_DONE, 0, 0},
+      {MPE__QK_PUT_COMMITTED, 1, -1},
+  };
+  for (size_t i = 0; i < sizeof plans / sizeof *plans; i++) {
+    const kill_plan *k = &plans[i];
+    CHECK_RC(mpe_queue_new(&shared, 0), 0);
+    mpe_process *c;
+    CHECK_RC(mpe_process_spawn(&c, die_at, (void *)k, NULL), 0);
+    int code = 0;
+    CHECK_RC(mpe_process_wait(c, 60), 0);
+    CHECK(mpe_process_exitcode(c, &code) == 1 && code == -SIGKILL);
+    mpe_process_free(c);
+    uint64_t first = 0;
+    int left = drain_run(&first);
+    if (k->left >= 0) CHECK(left == k->left);
+    else CHECK(left == WARM + 1 && first == 0); /* the one it died committing included */
+    if (left == 1 && !k->fill) CHECK(first >= WARM);
+    /* whatever step it died at, the queue works: through wraps and a growth */
+    char buf[1000];
+    mpe_qmsg m = {0};
+    for (uint64_t v = 0; v < 3000; v++) {
+      size_t n = fill_msg(buf, v);
+      CHECK_RC(mpe_queue_put(shared, buf, n, (uint32_t)n, 5), 0);
+      if (v % 3 == 2) {
+        int got = drain_run(&first);
+        CHECK(got == 3 && first == v - 2);
+      }
+    }
+    CHECK(drain_run(&first) == 0);
+    CHECK_RC(mpe_queue_put(shared, "alive", 6, 2, 5), 0);
+    CHECK_RC(mpe_queue_get(shared, 5, &m), 0);
+    CHECK(m.tag == 2 && strcmp(m.data, "alive") == 0);
+    mpe_qmsg_free(&m);
+    mpe_queue_free(shared);
+  }
+}
+
+/* Killed inside a growth of the ring (a full ring, or a busy one growing
+ * at a wrap), before and after its commit: the puts before it are all
+ * there, the one it was making is not. The dead one's rings are lost. */
+TEST(test_killed_inside_a_growth) {
+  static const kill_plan plans[] = {
+      {MPE__QK_GROW_COPIED, 1, -1}, {MPE__QK_GROW_DONE, 1, -1},
+      {MPE__QK_GROW_COPIED, 0, 0},  {MPE__QK_GROW_DONE, 0, 0},
+  };
+  for (size_t i = 0; i < sizeof plans / sizeof *plans; i++) {
+    const kill_plan *k = &plans[i];
+    CHECK_RC(mpe_queue_new(&shared, 0), 0);
+    mpe_process *c;
+    CHECK_RC(mpe_process_spawn(&c, die_at, (void *)k, NULL), 0);
+    int code = 0;
+    CHECK_RC(mpe_process_wait(c, 60), 0);
+    CHECK(mpe_process_exitcode(c, &code) == 1 && code == -SIGKILL);
+    mpe_process_free(c);
+    uint64_t first = 0;
+    size_t size = mpe_queue_size(shared);
+    int left = drain_run(&first);
+    CHECK((size_t)left == size);
+    if (k->left >= 0) CHECK(left == k->left);
+    else CHECK(left > WARM && first == 0); /* a full ring: everything put before the growth */
+    char buf[1000];
+    for (uint64_t v = 0; v < 2000; v++) {
+      size_t n = fill_msg(buf, v);
+      CHECK_RC(mpe_queue_put(shared, buf, n, (uint32_t)n, 5), 0);
+    }
+    CHECK(drain_run(&first) == 2000 && first == 0);
+    mpe_queue_free(shared);
+  }
+}
+
+/* Where the queue is empty, the header at the tail is the next record's,
+ * not a stale one: a lap of 16-byte records, a lap of 24-byte ones (whose
+ * padding keeps stamps of the first lap intact), then 16-byte records
+ * again, each put taken at once and a get on the empty queue after it. */
+TEST(test_no_stale_record_where_the_queue_is_empty) {
+  mpe_queue *q;
+  CHECK_RC(mpe_queue_new(&q, 0), 0);
+  mpe_qmsg m = {0};
+  char buf[16] = {0};
+  /* 4096 records of 16 bytes fill 64 KiB; 2730 of 24 bytes, and a skip */
+  static const size_t lens[] = {8, 9, 8, 9, 8};
+  static const uint32_t counts[] = {4096, 2730, 4096, 2730, 4096};
+  for (int lap = 0; lap < 5; lap++) {
+    for (uint32_t i = 0; i < counts[lap]; i++) {
+      buf[0] = (char)i;
+      CHECK_RC(mpe_queue_put(q, buf, lens[lap], i, 0), 0);
+      CHECK_RC(mpe_queue_get(q, 0, &m), 0);
+      CHECK(m.tag == i && m.len == lens[lap] && m.data[0] == (char)i);
+      CHECK_RC(mpe_queue_get(q, 0, &m), MPE_ETIMEDOUT);
+    }
+  }
+  /* a ring filled up to its last byte grows instead: the header after the
+   * newest record is never the oldest one's */
+  for (uint32_t i = 0; i < 20000; i++) CHECK_RC(mpe_queue_put(q, buf, 8, i, 0), 0);
+  for (uint32_t i = 0; i < 20000; i++) {
+    CHECK_RC(mpe_queue_get(q, 0, &m), 0);
+    CHECK(m.tag == i && m.len == 8);
+  }
+  CHECK_RC(mpe_queue_get(q, 0, &m), MPE_ETIMEDOUT);
+  mpe_qmsg_free(&m);
+  mpe_queue_free(q);
+}
+
 /* With more processes wanting to run than there are CPUs, a waiter does not
  * spin at all: it looks once and goes to sleep. */
 static _Atomic int *busy_stop;
@@ -329,6 +487,8 @@ int main(void) {
   RUN(test_messages_of_every_size_through_a_small_bound);
   RUN(test_producers_consumers_every_item_once);
   RUN(test_killed_holders_leave_the_queue_usable);
+  RUN(test_killed_at_each_step);
+  RUN(test_no_stale_record_where_the_queue_is_empty);
   RUN(test_refs);
   RUN(test_no_spin_without_a_free_cpu);
   size_t used1;
@@ -337,5 +497,6 @@ int main(void) {
   CHECK(used1 <= used0 + 4096); /* at most what killed holders were holding */
   /* Last: a process killed inside a growth of the ring leaks that ring. */
   RUN(test_killed_producer_and_consumer_leave_a_contiguous_run);
+  RUN(test_killed_inside_a_growth);
   return 0;
 }

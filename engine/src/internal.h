@@ -112,6 +112,21 @@ _Atomic uint32_t *mpe__queue_watch(mpe_queue *q, int delta);
 _Atomic uint32_t *mpe__event_watch(mpe_event *e, int delta);
 /* 1 if a get would not wait (a message, or closed). */
 int mpe__queue_readable(mpe_queue *q);
+/* For the tests (tests/test_queue.c): a queue call of this process kills
+ * the process (SIGKILL) when it reaches the step named here, so a test
+ * can leave exactly what a holder killed there leaves. 0: never (always,
+ * outside those tests). */
+enum {
+  MPE__QK_PUT_WRITTEN = 1, /* a record written, before the commit */
+  MPE__QK_PUT_COMMITTED,   /* committed, before the record's stamp */
+  MPE__QK_PUT_SKIP,        /* a record after a wrap stamped, before the skip's stamp */
+  MPE__QK_PUT_DONE,        /* all done, plock still held */
+  MPE__QK_GET_READ,        /* a message copied out, before the commit */
+  MPE__QK_GET_DONE,        /* committed, clock still held */
+  MPE__QK_GROW_COPIED,     /* a new ring filled, before the commit */
+  MPE__QK_GROW_DONE,       /* the new ring committed, clock still held */
+};
+extern int mpe__queue_kill_at;
 /* The child's pidfd, -1 when it has none (reaped, foreign, old kernel). */
 int mpe__process_pidfd(const mpe_process *p);
 
