@@ -1,7 +1,9 @@
 /* test_queue.c - the engine's queue through the public header: FIFO order,
  * bounds and timeouts, close, messages larger than the ring, many producers
  * and consumers across processes, join, and holders killed mid-operation. */
+#include <sched.h>
 #include <signal.h>
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -353,6 +355,71 @@ TEST(test_killed_at_each_step) {
   }
 }
 
+/* A putter killed after its commit, before it wakes anyone, while a getter
+ * with no timeout sleeps: the getter still gets the message (a sleeper
+ * looks again by itself). The getter says when it is about to get, and the
+ * test waits until the kernel shows it asleep before the putter starts. */
+static mpe_queue *hello; /* the getter's handshake (spawn closes inherited descriptors) */
+
+static int sleepy_get(void *arg) {
+  (void)arg;
+  mpe_spin_set(0); /* sleep at once */
+  mpe_qmsg m = {0};
+  if (mpe_queue_put(hello, "g", 1, 1, -1) != 0) return 4;
+  int rc = mpe_queue_get(shared, -1, &m);
+  int ok = rc == 0 && m.tag == 7 && m.len == 6 && strcmp(m.data, "found") == 0;
+  mpe_qmsg_free(&m);
+  return ok ? 0 : 3;
+}
+
+static int put_and_die(void *arg) {
+  mpe__queue_kill_at = *(const int *)arg;
+  mpe_queue_put(shared, "found", 6, 7, -1);
+  return 5; /* not reached */
+}
+
+static char proc_state(pid_t pid) {
+  char path[64], buf[256];
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+  FILE *f = fopen(path, "r");
+  if (!f) return 0;
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = 0;
+  const char *p = strrchr(buf, ')'); /* "pid (comm) S ..." */
+  return p && p[1] == ' ' ? p[2] : 0;
+}
+
+TEST(test_a_sleeping_getter_gets_what_a_killed_putter_committed) {
+  static const int steps[] = {MPE__QK_PUT_COMMITTED, MPE__QK_PUT_DONE};
+  for (size_t i = 0; i < sizeof steps / sizeof *steps; i++) {
+    CHECK_RC(mpe_queue_new(&shared, 0), 0);
+    CHECK_RC(mpe_queue_new(&hello, 0), 0);
+    mpe_process *g, *p;
+    CHECK_RC(mpe_process_spawn(&g, sleepy_get, NULL, NULL), 0);
+    mpe_qmsg hi = {0};
+    CHECK_RC(mpe_queue_get(hello, 60, &hi), 0);
+    mpe_qmsg_free(&hi);
+    /* after its handshake the getter only gets: once it sleeps, it is in the queue's wait */
+    char st;
+    while ((st = proc_state(mpe_process_pid(g))) == 'R') sched_yield();
+    CHECK(st == 'S');
+    CHECK_RC(mpe_process_spawn(&p, put_and_die, (void *)&steps[i], NULL), 0);
+    int code = 0;
+    CHECK_RC(mpe_process_wait(p, 60), 0);
+    CHECK(mpe_process_exitcode(p, &code) == 1 && code == -SIGKILL);
+    int rc = mpe_process_wait(g, 30); /* a hang is the failure */
+    if (rc != 0) mpe_process_signal(g, SIGKILL), mpe_process_wait(g, -1);
+    CHECK_RC(rc, 0);
+    CHECK(mpe_process_exitcode(g, &code) == 1 && code == 0);
+    mpe_process_free(p);
+    mpe_process_free(g);
+    mpe_queue_free(hello);
+    CHECK(mpe_queue_size(shared) == 0);
+    mpe_queue_free(shared);
+  }
+}
+
 /* Killed inside a growth of the ring (a full ring, or a busy one growing
  * at a wrap), before and after its commit: the puts before it are all
  * there, the one it was making is not. The dead one's rings are lost. */
@@ -488,6 +555,7 @@ int main(void) {
   RUN(test_producers_consumers_every_item_once);
   RUN(test_killed_holders_leave_the_queue_usable);
   RUN(test_killed_at_each_step);
+  RUN(test_a_sleeping_getter_gets_what_a_killed_putter_committed);
   RUN(test_no_stale_record_where_the_queue_is_empty);
   RUN(test_refs);
   RUN(test_no_spin_without_a_free_cpu);

@@ -282,6 +282,20 @@ static void wake_side(_Atomic uint32_t *seq, _Atomic uint32_t *waiters, int n) {
   mpe__futex_wake(seq, n);
 }
 
+/* A sleeper looks again this often by itself: a holder killed between its
+ * commit and its wake-up leaves a message (or room, or a done count) that
+ * nobody would wake it for. */
+#define WATCH 0.1
+
+/* Sleeps while *seq == seen, until d but at most WATCH: 0 when woken, when
+ * seq had moved, or when only the slice is over (look again). */
+static int sleep_on(_Atomic uint32_t *seq, uint32_t seen, const mpe__deadline *d) {
+  mpe__deadline until;
+  mpe__slice_end(d, WATCH, &until);
+  int rc = mpe__futex_wait(seq, seen, &until);
+  return rc == MPE_ETIMEDOUT && mpe__deadline_ms(d) != 0 ? 0 : rc;
+}
+
 /* Called holding m; returns holding it. Spins (spin.c) until hint() says
  * the state changed, then sleeps until seq moves. A sleeper counts itself
  * among the waiters, then reads seq, then looks at ready() (the words
@@ -296,7 +310,7 @@ static int wait_on(mpe_queue *q, mpe__mutex *m, _Atomic uint32_t *seq, _Atomic u
   if (!mpe__spin_wait(spin, hint, q)) {
     atomic_fetch_add(waiters, 1);
     uint32_t seen = atomic_load(seq);
-    if (!ready(q)) rc = mpe__futex_wait(seq, seen, d);
+    if (!ready(q)) rc = sleep_on(seq, seen, d);
     atomic_fetch_sub(waiters, 1);
   }
   int lr = take(m);
@@ -569,7 +583,7 @@ int mpe_queue_join(mpe_queue *q, double timeout) {
     if (unfinished(q) == 0) return 0;
     if (mpe__deadline_ms(&d) == 0) return MPE_ETIMEDOUT;
     atomic_fetch_add(&q->join_waiters, 1);
-    int rc = mpe__futex_wait(&q->join_seq, seen, &d);
+    int rc = sleep_on(&q->join_seq, seen, &d);
     atomic_fetch_sub(&q->join_waiters, 1);
     if (rc == MPE_EINTR) return rc;
   }
