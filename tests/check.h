@@ -3,6 +3,8 @@
 #define MPE_TEST_CHECK_H
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
 
 #include "mpengine.h"
 
@@ -30,4 +32,18 @@
     name();                                                                  \
     printf("ok %s\n", #name);                                                \
   } while (0)
+
+/* A process's state letter in /proc/PID/stat ('S': asleep), or 0. Tests
+ * wait for a peer to sleep this way: a handshake on what the kernel shows. */
+static inline char check_proc_state(pid_t pid) {
+  char path[64], buf[256];
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+  FILE *f = fopen(path, "r");
+  if (!f) return 0;
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = 0;
+  const char *p = strrchr(buf, ')'); /* "pid (comm) S ...": comm may hold ')' */
+  return p && p[1] == ' ' ? p[2] : 0;
+}
 #endif

@@ -311,18 +311,8 @@ static int waiting_receiver(void *arg) {
   return 3;
 }
 
-/* 1 once pid sleeps (state S in /proc/PID/stat). */
-static int asleep(pid_t pid) {
-  char path[64], buf[256];
-  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-  FILE *f = fopen(path, "r");
-  if (!f) return 0;
-  size_t n = fread(buf, 1, sizeof buf - 1, f);
-  fclose(f);
-  buf[n] = 0;
-  const char *close_paren = strrchr(buf, ')');
-  return close_paren && close_paren[1] == ' ' && close_paren[2] == 'S';
-}
+/* 1 once pid sleeps. */
+static int asleep(pid_t pid) { return check_proc_state(pid) == 'S'; }
 
 /* A receiver killed while it waits (after its spin, asleep in the kernel)
  * breaks nothing: the next message comes whole to the next receiver. Each

@@ -293,6 +293,17 @@ static int die_at(void *arg) {
   }
 }
 
+/* A fresh shared queue, and a child that dies in it as k says. */
+static void die_in_fresh_queue(const kill_plan *k) {
+  CHECK_RC(mpe_queue_new(&shared, 0), 0);
+  mpe_process *c;
+  CHECK_RC(mpe_process_spawn(&c, die_at, (void *)k, NULL), 0);
+  int code = 0;
+  CHECK_RC(mpe_process_wait(c, 60), 0);
+  CHECK(mpe_process_exitcode(c, &code) == 1 && code == -SIGKILL);
+  mpe_process_free(c);
+}
+
 /* Drains the queue, checking every message whole and the numbers a run
  * with no hole (each one after the last); returns how many. */
 static int drain_run(uint64_t *first) {
@@ -323,13 +334,7 @@ TEST(test_killed_at_each_step) {
   };
   for (size_t i = 0; i < sizeof plans / sizeof *plans; i++) {
     const kill_plan *k = &plans[i];
-    CHECK_RC(mpe_queue_new(&shared, 0), 0);
-    mpe_process *c;
-    CHECK_RC(mpe_process_spawn(&c, die_at, (void *)k, NULL), 0);
-    int code = 0;
-    CHECK_RC(mpe_process_wait(c, 60), 0);
-    CHECK(mpe_process_exitcode(c, &code) == 1 && code == -SIGKILL);
-    mpe_process_free(c);
+    die_in_fresh_queue(k);
     uint64_t first = 0;
     int left = drain_run(&first);
     if (k->left >= 0) CHECK(left == k->left);
@@ -378,18 +383,6 @@ static int put_and_die(void *arg) {
   return 5; /* not reached */
 }
 
-static char proc_state(pid_t pid) {
-  char path[64], buf[256];
-  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-  FILE *f = fopen(path, "r");
-  if (!f) return 0;
-  size_t n = fread(buf, 1, sizeof buf - 1, f);
-  fclose(f);
-  buf[n] = 0;
-  const char *p = strrchr(buf, ')'); /* "pid (comm) S ..." */
-  return p && p[1] == ' ' ? p[2] : 0;
-}
-
 TEST(test_a_sleeping_getter_gets_what_a_killed_putter_committed) {
   static const int steps[] = {MPE__QK_PUT_COMMITTED, MPE__QK_PUT_DONE};
   for (size_t i = 0; i < sizeof steps / sizeof *steps; i++) {
@@ -402,7 +395,7 @@ TEST(test_a_sleeping_getter_gets_what_a_killed_putter_committed) {
     mpe_qmsg_free(&hi);
     /* after its handshake the getter only gets: once it sleeps, it is in the queue's wait */
     char st;
-    while ((st = proc_state(mpe_process_pid(g))) == 'R') sched_yield();
+    while ((st = check_proc_state(mpe_process_pid(g))) == 'R') sched_yield();
     CHECK(st == 'S');
     CHECK_RC(mpe_process_spawn(&p, put_and_die, (void *)&steps[i], NULL), 0);
     int code = 0;
@@ -430,13 +423,7 @@ TEST(test_killed_inside_a_growth) {
   };
   for (size_t i = 0; i < sizeof plans / sizeof *plans; i++) {
     const kill_plan *k = &plans[i];
-    CHECK_RC(mpe_queue_new(&shared, 0), 0);
-    mpe_process *c;
-    CHECK_RC(mpe_process_spawn(&c, die_at, (void *)k, NULL), 0);
-    int code = 0;
-    CHECK_RC(mpe_process_wait(c, 60), 0);
-    CHECK(mpe_process_exitcode(c, &code) == 1 && code == -SIGKILL);
-    mpe_process_free(c);
+    die_in_fresh_queue(k);
     uint64_t first = 0;
     size_t size = mpe_queue_size(shared);
     int left = drain_run(&first);
