@@ -17,7 +17,7 @@
 #include "mpe_lua.h"
 
 volatile sig_atomic_t mpel_signal;
-const char *mpel_process_name = "MainProcess";
+const char *mpel_process_name; /* set when the module opens: in .bss, beside what a child writes */
 
 double mpel_opt_timeout(lua_State *L, int idx) {
   if (lua_isnoneornil(L, idx)) return -1;
@@ -87,7 +87,19 @@ void mpel_weak_registry(lua_State *L, const char *name, const char *mode) {
   lua_setfield(L, LUA_REGISTRYINDEX, name);
 }
 
+/* Handles tracked so far, and what the next child inherits: a child that
+ * inherited none and made none has nothing to give back when it ends, and
+ * skips the walk (which would touch pages of its parent's). */
+static unsigned long tracked, next_base, own_base;
+static int next_inherits, own_inherits;
+
+MPE_CHILD_PATH void mpel_handles_child_begin(void) {
+  own_base = next_base;
+  own_inherits = next_inherits;
+}
+
 void mpel_track(lua_State *L, int idx) {
+  tracked++;
   idx = lua_absindex(L, idx);
   mpel_weak_registry(L, "mpengine.handles", "k");
   lua_pushvalue(L, idx);
@@ -96,10 +108,15 @@ void mpel_track(lua_State *L, int idx) {
   lua_pop(L, 1);
 }
 
-void mpel_handles_fork(lua_State *L, int how) {
+MPE_CHILD_PATH void mpel_handles_fork(lua_State *L, int how) {
   /* The references taken for a child go in its ledger: if it is killed,
    * this process gives them back when it reaps it. */
-  if (how == MPEL_FOR_CHILD) mpe_spawn_refs_begin();
+  if (how == MPEL_CHILD_ENDS && !own_inherits && tracked == own_base) return;
+  if (how == MPEL_FOR_CHILD) {
+    mpe_spawn_refs_begin();
+    next_base = tracked;
+    next_inherits = 0;
+  }
   if (lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.handles") != LUA_TTABLE) {
     lua_pop(L, 1);
     return;
@@ -112,7 +129,10 @@ void mpel_handles_fork(lua_State *L, int how) {
       const mpel_class *cls = lua_rawget(L, -3) == LUA_TLIGHTUSERDATA ? lua_touserdata(L, -1) : NULL;
       lua_pop(L, 1);
       void *ud = lua_touserdata(L, -1);
-      if (cls && how == MPEL_FOR_CHILD && cls->retain) cls->retain(ud);
+      if (cls && how == MPEL_FOR_CHILD && cls->retain) {
+        cls->retain(ud);
+        next_inherits = 1;
+      }
       if (cls && how != MPEL_FOR_CHILD && cls->release) cls->release(ud, how == MPEL_CHILD_ENDS);
     }
   }
@@ -263,6 +283,7 @@ static const luaL_Reg funcs[] = {
 __attribute__((visibility("default"))) int luaopen_mpengine(lua_State *L) {
   int rc = mpe_init(0);
   if (rc < 0) return luaL_error(L, "mpengine: cannot map the shared arena: %s", mpe_strerror(rc));
+  if (!mpel_process_name) mpel_process_name = "MainProcess";
   if (lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.kinds") != LUA_TTABLE) {
     lua_newtable(L);
     lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.kinds");

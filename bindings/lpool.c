@@ -66,6 +66,7 @@ static const char *signame(int sig) {
 /* In the parent, around each worker's fork: the references it inherits. */
 static void p_before_fork(void *arg, int failed) {
   lpool *lp = arg;
+  if (!failed) mpel_child_prepare(lp->L);
   mpel_handles_fork(lp->L, failed ? MPEL_FORK_FAILED : MPEL_FOR_CHILD);
 }
 

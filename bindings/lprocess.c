@@ -41,10 +41,19 @@ static int self_daemon; /* in a child: the daemon flag of the Process it runs */
  * at start: every page a new child writes is a page fault (a copy of the
  * parent's page), and a child that never starts a process nor asks for its
  * parent should pay for none of it. The flags below are set by
- * mpel_child_begin and say "the registry's entry is the parent's". */
+ * mpel_child_begin and say "the registry's entry is the parent's". What the
+ * child needs first the parent makes before fork (mpel_child_prepare): its
+ * own name for the child's parent_process(), the os.exit a child uses, the
+ * thread the target runs on. These variables share one page with the rest
+ * of the module's, which the child writes anyway. */
 static int stale_children, stale_self, stale_parent;
 static lua_Integer parent_pid;
-static char parent_name[256]; /* a copy: the parent's name string may be collected here */
+/* The parent's name, copied (its string may be collected here): two
+ * buffers, so that preparing a child of our own (into the other one) leaves
+ * ours alone. A name that does not fit: the child makes the handle at once. */
+static char name_buf[2][256];
+static int own_buf, next_buf, next_long;
+static int spare_busy;        /* in a child: the spare thread runs this process's target */
 
 static lproc *check_proc(lua_State *L, int idx) { return luaL_checkudata(L, idx, "Process"); }
 
@@ -176,63 +185,106 @@ static int child_exit(lua_State *L) {
   _exit(code & 255);
 }
 
-typedef struct child_ctx {
-  lua_State *L;
-  int self;     /* stack index of the Process */
-  pid_t parent; /* the process that starts it */
-} child_ctx;
+/* os.exit: in a child of the run, child_exit; elsewhere the os.exit it
+ * replaced (upvalue 1). The parent installs it before fork, so that a child
+ * finds it in place and writes nothing. */
+static int os_exit(lua_State *L) {
+  if (mpe_in_child()) return child_exit(L);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+  return lua_gettop(L);
+}
 
-void mpel_child_begin(lua_State *L, pid_t parent, const char *name, int daemon) {
+static void install_os_exit(lua_State *L) {
+  if (lua_getglobal(L, "os") == LUA_TTABLE) {
+    lua_getfield(L, -1, "exit");
+    if (lua_tocfunction(L, -1) != os_exit) {
+      lua_pushcclosure(L, os_exit, 1);
+      lua_setfield(L, -2, "exit");
+    } else {
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+}
+
+void mpel_child_prepare(lua_State *L) {
+  size_t len = strlen(mpel_process_name);
+  next_buf = !own_buf;
+  next_long = len >= sizeof name_buf[0];
+  if (!next_long) memcpy(name_buf[next_buf], mpel_process_name, len + 1);
+  install_os_exit(L);
+}
+
+MPE_CHILD_PATH void mpel_child_begin(lua_State *L, pid_t parent, const char *name, int daemon) {
   /* The engine gave the child default signal handlers: Ctrl-C, which
    * reaches the whole process group, just ends it. */
   mpel_signal = 0;
-  lua_sethook(L, NULL, 0, 0);
+  if (lua_gethookmask(L)) lua_sethook(L, NULL, 0, 0);
   /* mp.parent_process(), mp.current_process() and the children table are
    * made when first asked (see stale_children) */
   stale_children = stale_self = 1;
-  size_t len = strlen(mpel_process_name);
-  if (len < sizeof parent_name) {
-    stale_parent = 1;
-    parent_pid = (lua_Integer)parent;
-    memcpy(parent_name, mpel_process_name, len + 1);
-  } else { /* a long name: the handle now */
-    stale_parent = 0;
-    push_handle(L, FOREIGN, (lua_Integer)parent, mpel_process_name, len);
+  parent_pid = (lua_Integer)parent;
+  own_buf = next_buf;
+  stale_parent = !next_long;
+  if (next_long) { /* a long name: the handle now */
+    push_handle(L, FOREIGN, (lua_Integer)parent, mpel_process_name, strlen(mpel_process_name));
     lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.parent");
   }
   self_daemon = daemon;
-  lua_getglobal(L, "os");
-  if (lua_istable(L, -1)) {
-    lua_pushcfunction(L, child_exit);
-    lua_setfield(L, -2, "exit");
-  }
-  lua_pop(L, 1);
   mpel_process_name = name;
+  mpel_handles_child_begin();
 }
 
-static int child_main(void *arg) {
+/* Pushes the thread a child runs its target on: one per process, made and
+ * run once here, so that it has a call frame ready. The parent puts the
+ * target and its arguments on it before fork, and the child only resumes
+ * it: a child that touched the parent's stack, or allocated, would copy
+ * more of the parent's pages. The child gets its copy; this process keeps
+ * its own for the next start (which clears it). */
+static int return_nothing(lua_State *L) {
+  (void)L;
+  return 0;
+}
+
+static lua_State *push_spare(lua_State *L) {
+  if (!spare_busy && lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.spare") == LUA_TTHREAD) {
+    lua_State *co = lua_tothread(L, -1);
+    lua_settop(co, 0);
+    return co;
+  }
+  if (!spare_busy) lua_pop(L, 1);
+  lua_State *co = lua_newthread(L);
+  int nres;
+  lua_pushcfunction(co, return_nothing);
+  if (lua_resume(co, L, 0, &nres) != LUA_OK) luaL_error(L, "Process: cannot start (%s)", lua_tostring(co, -1));
+  lua_settop(co, 0);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.spare");
+  spare_busy = 0; /* the one in use stays on its child's stack */
+  return co;
+}
+
+typedef struct child_ctx {
+  lua_State *L;
+  lua_State *co;    /* the spare thread: the target and its arguments on it */
+  int nargs;
+  const char *name; /* the Process's name, kept alive by its table */
+  int daemon;
+  pid_t parent;     /* the process that starts it */
+} child_ctx;
+
+MPE_CHILD_PATH static int child_main(void *arg) {
   child_ctx *c = arg;
-  lua_State *L = c->L;
-  lua_getiuservalue(L, c->self, 1);
-  int env = lua_gettop(L);
-  lua_getfield(L, env, "name");
-  /* the name is kept alive by env */
-  mpel_child_begin(L, c->parent, lua_tostring(L, -1), ((lproc *)lua_touserdata(L, c->self))->daemon);
-  lua_pop(L, 1);
+  lua_State *L = c->L, *co = c->co;
+  mpel_child_begin(L, c->parent, c->name, c->daemon);
+  if (lua_gethookmask(co)) lua_sethook(co, NULL, 0, 0);
+  spare_busy = 1;
   /* The target runs in its own coroutine, so a traceback shows the child's
    * frames only, not the parent's call to start() it was forked from. */
-  lua_State *co = lua_newthread(L);
-  lua_getfield(L, env, "target");
-  lua_getfield(L, env, "args");
-  int args = lua_gettop(L);
-  lua_Integer n = (lua_Integer)lua_rawlen(L, args);
-  luaL_checkstack(L, (int)n + 4, "too many arguments");
-  luaL_checkstack(co, (int)n + 4, "too many arguments");
-  for (lua_Integer i = 1; i <= n; i++) lua_rawgeti(L, args, i);
-  lua_remove(L, args);
-  lua_xmove(L, co, (int)n + 1);
   int nres = 0;
-  int st = lua_resume(co, L, (int)n, &nres);
+  int st = lua_resume(co, L, c->nargs, &nres);
   if (st == LUA_OK) {
     mpel_handles_fork(L, MPEL_CHILD_ENDS);
     return 0;
@@ -266,25 +318,49 @@ static int p_start(lua_State *L) {
   lua_getfield(L, 2, "args");
   mpel_encode(L, -1, "args", w);
   lua_settop(L, 1);
-  mpe_spawn_options o = {.daemon = p->daemon, .keep = w->ends, .nkeep = w->nends};
-  child_ctx c = {L, 1, mpe_self_pid()};
+  mpe_pipe *keep[MPEL_MAX_ENDS];
+  size_t nkeep = w->nends;
+  memcpy(keep, w->ends, nkeep * sizeof *keep);
+  mpel_wire_done(w);
+  /* This process writes what it can before fork: after it, each page it
+   * writes is copied while the child lives. So the Process is listed now
+   * (and taken out if fork fails), and the child's thread is ready. */
+  push_children(L);
+  prune_children(L, 2, 0);
+  lua_pushvalue(L, 1);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, 2);
+  mpe_spawn_options o = {.daemon = p->daemon, .keep = keep, .nkeep = nkeep};
+  child_ctx c = {.L = L, .co = push_spare(L), .daemon = p->daemon, .parent = mpe_self_pid()};
+  lua_getiuservalue(L, 1, 1);
+  lua_getfield(L, -1, "name");
+  c.name = lua_tostring(L, -1); /* kept alive by the table, kept by the Process */
+  lua_pop(L, 1);
+  lua_getfield(L, -1, "target");
+  lua_getfield(L, -2, "args");
+  lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+  luaL_checkstack(L, (int)n + 4, "too many arguments");
+  luaL_checkstack(c.co, (int)n + 4, "too many arguments");
+  for (lua_Integer i = 1; i <= n; i++) lua_rawgeti(L, -1 - (int)(i - 1), i);
+  lua_remove(L, -1 - (int)n);
+  lua_xmove(L, c.co, (int)n + 1);
+  c.nargs = (int)n;
+  mpel_child_prepare(L);
   /* The child's references to the shared objects it inherits are taken
    * here, before fork: taken in the child, an object this process drops
    * meanwhile could be freed before the child holds it. */
   mpel_handles_fork(L, MPEL_FOR_CHILD);
   int rc = mpe_process_spawn(&p->h, child_main, &c, &o);
-  mpel_wire_done(w);
+  lua_settop(c.co, 0); /* the child has its copy: ours must not keep the target alive */
   if (rc < 0) {
     mpel_handles_fork(L, MPEL_FORK_FAILED);
+    lua_pushvalue(L, 1);
+    lua_pushnil(L);
+    lua_rawset(L, 2);
     return mpel_fail(L, "Process: cannot start", rc);
   }
   p->state = STARTED;
   p->pid = (lua_Integer)mpe_process_pid(p->h);
-  push_children(L);
-  prune_children(L, lua_gettop(L), 0); /* the engine has just reaped the ended ones */
-  lua_pushvalue(L, 1);
-  lua_pushboolean(L, 1);
-  lua_rawset(L, -3);
   return 0;
 }
 
@@ -438,7 +514,7 @@ static int l_current_process(lua_State *L) {
 static int l_parent_process(lua_State *L) {
   if (stale_parent) { /* the parent as a foreign handle, under its name */
     stale_parent = 0;
-    push_handle(L, FOREIGN, parent_pid, parent_name, strlen(parent_name));
+    push_handle(L, FOREIGN, parent_pid, name_buf[own_buf], strlen(name_buf[own_buf]));
     lua_pushvalue(L, -1);
     lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.parent");
     return 1;

@@ -300,6 +300,67 @@ describe("Process", function()
     assert.is_true(p2:join(30))
   end)
 
+  it("a sibling's handle a child inherited is not the child's: it cannot join it, and it stays running", function()
+    local r, w = mp.Pipe(false)
+    local gate_r, gate_w = mp.Pipe(false)
+    local sibling = mp.Process{target = function(g) g:recv() end, args = {gate_r}}
+    sibling:start()
+    local p = mp.Process{args = {w}, target = function(c)
+      local ok, err = pcall(sibling.join, sibling, 0.1)
+      c:send({ok = ok, err = tostring(err), alive = sibling:is_alive(), code = sibling.exitcode})
+    end}
+    p:start()
+    local got = r:recv(30)
+    assert.is_false(got.ok)
+    assert.matches("No child processes", got.err, 1, true)
+    assert.is_true(got.alive)
+    assert.is_nil(got.code)
+    assert.is_true(p:join(30))
+    gate_w:send(true)
+    assert.is_true(sibling:join(30)) -- ours to reap, once: its references given back once
+    assert.are.equal(0, sibling.exitcode)
+  end)
+
+  it("a child gives back what it made when it ends, before its parent reaps it", function()
+    -- Measured against a child that makes nothing: the arena then holds only
+    -- the child's ledger until the join.
+    local function held_after_end(make)
+      collectgarbage()
+      collectgarbage()
+      local used0 = mp.arena_stats()
+      local r, w = mp.Pipe(false)
+      local p = mp.Process{args = {make, w}, target = function(m)
+        if m then KEEP = {mp.Event(), mp.Value("i", 1)} end -- luacheck: ignore 111
+      end}
+      p:start()
+      w:close()
+      assert.are.same({nil, "closed"}, {r:recv(30)}) -- ended (its end closed at exit), not reaped
+      local used = mp.arena_stats() - used0
+      assert.is_true(p:join(30))
+      return used
+    end
+    assert.are.equal(held_after_end(false), held_after_end(true))
+  end)
+
+  it("a child's buffered output is written when it ends: a file left open, and stdout to a pipe", function()
+    local path = H.tmpname()
+    local p = mp.Process{target = function()
+      KEEPF = io.open(path, "w") -- luacheck: ignore 111
+      KEEPF:write("kept") -- luacheck: ignore 113
+    end}
+    p:start()
+    assert.is_true(p:join(30))
+    local f = assert(io.open(path))
+    local got = f:read("a")
+    f:close()
+    os.remove(path)
+    assert.are.equal("kept", got)
+    local out, rc = H.sh(("%s run -e \"local mp = require 'mpengine' local p = mp.Process{target = function() "
+                          .. "io.write('from the child') end} p:start() p:join()\" | cat"):format(H.CLI))
+    assert.are.equal(0, rc, out)
+    assert.are.equal("from the child", out)
+  end)
+
   it("runs a closure made after the child started, sent through a pipe", function()
     local a, b = mp.Pipe()
     local p = mp.Process{target = function(c)

@@ -70,9 +70,9 @@ int mpe__arena_check(size_t *nfree, size_t *largest_free, size_t *nused, unsigne
 void mpe__ledger_note(const void *obj, int delta); /* this process took (+1) or gave back (-1) one */
 void mpe__ledger_forget(uint64_t ref);             /* the block at ref is freed */
 void mpe__ledger_for_child(const void *obj);       /* one taken for the next child */
-uint64_t mpe__ledger_take_pending(void);           /* parent, after fork: the child's ledger */
-void mpe__ledger_discard_pending(void);            /* parent: the fork failed */
-void mpe__ledger_after_fork(void);                 /* child, after fork */
+uint64_t mpe__ledger_take_pending(void);           /* parent, before fork: the child's ledger */
+void mpe__ledger_drop(uint64_t ref);               /* parent: the fork failed */
+void mpe__ledger_adopt(void *ledger);              /* child, after fork: its own (from mpe_deref) */
 void mpe__ledger_settle(uint64_t ledger);          /* parent, the child reaped */
 
 /* This process's pid, cached (getpid is a system call), reset after fork. */
@@ -102,7 +102,7 @@ long mpe__spin_ns(void);
 
 /* Child-side hooks run right after fork: close what the child must not keep. */
 void mpe__pipes_after_fork(const mpe_spawn_options *opts);
-void mpe__processes_after_fork(void);
+void mpe__processes_after_fork(const mpe_spawn_options *opts);
 /* The descriptors of the pipe ends open in this process (up to max). */
 size_t mpe__pipes_fds(int *out, size_t max);
 

@@ -165,15 +165,14 @@ uint64_t mpe__ledger_take_pending(void) {
   return r;
 }
 
-void mpe__ledger_discard_pending(void) {
-  if (pending) ledger_free(pending);
-  pending = NULL;
+void mpe__ledger_drop(uint64_t ref) {
+  ledger *l = mpe_deref(ref);
+  if (l) ledger_free(l);
 }
 
-void mpe__ledger_after_fork(void) {
-  /* In the child: the ledger being made is ours; our parent's is not. */
-  mine = pending;
-  pending = NULL;
+MPE_CHILD_PATH void mpe__ledger_adopt(void *l) {
+  /* In the child: the ledger made for it is ours; our parent's is not. */
+  mine = l;
 }
 
 /* Gives one reference back to an object of any kind. */
@@ -194,6 +193,10 @@ void mpe__ledger_settle(uint64_t ref) {
   ledger *l = mpe_deref(ref);
   if (!l) return;
   MPE__CHECK(l->magic == LEDGER_MAGIC);
+  if (l->keys == 0) { /* nothing counted: no flag to write (a page to copy, after a fork) */
+    ledger_free(l);
+    return;
+  }
   settling = 1;
   unsigned lg;
   _Atomic uint64_t *t = table(l, &lg);

@@ -402,7 +402,7 @@ void mpe_pipe_free(mpe_pipe *p) {
   free(p);
 }
 
-void mpe__pipes_after_fork(const mpe_spawn_options *opts) {
+MPE_CHILD_PATH void mpe__pipes_after_fork(const mpe_spawn_options *opts) {
   /* Frames the parent left unfinished are the parent's (and so are their
    * locks): forget them without touching the stream. */
   for (page_map *m = maps; m; m = m->next)
@@ -420,7 +420,7 @@ void mpe__pipes_after_fork(const mpe_spawn_options *opts) {
   }
 }
 
-size_t mpe__pipes_fds(int *out, size_t max) {
+MPE_CHILD_PATH size_t mpe__pipes_fds(int *out, size_t max) {
   size_t n = 0;
   for (mpe_pipe *p = open_pipes; p && n < max; p = p->next)
     out[n++] = p->fd;

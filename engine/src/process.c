@@ -8,6 +8,8 @@
  * Invariants: a handle is in the list while its child is ours and unreaped;
  * `exited` is set exactly once, when the child is reaped; a child forgets the
  * list it inherited (those processes are its siblings, not its children).
+ * A handle belongs to the process that made it (`owner`): in any other, a
+ * child that inherited it, it is foreign, and neither waits nor closes.
  *
  * Lifetimes, as Python's: spawn first reaps the children that have ended, so
  * a program that starts children forever holds a descriptor only for those
@@ -17,10 +19,15 @@
  * for a process group or for every process we may signal.
  *
  * Start cost: after fork every page either side writes is a copy-on-write
- * fault, and every code page the child runs is mapped afresh, so the child's
- * path touches few pages (what can be read before fork is read in the
- * parent), and the parent yields once after fork, so a child queued on its
- * CPU runs before the parent goes on writing pages the child still shares. */
+ * fault (a page copied while the other side lives; tens of microseconds on a
+ * virtual machine), and every code page the child runs is mapped afresh. So
+ * the parent writes what it can before fork (the handle, the list, the
+ * child's ledger) and after it only the pid and pidfd; the child marks none
+ * of the handles it inherited (they are foreign by owner), and it asks the
+ * kernel directly (syscall) rather than through a libc function per call,
+ * each on its own code page. The parent yields once after fork, so a child
+ * queued on its CPU runs before the parent goes on writing pages the child
+ * still shares. */
 #define _GNU_SOURCE
 #include "internal.h"
 
@@ -42,9 +49,9 @@ static void register_atfork(void);
 
 struct mpe_process {
   pid_t pid;
-  int pidfd;      /* -1 when reaped, foreign, or pidfds are unavailable */
+  int pidfd;      /* -1 when reaped or pidfds are unavailable; a foreign one's is not ours */
   int exited;     /* reaped; code is valid */
-  int foreign;    /* inherited across fork: the sibling of this process */
+  pid_t owner;    /* the process that made it; in any other it is foreign */
   int code;       /* exit code, or -signal */
   int daemon;
   int detached;   /* owned by the engine: freed once reaped */
@@ -56,7 +63,7 @@ static mpe_process *children;
 static int in_child;
 static pid_t self_pid;
 
-static void forget_pid(void) { self_pid = 0; }
+MPE_CHILD_PATH static void forget_pid(void) { self_pid = 0; }
 
 pid_t mpe__self_pid(void) {
   static pthread_once_t once = PTHREAD_ONCE_INIT;
@@ -91,7 +98,17 @@ unsigned long long mpe__start_time(pid_t pid) {
 int mpe_in_child(void) { return in_child; }
 pid_t mpe_self_pid(void) { return mpe__self_pid(); }
 pid_t mpe_process_pid(const mpe_process *p) { return p->pid; }
-int mpe__process_pidfd(const mpe_process *p) { return p->pidfd; }
+
+/* Inherited across fork: the sibling of this process, not its child. */
+static int foreign(const mpe_process *p) { return p->owner != mpe__self_pid(); }
+
+int mpe__process_pidfd(const mpe_process *p) { return foreign(p) ? -1 : p->pidfd; }
+
+static void link_child(mpe_process *p) {
+  p->next = children;
+  if (children) children->prev = p;
+  children = p;
+}
 
 static void unlink_child(mpe_process *p) {
   if (p->prev) p->prev->next = p->next;
@@ -114,7 +131,8 @@ static void record_status(mpe_process *p, int status) {
 /* Non-blocking reap: 1 if the child has exited, 0 if it runs, < 0 error. */
 static int try_reap(mpe_process *p) {
   if (p->exited) return 1;
-  if (p->foreign) return -ECHILD;
+  if (foreign(p)) return -ECHILD;
+  if (p->pid <= 0) return 0; /* being forked: waitpid(0) would reap any child */
   int status;
   pid_t r = waitpid(p->pid, &status, WNOHANG);
   if (r == p->pid) {
@@ -128,24 +146,21 @@ static int try_reap(mpe_process *p) {
   return 0;
 }
 
-void mpe__processes_after_fork(void) {
-  /* The inherited children are our siblings: drop their pidfds so that no
-   * descriptor leaks, and mark the handles so that they refuse to wait. */
-  for (mpe_process *p = children, *n; p; p = n) {
-    n = p->next;
-    if (p->pidfd >= 0) close(p->pidfd);
-    p->pidfd = -1;
-    p->foreign = 1;
-    p->ledger = 0; /* our parent settles it */
-    p->prev = p->next = NULL;
-  }
+MPE_CHILD_PATH void mpe__processes_after_fork(const mpe_spawn_options *opts) {
+  /* The inherited children are our siblings: their handles are foreign (by
+   * owner) and written to by no one here, so they cost this child no page.
+   * Their pidfds are closed with every other descriptor, or here when the
+   * child keeps the others. Their ledgers are our parent's to settle. */
+  if (opts && opts->inherit_fds)
+    for (const mpe_process *p = children; p; p = p->next)
+      if (p->pidfd >= 0) close(p->pidfd);
   children = NULL;
 }
 
 /* In a child: closes every descriptor but stdio, the pipe ends it kept and
  * opts->keep_fds: files, sockets and pipes the parent had open are not the
  * child's (an inherited writing end would also keep a reader from EOF). */
-static void close_other_fds(const mpe_spawn_options *opts) {
+MPE_CHILD_PATH static void close_other_fds(const mpe_spawn_options *opts) {
   enum { MAX = 256 };
   int keep[MAX + 2];
   size_t n = mpe__pipes_fds(keep, MAX);
@@ -176,12 +191,14 @@ static void close_other_fds(const mpe_spawn_options *opts) {
  * SigCgt line of /proc/self/status (one read, where asking each signal is
  * 62 system calls). Returns 0, or -1 if the line cannot be read. */
 static int caught_signals(unsigned char caught[(NSIG + 7) / 8]) {
-  char buf[4096];
+  /* A small window slid over the file: a 4 KiB buffer would reach a page of
+   * stack that nothing else here writes, and so copy it after every fork. */
+  char buf[512];
   int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
   if (fd < 0) return -1;
   size_t len = 0;
   char *line = NULL;
-  while (len < sizeof buf - 1) { /* until the line is whole: one read, as a rule */
+  for (;;) {
     ssize_t n = read(fd, buf + len, sizeof buf - 1 - len);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;
@@ -189,6 +206,13 @@ static int caught_signals(unsigned char caught[(NSIG + 7) / 8]) {
     buf[len] = 0;
     if ((line = strstr(buf, "\nSigCgt:")) && strchr(line + 1, '\n')) break;
     line = NULL;
+    char *last = strrchr(buf, '\n'); /* keep the unfinished line, from its newline */
+    if (!last || last == buf) { /* a line longer than the window: not the one */
+      len = 0;
+      continue;
+    }
+    len = (size_t)(buf + len - last);
+    memmove(buf, last, len);
   }
   close(fd);
   if (!line) return -1;
@@ -216,34 +240,65 @@ typedef struct caught_set {
   unsigned char bits[(NSIG + 7) / 8];
 } caught_set;
 
+/* 1 if a stdio stream may hold output not yet written. glibc lists its
+ * streams in _IO_list_all (exported, the fields public in <stdio.h>):
+ * reading them costs a child nothing, where fflush(NULL) locks every stream
+ * and so copies libc's pages. Wide streams, and other libcs: 1. */
+MPE_CHILD_PATH static int stdio_pending(void) {
+#ifdef __GLIBC__
+  extern FILE *_IO_list_all;
+  for (const FILE *f = _IO_list_all; f; f = f->_chain)
+    if (f->_mode > 0 || f->_IO_write_ptr > f->_IO_write_base) return 1;
+  return 0;
+#else
+  return 1;
+#endif
+}
+
+/* The system calls of a child's set-up, made directly: each libc wrapper
+ * sits on its own code page, which a new child must fault in. */
+MPE_CHILD_PATH static long sys_sigmask(const sigset_t *set) {
+  return syscall(SYS_rt_sigprocmask, SIG_SETMASK, set, NULL, (size_t)(_NSIG / 8));
+}
+
 /* In a child, signals blocked: every signal the parent catches goes back to
  * its default action; ignored ones stay ignored, as across exec. */
-static void default_handlers(const caught_set *c) {
-  struct sigaction dfl;
+MPE_CHILD_PATH static void default_handlers(const caught_set *c) {
+  struct { /* the kernel's struct sigaction */
+    void (*handler)(int);
+    unsigned long flags;
+    void (*restorer)(void);
+    unsigned char mask[_NSIG / 8];
+  } dfl;
   memset(&dfl, 0, sizeof dfl);
-  dfl.sa_handler = SIG_DFL;
-  sigemptyset(&dfl.sa_mask);
+  dfl.handler = SIG_DFL;
   for (int sig = 1; sig < NSIG; sig++) {
     if (sig == SIGKILL || sig == SIGSTOP) continue;
     if (c->known) {
-      if (c->bits[(sig - 1) / 8] >> ((sig - 1) % 8) & 1) sigaction(sig, &dfl, NULL);
+      if (c->bits[(sig - 1) / 8] >> ((sig - 1) % 8) & 1)
+        syscall(SYS_rt_sigaction, sig, &dfl, NULL, sizeof dfl.mask);
       continue;
     }
     struct sigaction sa; /* no /proc: ask each signal */
     if (sigaction(sig, NULL, &sa) == 0 && sa.sa_handler != SIG_DFL && sa.sa_handler != SIG_IGN)
-      sigaction(sig, &dfl, NULL);
+      syscall(SYS_rt_sigaction, sig, &dfl, NULL, sizeof dfl.mask);
   }
 }
 
-int mpe_process_spawn(mpe_process **out, mpe_entry_fn fn, void *arg,
+MPE_CHILD_PATH int mpe_process_spawn(mpe_process **out, mpe_entry_fn fn, void *arg,
                       const mpe_spawn_options *opts) {
   mpe_process_reap(); /* ended children give their pidfds back */
   mpe_process *p = calloc(1, sizeof *p);
   if (!p) return -ENOMEM;
-  p->pidfd = -1;
   pid_t parent = mpe__self_pid();
+  p->pidfd = -1;
+  p->owner = parent;
+  p->daemon = opts ? opts->daemon : 0;
+  p->ledger = mpe__ledger_take_pending();
+  void *ledger = mpe_deref(p->ledger); /* read here: the arena's pages are the child's to fault in */
+  link_child(p); /* pid 0 until fork returns: nothing signals or waits on it */
   /* Flush stdio first: buffered output would otherwise be written twice. */
-  fflush(NULL);
+  if (stdio_pending()) fflush(NULL);
   /* Block signals across fork so no handler of the parent runs in the child
    * before the child has set itself up; each side restores the old mask. */
   sigset_t all, old;
@@ -255,41 +310,37 @@ int mpe_process_spawn(mpe_process **out, mpe_entry_fn fn, void *arg,
   if (pid < 0) {
     int e = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
-    mpe__ledger_discard_pending();
+    unlink_child(p);
+    mpe__ledger_drop(p->ledger);
     free(p);
     return -e;
   }
   if (pid == 0) {
     /* Die with the parent; and if it already died before prctl, go now. */
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(128 + SIGKILL);
+    syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    if ((pid_t)syscall(SYS_getppid) != parent) _exit(128 + SIGKILL);
     in_child = 1;
-    mpe__ledger_after_fork();
+    mpe__ledger_adopt(ledger);
     /* The parent's handlers belong to the parent's state: a signal caught by
      * one of them here (a SIGTERM sent right after fork) would be swallowed.
      * Start from default dispositions, while signals are still blocked;
      * ignored signals stay ignored, as across exec. */
     default_handlers(&caught);
-    mpe__processes_after_fork();
+    mpe__processes_after_fork(opts);
     mpe__pipes_after_fork(opts);
     if (!opts || !opts->inherit_fds) close_other_fds(opts);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    sys_sigmask(&old);
     int code = fn(arg);
-    mpe_process_join_all(-1); /* our own children end before we do */
-    fflush(NULL);
+    if (children) mpe_process_join_all(-1); /* our own children end before we do */
+    if (stdio_pending()) fflush(NULL);
     /* _exit: the parent's atexit handlers and stdio buffers are not ours. */
     _exit(code & 255);
   }
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   sched_yield(); /* a child queued on this CPU runs now, not after our work */
   p->pid = pid;
-  p->ledger = mpe__ledger_take_pending();
-  p->daemon = opts ? opts->daemon : 0;
   p->pidfd = (int)syscall(SYS_pidfd_open, pid, 0); /* close-on-exec by design */
   if (p->pidfd < 0) p->pidfd = -1;                    /* old kernel: poll waitpid */
-  p->next = children;
-  if (children) children->prev = p;
-  children = p;
   *out = p;
   return 0;
 }
@@ -299,7 +350,7 @@ int mpe_process_wait(mpe_process *p, double timeout) {
   for (;;) {
     /* With a pidfd, poll first: it is readable once the child has ended, so
      * a join costs poll + waitpid, not a waitpid that finds it running too. */
-    if (p->pidfd >= 0 && !p->exited && !p->foreign) {
+    if (p->pidfd >= 0 && !p->exited && !foreign(p)) {
       struct pollfd pf = {.fd = p->pidfd, .events = POLLIN};
       int n = poll(&pf, 1, mpe__deadline_ms(&d));
       if (n < 0 && errno == EINTR) return MPE_EINTR;
@@ -337,7 +388,11 @@ int mpe_process_signal(mpe_process *p, int sig) {
 
 void mpe_process_free(mpe_process *p) {
   if (!p) return;
-  if (!p->exited && !p->foreign && p->pid > 0) {
+  if (foreign(p)) { /* its pidfd and list are our parent's */
+    free(p);
+    return;
+  }
+  if (!p->exited && p->pid > 0) {
     kill(p->pid, SIGKILL);
     while (mpe_process_wait(p, -1) == MPE_EINTR) {
     }
@@ -365,7 +420,7 @@ int mpe_process_reap(void) {
 
 void mpe_process_detach(mpe_process *p) {
   if (!p) return;
-  if (p->exited || p->foreign) {
+  if (p->exited || foreign(p)) {
     mpe_process_free(p);
     return;
   }
