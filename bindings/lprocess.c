@@ -31,7 +31,8 @@ typedef struct lproc {
   mpe_process *h;
   int state;
   int daemon;
-  lua_Integer pid; /* once started, or the pid a FOREIGN or SELF handle names; 0: none */
+  lua_Integer pid; /* the pid a FOREIGN handle names, a CLOSED one named; 0: none
+                      (a STARTED one asks h: see proc_pid) */
 } lproc;
 
 static lua_Integer counter;
@@ -56,6 +57,15 @@ static int own_buf, next_buf, next_long;
 static int spare_busy;        /* in a child: the spare thread runs this process's target */
 
 static lproc *check_proc(lua_State *L, int idx) { return luaL_checkudata(L, idx, "Process"); }
+
+/* A started handle's pid is the engine's: start() writes nothing here
+ * after fork (this userdata's page would be copied while the child runs). */
+static lua_Integer proc_pid(const lproc *p) {
+  return p->state == STARTED && p->h ? (lua_Integer)mpe_process_pid(p->h) : p->pid;
+}
+
+/* Before the engine handle goes: the pid stays known. */
+static void keep_pid(lproc *p) { p->pid = proc_pid(p); }
 
 static void push_children(lua_State *L) {
   if (lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.children") != LUA_TTABLE || stale_children) {
@@ -350,17 +360,17 @@ static int p_start(lua_State *L) {
    * here, before fork: taken in the child, an object this process drops
    * meanwhile could be freed before the child holds it. */
   mpel_handles_fork(L, MPEL_FOR_CHILD);
+  p->state = STARTED; /* and p->h is set before fork: nothing here after it */
   int rc = mpe_process_spawn(&p->h, child_main, &c, &o);
   lua_settop(c.co, 0); /* the child has its copy: ours must not keep the target alive */
   if (rc < 0) {
+    p->state = NEW;
     mpel_handles_fork(L, MPEL_FORK_FAILED);
     lua_pushvalue(L, 1);
     lua_pushnil(L);
     lua_rawset(L, 2);
     return mpel_fail(L, "Process: cannot start", rc);
   }
-  p->state = STARTED;
-  p->pid = (lua_Integer)mpe_process_pid(p->h);
   return 0;
 }
 
@@ -414,6 +424,7 @@ static int p_close(lua_State *L) {
   if (p->state == SELF) return 0; /* mp.current_process() stays usable */
   if (p->state == STARTED && !proc_exitcode(p, &code))
     return luaL_error(L, "Process: cannot close a process that is still running");
+  keep_pid(p);
   if (p->h) mpe_process_free(p->h);
   p->h = NULL;
   p->state = CLOSED;
@@ -424,6 +435,7 @@ static int p_gc(lua_State *L) {
   lproc *p = check_proc(L, 1);
   int code;
   if (p->h) {
+    keep_pid(p);
     if (proc_exitcode(p, &code)) mpe_process_free(p->h);
     else mpe_process_detach(p->h); /* still running: the engine reaps it */
   }
@@ -438,7 +450,7 @@ static int p_index(lua_State *L) {
   const char *k = luaL_checkstring(L, 2);
   int code;
   if (strcmp(k, "pid") == 0) {
-    if (p->pid > 0 && p->state != CLOSED) lua_pushinteger(L, p->pid);
+    if (proc_pid(p) > 0 && p->state != CLOSED) lua_pushinteger(L, proc_pid(p));
     else lua_pushnil(L);
   } else if (strcmp(k, "exitcode") == 0) {
     if (proc_exitcode(p, &code)) lua_pushinteger(L, code);
@@ -533,7 +545,7 @@ void mpel_processes_atexit(lua_State *L) {
 static const char *proc_encode(lua_State *L, int idx, mpel_wire *w) {
   lproc *p = lua_touserdata(L, idx);
   unsigned char b[4 + 250];
-  lua_Integer pid = p->state == SELF ? (lua_Integer)mpe_self_pid() : p->pid;
+  lua_Integer pid = p->state == SELF ? (lua_Integer)mpe_self_pid() : proc_pid(p);
   for (int i = 0; i < 4; i++) b[i] = (unsigned char)(pid >> (24 - 8 * i));
   size_t len;
   p_name(L, idx);

@@ -200,7 +200,8 @@ MPE_API void mpe_obj_held(const void *obj);
  * of the caller that have ended are reaped first (mpe_process_reap), so
  * starting children forever holds descriptors only for the running ones.
  * opts may be NULL (keep no pipe ends). On success *out owns the handle
- * (free with mpe_process_free). */
+ * (free with mpe_process_free); it is set before the fork (the child sees
+ * it too), and to NULL when the fork fails. */
 MPE_API int mpe_process_spawn(mpe_process **out, mpe_entry_fn fn, void *arg,
                               const mpe_spawn_options *opts);
 /* Pid of the child. */

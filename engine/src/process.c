@@ -5,7 +5,10 @@
  * poll() (no SIGCHLD handler, no busy loop), and a process-local list of its
  * children so they can be signalled and reaped together.
  *
- * Invariants: a handle is in the list while its child is ours and unreaped;
+ * Invariants: a handle is in the list while its child is ours and unreaped,
+ * and may stay there once reaped until the next spawn or reap pass takes it
+ * out (the list's head is a page the parent would otherwise write again
+ * after each fork);
  * `exited` is set exactly once, when the child is reaped; a child forgets the
  * list it inherited (those processes are its siblings, not its children).
  * A handle belongs to the process that made it (`owner`): in any other, a
@@ -124,8 +127,10 @@ static void record_status(mpe_process *p, int status) {
   p->ledger = 0;
   if (p->pidfd >= 0) close(p->pidfd);
   p->pidfd = -1;
-  unlink_child(p);
-  if (p->detached) free(p);
+  if (p->detached) { /* no one else holds it */
+    unlink_child(p);
+    free(p);
+  }
 }
 
 /* Non-blocking reap: 1 if the child has exited, 0 if it runs, < 0 error. */
@@ -144,6 +149,14 @@ static int try_reap(mpe_process *p) {
     return 1;
   }
   return 0;
+}
+
+/* Reaps p if it has ended and takes it out of the list then: 1 ended (p
+ * may have been freed), 0 running, < 0 error. */
+static int reap_unlink(mpe_process *p) {
+  int detached = p->detached, r = try_reap(p);
+  if (r > 0 && !detached) unlink_child(p);
+  return r;
 }
 
 MPE_CHILD_PATH void mpe__processes_after_fork(const mpe_spawn_options *opts) {
@@ -296,7 +309,8 @@ MPE_CHILD_PATH int mpe_process_spawn(mpe_process **out, mpe_entry_fn fn, void *a
   p->daemon = opts ? opts->daemon : 0;
   p->ledger = mpe__ledger_take_pending();
   void *ledger = mpe_deref(p->ledger); /* read here: the arena's pages are the child's to fault in */
-  link_child(p); /* pid 0 until fork returns: nothing signals or waits on it */
+  link_child(p);
+  *out = p; /* pid 0 until fork returns: nothing signals or waits on it */
   /* Flush stdio first: buffered output would otherwise be written twice. */
   if (stdio_pending()) fflush(NULL);
   /* Block signals across fork so no handler of the parent runs in the child
@@ -313,6 +327,7 @@ MPE_CHILD_PATH int mpe_process_spawn(mpe_process **out, mpe_entry_fn fn, void *a
     unlink_child(p);
     mpe__ledger_drop(p->ledger);
     free(p);
+    *out = NULL;
     return -e;
   }
   if (pid == 0) {
@@ -341,7 +356,6 @@ MPE_CHILD_PATH int mpe_process_spawn(mpe_process **out, mpe_entry_fn fn, void *a
   p->pid = pid;
   p->pidfd = (int)syscall(SYS_pidfd_open, pid, 0); /* close-on-exec by design */
   if (p->pidfd < 0) p->pidfd = -1;                    /* old kernel: poll waitpid */
-  *out = p;
   return 0;
 }
 
@@ -413,7 +427,7 @@ int mpe_process_reap(void) {
   int running = 0;
   for (mpe_process *p = children, *n; p; p = n) {
     n = p->next;
-    if (try_reap(p) == 0) running++;
+    if (reap_unlink(p) == 0) running++;
   }
   return running;
 }
@@ -433,17 +447,26 @@ int mpe_process_join_all(double timeout) {
   mpe__deadline d = mpe__deadline_in(timeout);
   while (children) {
     mpe_process *p = children;
-    int ms = mpe__deadline_ms(&d);
+    if (p->exited) {
+      unlink_child(p);
+      continue;
+    }
+    int ms = mpe__deadline_ms(&d), detached = p->detached;
     int r = ms == 0 ? MPE_ETIMEDOUT : mpe_process_wait(p, ms < 0 ? -1 : ms * 1e-3);
     if (r != 0) break;
+    if (!detached) unlink_child(p);
   }
   int killed = 0;
   while (children) {
     mpe_process *p = children;
-    if (p->pid > 0) kill(p->pid, SIGKILL);
-    killed++;
+    if (!p->exited) {
+      if (p->pid > 0) kill(p->pid, SIGKILL);
+      killed++;
+    }
+    int detached = p->detached;
     while (mpe_process_wait(p, -1) == MPE_EINTR) {
     }
+    if (!detached) unlink_child(p);
   }
   return killed;
 }
