@@ -58,10 +58,19 @@ static int spare_busy;        /* in a child: the spare thread runs this process'
 
 static lproc *check_proc(lua_State *L, int idx) { return luaL_checkudata(L, idx, "Process"); }
 
-/* A started handle's pid is the engine's: start() writes nothing here
- * after fork (this userdata's page would be copied while the child runs). */
+/* start() marks a handle started, and the engine gives it its record,
+ * before fork, so that the parent writes neither after it (this
+ * userdata's page would be copied while the child runs). The record's pid
+ * comes after fork, in the parent only: so the child's copy of the handle
+ * it was started from, pid 0, is the handle as it was, not started. */
+static int state_of(const lproc *p) {
+  if (p->state == STARTED && p->h && mpe_process_pid(p->h) == 0) return NEW;
+  return p->state;
+}
+
+/* A started handle's pid is the engine's (see state_of). */
 static lua_Integer proc_pid(const lproc *p) {
-  return p->state == STARTED && p->h ? (lua_Integer)mpe_process_pid(p->h) : p->pid;
+  return state_of(p) == STARTED ? (lua_Integer)mpe_process_pid(p->h) : p->pid;
 }
 
 /* Before the engine handle goes: the pid stays known. */
@@ -78,21 +87,21 @@ static void push_children(lua_State *L) {
 }
 
 static void check_open(lua_State *L, const lproc *p) {
-  if (p->state == CLOSED) luaL_error(L, "Process: closed");
+  if (state_of(p) == CLOSED) luaL_error(L, "Process: closed");
 }
 
 mpe_process *mpel_test_process(lua_State *L, int idx) {
   lproc *p = luaL_testudata(L, idx, "Process");
   if (!p) return NULL;
   check_open(L, p);
-  if (p->state == NEW) luaL_error(L, "Process: not started");
-  if (p->state != STARTED) luaL_error(L, "Process: only a child of this process can be waited on");
+  if (state_of(p) == NEW) luaL_error(L, "Process: not started");
+  if (state_of(p) != STARTED) luaL_error(L, "Process: only a child of this process can be waited on");
   return p->h;
 }
 
 /* 1 and *code once exited (reaping), 0 while running or not started. */
 static int proc_exitcode(lproc *p, int *code) {
-  if (p->state != STARTED || !p->h) return 0;
+  if (state_of(p) != STARTED || !p->h) return 0;
   return mpe_process_exitcode(p->h, code) == 1;
 }
 
@@ -105,7 +114,7 @@ static void prune_children(lua_State *L, int ch, int list) {
     lua_pop(L, 1);
     lproc *p = lua_touserdata(L, -1);
     int code;
-    if (p->state == STARTED && !proc_exitcode(p, &code)) {
+    if (state_of(p) == STARTED && !proc_exitcode(p, &code)) {
       if (list) {
         lua_pushvalue(L, -1);
         lua_rawseti(L, list, ++n);
@@ -121,7 +130,7 @@ static void prune_children(lua_State *L, int ch, int list) {
 /* Pushes the name of the handle at idx. */
 static void p_name(lua_State *L, int idx) {
   lproc *p = lua_touserdata(L, idx);
-  if (p->state == SELF) {
+  if (state_of(p) == SELF) {
     lua_pushstring(L, mpel_process_name);
     return;
   }
@@ -319,7 +328,7 @@ MPE_CHILD_PATH static int child_main(void *arg) {
 static int p_start(lua_State *L) {
   lproc *p = check_proc(L, 1);
   lua_settop(L, 1);
-  if (p->state != NEW) return luaL_error(L, "Process: cannot start a process twice");
+  if (state_of(p) != NEW) return luaL_error(L, "Process: cannot start a process twice");
   lua_getiuservalue(L, 1, 1);
   mpel_wire *w = mpel_wire_get(L, 1);
   w->transfer = 0; /* a check only: nothing is sent, no reference taken */
@@ -377,10 +386,10 @@ static int p_start(lua_State *L) {
 static int p_join(lua_State *L) {
   lproc *p = check_proc(L, 1);
   double timeout = mpel_opt_timeout(L, 2);
-  if (p->state == NEW) return luaL_error(L, "Process: cannot join a process that was not started");
-  if (p->state == SELF) return luaL_error(L, "Process: the current process cannot join itself");
-  if (p->state != STARTED) return luaL_error(L, "Process: cannot join a %s process",
-                                             p->state == CLOSED ? "closed" : "foreign");
+  if (state_of(p) == NEW) return luaL_error(L, "Process: cannot join a process that was not started");
+  if (state_of(p) == SELF) return luaL_error(L, "Process: the current process cannot join itself");
+  if (state_of(p) != STARTED) return luaL_error(L, "Process: cannot join a %s process",
+                                             state_of(p) == CLOSED ? "closed" : "foreign");
   double deadline = mpel_deadline(timeout);
   int rc;
   while ((rc = mpe_process_wait(p->h, mpel_left(deadline))) == MPE_EINTR) mpel_check_signal(L);
@@ -400,18 +409,18 @@ static int p_is_alive(lua_State *L) {
   check_open(L, p);
   int code;
   /* pid 0 names no process: kill(0, 0) would ask about our process group */
-  if (p->state == FOREIGN) lua_pushboolean(L, p->pid > 0 && kill((pid_t)p->pid, 0) == 0);
-  else lua_pushboolean(L, p->state == SELF || (p->state == STARTED && !proc_exitcode(p, &code)));
+  if (state_of(p) == FOREIGN) lua_pushboolean(L, p->pid > 0 && kill((pid_t)p->pid, 0) == 0);
+  else lua_pushboolean(L, state_of(p) == SELF || (state_of(p) == STARTED && !proc_exitcode(p, &code)));
   return 1;
 }
 
 static int send_signal(lua_State *L, int sig) {
   lproc *p = check_proc(L, 1);
   check_open(L, p);
-  if (p->state == NEW) return luaL_error(L, "Process: not started");
-  if (p->state == STARTED) mpe_process_signal(p->h, sig);
-  else if (p->state == FOREIGN) return luaL_error(L, "Process: a handle received from another process cannot signal");
-  else if (p->state == SELF) return luaL_error(L, "Process: the current process cannot signal itself (use os.exit)");
+  if (state_of(p) == NEW) return luaL_error(L, "Process: not started");
+  if (state_of(p) == STARTED) mpe_process_signal(p->h, sig);
+  else if (state_of(p) == FOREIGN) return luaL_error(L, "Process: a handle received from another process cannot signal");
+  else if (state_of(p) == SELF) return luaL_error(L, "Process: the current process cannot signal itself (use os.exit)");
   return 0;
 }
 
@@ -421,8 +430,8 @@ static int p_kill(lua_State *L) { return send_signal(L, SIGKILL); }
 static int p_close(lua_State *L) {
   lproc *p = check_proc(L, 1);
   int code;
-  if (p->state == SELF) return 0; /* mp.current_process() stays usable */
-  if (p->state == STARTED && !proc_exitcode(p, &code))
+  if (state_of(p) == SELF) return 0; /* mp.current_process() stays usable */
+  if (state_of(p) == STARTED && !proc_exitcode(p, &code))
     return luaL_error(L, "Process: cannot close a process that is still running");
   keep_pid(p);
   if (p->h) mpe_process_free(p->h);
@@ -441,7 +450,7 @@ static int p_gc(lua_State *L) {
   }
   p->h = NULL;
   /* Other finalizers may still see this handle while the state closes. */
-  if (p->state == STARTED) p->state = CLOSED;
+  if (state_of(p) == STARTED) p->state = CLOSED;
   return 0;
 }
 
@@ -450,19 +459,19 @@ static int p_index(lua_State *L) {
   const char *k = luaL_checkstring(L, 2);
   int code;
   if (strcmp(k, "pid") == 0) {
-    if (proc_pid(p) > 0 && p->state != CLOSED) lua_pushinteger(L, proc_pid(p));
+    if (proc_pid(p) > 0 && state_of(p) != CLOSED) lua_pushinteger(L, proc_pid(p));
     else lua_pushnil(L);
   } else if (strcmp(k, "exitcode") == 0) {
     if (proc_exitcode(p, &code)) lua_pushinteger(L, code);
     else lua_pushnil(L);
   } else if (strcmp(k, "name") == 0) {
-    if (p->state == SELF) lua_pushstring(L, mpel_process_name);
+    if (state_of(p) == SELF) lua_pushstring(L, mpel_process_name);
     else {
       lua_getiuservalue(L, 1, 1);
       lua_getfield(L, -1, "name");
     }
   } else if (strcmp(k, "daemon") == 0) {
-    lua_pushboolean(L, p->state == SELF ? self_daemon : p->daemon);
+    lua_pushboolean(L, state_of(p) == SELF ? self_daemon : p->daemon);
   } else {
     lua_getmetatable(L, 1);
     lua_getfield(L, -1, "methods");
@@ -476,7 +485,7 @@ static int p_newindex(lua_State *L) {
   const char *k = luaL_checkstring(L, 2);
   if (strcmp(k, "name") == 0) {
     luaL_checktype(L, 3, LUA_TSTRING);
-    if (p->state == SELF) { /* the name errors and children report */
+    if (state_of(p) == SELF) { /* the name errors and children report */
       lua_pushvalue(L, 3);
       lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.self_name"); /* keeps it alive */
       mpel_process_name = lua_tostring(L, 3);
@@ -487,7 +496,7 @@ static int p_newindex(lua_State *L) {
     lua_setfield(L, -2, "name");
   } else if (strcmp(k, "daemon") == 0) {
     luaL_checktype(L, 3, LUA_TBOOLEAN);
-    if (p->state != NEW) return luaL_error(L, "Process: cannot set daemon after start");
+    if (state_of(p) != NEW) return luaL_error(L, "Process: cannot set daemon after start");
     p->daemon = lua_toboolean(L, 3);
   } else {
     return luaL_error(L, "Process: cannot set field '%s'", k);
@@ -499,8 +508,8 @@ static int p_tostring(lua_State *L) {
   lproc *p = check_proc(L, 1);
   int code = 0;
   p_name(L, 1);
-  const char *st = p->state == NEW ? "initial" : p->state == CLOSED ? "closed" : p->state == SELF ? "current"
-                 : p->state == FOREIGN ? "foreign" : proc_exitcode(p, &code) ? "stopped" : "started";
+  const char *st = state_of(p) == NEW ? "initial" : state_of(p) == CLOSED ? "closed" : state_of(p) == SELF ? "current"
+                 : state_of(p) == FOREIGN ? "foreign" : proc_exitcode(p, &code) ? "stopped" : "started";
   lua_pushfstring(L, "Process %s (%s)", lua_tostring(L, -1), st);
   return 1;
 }
@@ -545,7 +554,7 @@ void mpel_processes_atexit(lua_State *L) {
 static const char *proc_encode(lua_State *L, int idx, mpel_wire *w) {
   lproc *p = lua_touserdata(L, idx);
   unsigned char b[4 + 250];
-  lua_Integer pid = p->state == SELF ? (lua_Integer)mpe_self_pid() : proc_pid(p);
+  lua_Integer pid = state_of(p) == SELF ? (lua_Integer)mpe_self_pid() : proc_pid(p);
   for (int i = 0; i < 4; i++) b[i] = (unsigned char)(pid >> (24 - 8 * i));
   size_t len;
   p_name(L, idx);

@@ -321,6 +321,27 @@ describe("Process", function()
     assert.are.equal(0, sibling.exitcode)
   end)
 
+  it("a child's copy of the Process it was started from is that handle as it was: not started", function()
+    local r, w = mp.Pipe(false)
+    local p
+    p = mp.Process{args = {w}, target = function(c)
+      local ok, err = pcall(p.join, p, 0)
+      c:send({alive = p:is_alive(), text = tostring(p), pid = p.pid, code = p.exitcode,
+              ok = ok, err = tostring(err)})
+    end}
+    p:start()
+    local got = r:recv(30)
+    assert.is_false(got.alive)
+    assert.matches("(initial)", got.text, 1, true)
+    assert.is_nil(got.pid)
+    assert.is_nil(got.code)
+    assert.is_false(got.ok)
+    assert.matches("cannot join a process that was not started", got.err, 1, true)
+    assert.is_true(p:join(30))
+    assert.matches("(stopped)", tostring(p), 1, true)
+    assert.is_true(p.pid > 0)
+  end)
+
   it("a child gives back what it made when it ends, before its parent reaps it", function()
     -- Measured against a child that makes nothing: the arena then holds only
     -- the child's ledger until the join.

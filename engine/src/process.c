@@ -102,7 +102,11 @@ int mpe_in_child(void) { return in_child; }
 pid_t mpe_self_pid(void) { return mpe__self_pid(); }
 pid_t mpe_process_pid(const mpe_process *p) { return p->pid; }
 
-/* Inherited across fork: the sibling of this process, not its child. */
+/* Inherited across fork: the sibling of this process, not its child. This
+ * holds in a child of any fork() (the atfork handler forgets our pid), also
+ * one a C host makes itself, which the old marking in the child missed. A
+ * pid is reused only once its process is gone; an owner's children die
+ * with it (PR_SET_PDEATHSIG), and so do their descendants. */
 static int foreign(const mpe_process *p) { return p->owner != mpe__self_pid(); }
 
 int mpe__process_pidfd(const mpe_process *p) { return foreign(p) ? -1 : p->pidfd; }
