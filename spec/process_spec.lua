@@ -300,15 +300,19 @@ describe("Process", function()
     assert.is_true(p2:join(30))
   end)
 
+  -- How a Process handle looks from inside a child (run there).
+  local function seen_in_child(h)
+    local ok, err = pcall(h.join, h, 0.1)
+    return {ok = ok, err = tostring(err), alive = h:is_alive(), code = h.exitcode, pid = h.pid,
+            text = tostring(h)}
+  end
+
   it("a sibling's handle a child inherited is not the child's: it cannot join it, and it stays running", function()
     local r, w = mp.Pipe(false)
     local gate_r, gate_w = mp.Pipe(false)
     local sibling = mp.Process{target = function(g) g:recv() end, args = {gate_r}}
     sibling:start()
-    local p = mp.Process{args = {w}, target = function(c)
-      local ok, err = pcall(sibling.join, sibling, 0.1)
-      c:send({ok = ok, err = tostring(err), alive = sibling:is_alive(), code = sibling.exitcode})
-    end}
+    local p = mp.Process{args = {w}, target = function(c) c:send(seen_in_child(sibling)) end}
     p:start()
     local got = r:recv(30)
     assert.is_false(got.ok)
@@ -324,11 +328,7 @@ describe("Process", function()
   it("a child's copy of the Process it was started from is that handle as it was: not started", function()
     local r, w = mp.Pipe(false)
     local p
-    p = mp.Process{args = {w}, target = function(c)
-      local ok, err = pcall(p.join, p, 0)
-      c:send({alive = p:is_alive(), text = tostring(p), pid = p.pid, code = p.exitcode,
-              ok = ok, err = tostring(err)})
-    end}
+    p = mp.Process{args = {w}, target = function(c) c:send(seen_in_child(p)) end}
     p:start()
     local got = r:recv(30)
     assert.is_false(got.alive)
