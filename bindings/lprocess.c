@@ -94,8 +94,9 @@ mpe_process *mpel_test_process(lua_State *L, int idx) {
   lproc *p = luaL_testudata(L, idx, "Process");
   if (!p) return NULL;
   check_open(L, p);
-  if (state_of(p) == NEW) luaL_error(L, "Process: not started");
-  if (state_of(p) != STARTED) luaL_error(L, "Process: only a child of this process can be waited on");
+  int st = state_of(p);
+  if (st == NEW) luaL_error(L, "Process: not started");
+  if (st != STARTED) luaL_error(L, "Process: only a child of this process can be waited on");
   return p->h;
 }
 
@@ -336,7 +337,7 @@ static int p_start(lua_State *L) {
   mpel_encode(L, -1, "target", w);
   lua_getfield(L, 2, "args");
   mpel_encode(L, -1, "args", w);
-  lua_settop(L, 1);
+  lua_settop(L, 2); /* the Process, its table */
   mpe_pipe *keep[MPEL_MAX_ENDS];
   size_t nkeep = w->nends;
   memcpy(keep, w->ends, nkeep * sizeof *keep);
@@ -344,19 +345,17 @@ static int p_start(lua_State *L) {
   /* This process writes what it can before fork: after it, each page it
    * writes is copied while the child lives. So the Process is listed now
    * (and taken out if fork fails), and the child's thread is ready. */
-  push_children(L);
-  prune_children(L, 2, 0);
+  push_children(L); /* 3 */
+  prune_children(L, 3, 0);
   lua_pushvalue(L, 1);
   lua_pushboolean(L, 1);
-  lua_rawset(L, 2);
+  lua_rawset(L, 3);
   mpe_spawn_options o = {.daemon = p->daemon, .keep = keep, .nkeep = nkeep};
   child_ctx c = {.L = L, .co = push_spare(L), .daemon = p->daemon, .parent = mpe_self_pid()};
-  lua_getiuservalue(L, 1, 1);
-  lua_getfield(L, -1, "name");
+  lua_getfield(L, 2, "name");
   c.name = lua_tostring(L, -1); /* kept alive by the table, kept by the Process */
-  lua_pop(L, 1);
-  lua_getfield(L, -1, "target");
-  lua_getfield(L, -2, "args");
+  lua_getfield(L, 2, "target");
+  lua_getfield(L, 2, "args");
   lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
   luaL_checkstack(L, (int)n + 4, "too many arguments");
   luaL_checkstack(c.co, (int)n + 4, "too many arguments");
@@ -377,7 +376,7 @@ static int p_start(lua_State *L) {
     mpel_handles_fork(L, MPEL_FORK_FAILED);
     lua_pushvalue(L, 1);
     lua_pushnil(L);
-    lua_rawset(L, 2);
+    lua_rawset(L, 3);
     return mpel_fail(L, "Process: cannot start", rc);
   }
   return 0;
@@ -386,10 +385,10 @@ static int p_start(lua_State *L) {
 static int p_join(lua_State *L) {
   lproc *p = check_proc(L, 1);
   double timeout = mpel_opt_timeout(L, 2);
-  if (state_of(p) == NEW) return luaL_error(L, "Process: cannot join a process that was not started");
-  if (state_of(p) == SELF) return luaL_error(L, "Process: the current process cannot join itself");
-  if (state_of(p) != STARTED) return luaL_error(L, "Process: cannot join a %s process",
-                                             state_of(p) == CLOSED ? "closed" : "foreign");
+  int st = state_of(p);
+  if (st == NEW) return luaL_error(L, "Process: cannot join a process that was not started");
+  if (st == SELF) return luaL_error(L, "Process: the current process cannot join itself");
+  if (st != STARTED) return luaL_error(L, "Process: cannot join a %s process", st == CLOSED ? "closed" : "foreign");
   double deadline = mpel_deadline(timeout);
   int rc;
   while ((rc = mpe_process_wait(p->h, mpel_left(deadline))) == MPE_EINTR) mpel_check_signal(L);
@@ -409,18 +408,20 @@ static int p_is_alive(lua_State *L) {
   check_open(L, p);
   int code;
   /* pid 0 names no process: kill(0, 0) would ask about our process group */
-  if (state_of(p) == FOREIGN) lua_pushboolean(L, p->pid > 0 && kill((pid_t)p->pid, 0) == 0);
-  else lua_pushboolean(L, state_of(p) == SELF || (state_of(p) == STARTED && !proc_exitcode(p, &code)));
+  int st = state_of(p);
+  if (st == FOREIGN) lua_pushboolean(L, p->pid > 0 && kill((pid_t)p->pid, 0) == 0);
+  else lua_pushboolean(L, st == SELF || (st == STARTED && !proc_exitcode(p, &code)));
   return 1;
 }
 
 static int send_signal(lua_State *L, int sig) {
   lproc *p = check_proc(L, 1);
   check_open(L, p);
-  if (state_of(p) == NEW) return luaL_error(L, "Process: not started");
-  if (state_of(p) == STARTED) mpe_process_signal(p->h, sig);
-  else if (state_of(p) == FOREIGN) return luaL_error(L, "Process: a handle received from another process cannot signal");
-  else if (state_of(p) == SELF) return luaL_error(L, "Process: the current process cannot signal itself (use os.exit)");
+  int st = state_of(p);
+  if (st == NEW) return luaL_error(L, "Process: not started");
+  if (st == STARTED) mpe_process_signal(p->h, sig);
+  else if (st == FOREIGN) return luaL_error(L, "Process: a handle received from another process cannot signal");
+  else if (st == SELF) return luaL_error(L, "Process: the current process cannot signal itself (use os.exit)");
   return 0;
 }
 
@@ -430,8 +431,9 @@ static int p_kill(lua_State *L) { return send_signal(L, SIGKILL); }
 static int p_close(lua_State *L) {
   lproc *p = check_proc(L, 1);
   int code;
-  if (state_of(p) == SELF) return 0; /* mp.current_process() stays usable */
-  if (state_of(p) == STARTED && !proc_exitcode(p, &code))
+  int st = state_of(p);
+  if (st == SELF) return 0; /* mp.current_process() stays usable */
+  if (st == STARTED && !proc_exitcode(p, &code))
     return luaL_error(L, "Process: cannot close a process that is still running");
   keep_pid(p);
   if (p->h) mpe_process_free(p->h);
@@ -459,7 +461,8 @@ static int p_index(lua_State *L) {
   const char *k = luaL_checkstring(L, 2);
   int code;
   if (strcmp(k, "pid") == 0) {
-    if (proc_pid(p) > 0 && state_of(p) != CLOSED) lua_pushinteger(L, proc_pid(p));
+    lua_Integer pid = proc_pid(p);
+    if (pid > 0 && state_of(p) != CLOSED) lua_pushinteger(L, pid);
     else lua_pushnil(L);
   } else if (strcmp(k, "exitcode") == 0) {
     if (proc_exitcode(p, &code)) lua_pushinteger(L, code);
@@ -508,9 +511,10 @@ static int p_tostring(lua_State *L) {
   lproc *p = check_proc(L, 1);
   int code = 0;
   p_name(L, 1);
-  const char *st = state_of(p) == NEW ? "initial" : state_of(p) == CLOSED ? "closed" : state_of(p) == SELF ? "current"
-                 : state_of(p) == FOREIGN ? "foreign" : proc_exitcode(p, &code) ? "stopped" : "started";
-  lua_pushfstring(L, "Process %s (%s)", lua_tostring(L, -1), st);
+  int st = state_of(p);
+  const char *says = st == NEW ? "initial" : st == CLOSED ? "closed" : st == SELF ? "current"
+                   : st == FOREIGN ? "foreign" : proc_exitcode(p, &code) ? "stopped" : "started";
+  lua_pushfstring(L, "Process %s (%s)", lua_tostring(L, -1), says);
   return 1;
 }
 

@@ -239,15 +239,15 @@ mpe_pipe *mpel_test_connection(lua_State *L, int idx);
 mpe_process *mpel_test_process(lua_State *L, int idx);
 /* mp.wait(objects [, timeout]) (lwait.c). */
 int mpel_l_wait(lua_State *L);
-/* In a child just forked (a Process's target, a Pool's worker): the
- * parent's children, hook and interruption are not its own, os.exit leaves
- * at once, and name (kept alive by the caller) is its name. */
 /* In the parent, just before fork: what a child of it reads first (its
  * parent's name, os.exit). Every fork of a Lua child calls it. */
 void mpel_child_prepare(lua_State *L);
+/* In a child just forked (a Process's target, a Pool's worker): the
+ * parent's children, hook and interruption are not its own, os.exit leaves
+ * at once, and name (kept alive by the caller) is its name. */
+void mpel_child_begin(lua_State *L, pid_t parent, const char *name, int daemon);
 /* In the child: what mpel_handles_fork(MPEL_CHILD_ENDS) gives back. */
 void mpel_handles_child_begin(void);
-void mpel_child_begin(lua_State *L, pid_t parent, const char *name, int daemon);
 /* mp.Pool and its worker side (lpool.c); the module at -1. */
 void mpel_open_pool(lua_State *L);
 /* The objects on a broker (lbroker.c, bobj.lua): wraps the constructors; the module at -1. */

@@ -163,6 +163,13 @@ static int reap_unlink(mpe_process *p) {
   return r;
 }
 
+/* mpe_process_wait, and out of the list once ended (p may have been freed). */
+static int wait_unlink(mpe_process *p, double timeout) {
+  int detached = p->detached, r = mpe_process_wait(p, timeout);
+  if (r == 0 && !detached) unlink_child(p);
+  return r;
+}
+
 MPE_CHILD_PATH void mpe__processes_after_fork(const mpe_spawn_options *opts) {
   /* The inherited children are our siblings: their handles are foreign (by
    * owner) and written to by no one here, so they cost this child no page.
@@ -450,27 +457,18 @@ int mpe_process_join_all(double timeout) {
     if (p->daemon && !p->exited && p->pid > 0) kill(p->pid, SIGTERM);
   mpe__deadline d = mpe__deadline_in(timeout);
   while (children) {
-    mpe_process *p = children;
-    if (p->exited) {
-      unlink_child(p);
-      continue;
-    }
-    int ms = mpe__deadline_ms(&d), detached = p->detached;
-    int r = ms == 0 ? MPE_ETIMEDOUT : mpe_process_wait(p, ms < 0 ? -1 : ms * 1e-3);
-    if (r != 0) break;
-    if (!detached) unlink_child(p);
+    int ms = mpe__deadline_ms(&d);
+    if (ms == 0 || wait_unlink(children, ms < 0 ? -1 : ms * 1e-3) != 0) break;
   }
   int killed = 0;
   while (children) {
     mpe_process *p = children;
-    if (!p->exited) {
+    if (!p->exited) { /* a reaped one may wait in the list to be taken out */
       if (p->pid > 0) kill(p->pid, SIGKILL);
       killed++;
     }
-    int detached = p->detached;
-    while (mpe_process_wait(p, -1) == MPE_EINTR) {
+    while (wait_unlink(p, -1) == MPE_EINTR) {
     }
-    if (!detached) unlink_child(p);
   }
   return killed;
 }
