@@ -33,6 +33,7 @@
  * still shares. */
 #define _GNU_SOURCE
 #include "internal.h"
+#include "rawsys.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -201,7 +202,7 @@ MPE_CHILD_PATH static void close_other_fds(const mpe_spawn_options *opts) {
     if (keep[i] < from) continue;
     if (keep[i] > from) {
       unsigned int to = keep[i] == INT32_MAX ? ~0u : (unsigned int)keep[i] - 1;
-      if (syscall(SYS_close_range, (unsigned int)from, to, 0) != 0) {
+      if (mpe__sys(SYS_close_range, from, (long)to, 0, 0) != 0) {
         /* old kernel: close one by one, up to the descriptor limit */
         long max = sysconf(_SC_OPEN_MAX);
         for (long fd = from; fd <= (long)to && fd < max; fd++) close((int)fd);
@@ -279,10 +280,10 @@ MPE_CHILD_PATH static int stdio_pending(void) {
 #endif
 }
 
-/* The system calls of a child's set-up, made directly: each libc wrapper
- * sits on its own code page, which a new child must fault in. */
+/* The system calls of a child's set-up are made in place (rawsys.h): each
+ * libc wrapper sits on its own code page, which a new child must fault in. */
 MPE_CHILD_PATH static long sys_sigmask(const sigset_t *set) {
-  return syscall(SYS_rt_sigprocmask, SIG_SETMASK, set, NULL, (size_t)(_NSIG / 8));
+  return mpe__sys(SYS_rt_sigprocmask, SIG_SETMASK, (long)set, 0, _NSIG / 8);
 }
 
 /* In a child, signals blocked: every signal the parent catches goes back to
@@ -300,12 +301,12 @@ MPE_CHILD_PATH static void default_handlers(const caught_set *c) {
     if (sig == SIGKILL || sig == SIGSTOP) continue;
     if (c->known) {
       if (c->bits[(sig - 1) / 8] >> ((sig - 1) % 8) & 1)
-        syscall(SYS_rt_sigaction, sig, &dfl, NULL, sizeof dfl.mask);
+        mpe__sys(SYS_rt_sigaction, sig, (long)&dfl, 0, sizeof dfl.mask);
       continue;
     }
     struct sigaction sa; /* no /proc: ask each signal */
     if (sigaction(sig, NULL, &sa) == 0 && sa.sa_handler != SIG_DFL && sa.sa_handler != SIG_IGN)
-      syscall(SYS_rt_sigaction, sig, &dfl, NULL, sizeof dfl.mask);
+      mpe__sys(SYS_rt_sigaction, sig, (long)&dfl, 0, sizeof dfl.mask);
   }
 }
 
@@ -343,8 +344,8 @@ MPE_CHILD_PATH int mpe_process_spawn(mpe_process **out, mpe_entry_fn fn, void *a
   }
   if (pid == 0) {
     /* Die with the parent; and if it already died before prctl, go now. */
-    syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
-    if ((pid_t)syscall(SYS_getppid) != parent) _exit(128 + SIGKILL);
+    mpe__sys(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0);
+    if ((pid_t)mpe__sys(SYS_getppid, 0, 0, 0, 0) != parent) _exit(128 + SIGKILL);
     in_child = 1;
     mpe__ledger_adopt(ledger);
     /* The parent's handlers belong to the parent's state: a signal caught by
