@@ -81,6 +81,7 @@ mpel_wire *mpel_wire_begin(mpel_wire *w, int allow_ends) {
   w->transfer = 1;
   w->inflight = 0;
   w->remote = 0;
+  w->check = 0;
   return w;
 }
 
@@ -120,8 +121,9 @@ int mpel_wire_reserve(mpel_wire *w, size_t more) {
 typedef struct enc {
   lua_State *L;
   mpel_wire *w;
-  int seen; /* stack index: value -> id */
-  int upids; /* stack index: upvalue id -> function id << 16 | index */
+  int seen; /* stack index: value -> id; nil until a second table or function */
+  int first; /* stack index: the first table or function met (id 1) */
+  int upids; /* stack index: upvalue id -> function id << 16 | index; nil until needed */
   int rev;  /* stack index: value -> "mod" or "mod\0key"; nil until needed */
   int plain; /* stack index of a root that is never a module by name, or 0 */
   int nextid;
@@ -265,9 +267,25 @@ static void seg_text(enc *e, const char *prefix, const char *arg, const char *su
 
 static int enc_value(enc *e, int idx);
 
-/* 1 if the value at idx was seen (a REF was written); else gives it an id. */
+/* 1 if the value at idx was seen (a REF was written); else gives it an id.
+ * Most messages hold one table or function: the table of those seen is
+ * made when a second one comes, so that sending one flat table allocates
+ * nothing for it (and a Process start's check, often nothing at all). */
 static int enc_seen(enc *e, int idx) {
   lua_State *L = e->L;
+  if (lua_isnil(L, e->seen)) {
+    if (e->nextid == 0) {
+      lua_pushvalue(L, idx);
+      lua_replace(L, e->first);
+      e->nextid = 1;
+      return 0;
+    }
+    lua_createtable(L, 0, 4);
+    lua_pushvalue(L, e->first);
+    lua_pushinteger(L, 1);
+    lua_rawset(L, -3);
+    lua_replace(L, e->seen);
+  }
   lua_pushvalue(L, idx);
   if (lua_rawget(L, e->seen) != LUA_TNIL) {
     uint32_t id = (uint32_t)lua_tointeger(L, -1);
@@ -312,6 +330,10 @@ static void rewind_to(enc *e, size_t len, int nextid) {
   lua_State *L = e->L;
   e->w->len = len;
   if (e->nextid == nextid) return;
+  if (lua_isnil(L, e->seen)) { /* only the first has an id, and it stays */
+    e->nextid = nextid;
+    return;
+  }
   lua_pushnil(L);
   while (lua_next(L, e->seen)) {
     int drop = lua_tointeger(L, -1) > nextid;
@@ -438,9 +460,11 @@ static int enc_function(enc *e, int idx) {
   size_t ext = open_ext(e, EXT_FUNC);
   put_be(e, 0xc6, 0, 4); /* bin32, length patched below */
   size_t code = e->w->len;
-  lua_pushvalue(L, idx);
-  lua_dump(L, dump_writer, e, 0); /* keep debug info: tracebacks need it */
-  lua_pop(L, 1);
+  if (!e->w->check) { /* a dump cannot fail: a check needs none */
+    lua_pushvalue(L, idx);
+    lua_dump(L, dump_writer, e, 0); /* keep debug info: tracebacks need it */
+    lua_pop(L, 1);
+  }
   patch32(e, code - 4, e->w->len - code);
   int n = 0;
   while (lua_getupvalue(L, idx, n + 1)) {
@@ -457,6 +481,10 @@ static int enc_function(enc *e, int idx) {
       continue;
     }
     /* a variable another closure of this message shares: name it, do not copy it */
+    if (lua_isnil(L, e->upids)) {
+      lua_newtable(L);
+      lua_replace(L, e->upids);
+    }
     lua_pushlightuserdata(L, lua_upvalueid(L, idx, i));
     if (lua_rawget(L, e->upids) == LUA_TNUMBER) {
       lua_Integer at = lua_tointeger(L, -1);
@@ -738,12 +766,14 @@ static void encode(lua_State *L, int idx, const char *root, mpel_wire *w, int pl
   memset(&e, 0, sizeof e);
   e.L = L;
   e.w = w;
-  lua_newtable(L);
+  lua_pushnil(L);
   e.seen = lua_gettop(L);
+  lua_pushnil(L);
+  e.first = lua_gettop(L);
   lua_pushnil(L);
   e.rev = lua_gettop(L);
   e.plain = plain_root && t == LUA_TTABLE ? idx : 0;
-  lua_newtable(L);
+  lua_pushnil(L);
   e.upids = lua_gettop(L);
   lua_pushnil(L); /* made at the first engine object */
   e.objs = lua_gettop(L);
@@ -754,7 +784,7 @@ static void encode(lua_State *L, int idx, const char *root, mpel_wire *w, int pl
     w->nends = ends0;
     raise_failure(&e, root);
   }
-  if (e.ext) seal(&e, start);
+  if (e.ext && !w->check) seal(&e, start);
   if (w->transfer && e.nobjs) {
     for (int i = 1; i < e.nobjs; i += 2) {
       lua_rawgeti(L, e.objs, i);

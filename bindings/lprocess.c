@@ -333,6 +333,7 @@ static int p_start(lua_State *L) {
   lua_getiuservalue(L, 1, 1);
   mpel_wire *w = mpel_wire_get(L, 1);
   w->transfer = 0; /* a check only: nothing is sent, no reference taken */
+  w->check = 1;
   lua_getfield(L, 2, "target");
   mpel_encode(L, -1, "target", w);
   lua_getfield(L, 2, "args");

@@ -35,6 +35,9 @@ typedef struct mpel_wire {
   int inflight;   /* references in flight were taken for the message in buf */
   int remote;     /* for another host (a broker pool's task): only classes
                      that are `anywhere` may be in it */
+  int check;      /* a check only, never sent (Process start): values are
+                     walked and judged as for a send, but a function's code
+                     is not dumped and nothing is sealed */
 } mpel_wire;
 
 /* One kind of engine object (see the seam above). */
