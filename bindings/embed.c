@@ -13,6 +13,7 @@
 #include "mpengine_lua.h"
 
 void mpengine_lua_open(lua_State *L) {
+  mpel_resident = 1; /* linked into the program: its code is never unloaded */
   luaL_requiref(L, "mpengine", luaopen_mpengine, 0);
   lua_pop(L, 1);
 }

@@ -17,6 +17,8 @@
  * parent as mp.parent_process() gives it: pid, name and is_alive only) and
  * SELF (mp.current_process()). On the wire a handle is its pid and name; a
  * pid of 0 (an unstarted handle) or beyond any pid names no process. */
+/* dladdr, RTLD_NODELETE: _GNU_SOURCE is set by the build */
+#include <dlfcn.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -268,6 +270,64 @@ static int return_nothing(lua_State *L) {
   return 0;
 }
 
+/* The spare thread's memory (its state, stack and first call frame) sits
+ * here, among the variables above: a child writes this page anyway, and
+ * would otherwise copy two more of the heap's to run its target. Lua takes
+ * memory only from the state's allocator, so the module puts spare_alloc in
+ * front of it: it hands out this block while the thread is being made, and
+ * passes every other call through, with the allocator's own ud, to the
+ * allocator it found. A block here is never freed (the state is closed, or
+ * the thread grew into the heap); it is made once per process. The module's
+ * code must then outlive the state: it is pinned in memory (or linked into
+ * the program, mpel_resident), or the thread is made in the heap. */
+static unsigned char spare_mem[1536] __attribute__((aligned(16)));
+static size_t spare_used;
+static int spare_placing;
+static lua_Alloc base_alloc;
+int mpel_resident;
+
+static int in_spare_mem(const void *ptr) {
+  const unsigned char *b = ptr;
+  return b >= spare_mem && b < spare_mem + sizeof spare_mem;
+}
+
+static void *spare_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  if (ptr && in_spare_mem(ptr)) {
+    if (nsize <= osize) return nsize ? ptr : NULL; /* freed or shrunk: the space stays */
+    void *n = base_alloc(ud, NULL, 0, nsize);      /* grown: into the heap */
+    if (n) memcpy(n, ptr, osize);
+    return n;
+  }
+  if (!ptr && spare_placing && nsize && spare_used + ((nsize + 15) & ~(size_t)15) <= sizeof spare_mem) {
+    void *r = spare_mem + spare_used;
+    spare_used += (nsize + 15) & ~(size_t)15;
+    return r;
+  }
+  return base_alloc(ud, ptr, osize, nsize);
+}
+
+/* 1 if this module's code stays mapped until the process ends. */
+static int code_stays(void) {
+  if (mpel_resident) return 1;
+  Dl_info di;
+  return dladdr((void *)spare_alloc, &di) && di.dli_fname &&
+         dlopen(di.dli_fname, RTLD_LAZY | RTLD_NOLOAD | RTLD_NODELETE) != NULL;
+}
+
+/* Before the spare thread is made: its memory comes from spare_mem if this
+ * is the first one, in this process, of a state spare_alloc can front. */
+static void place_spare(lua_State *L) {
+  void *ud;
+  lua_Alloc f = lua_getallocf(L, &ud);
+  if (f == spare_alloc) {
+    spare_placing = 1;
+  } else if (!base_alloc && spare_used == 0 && code_stays()) {
+    base_alloc = f;
+    lua_setallocf(L, spare_alloc, ud);
+    spare_placing = 1;
+  }
+}
+
 static lua_State *push_spare(lua_State *L) {
   if (!spare_busy && lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.spare") == LUA_TTHREAD) {
     lua_State *co = lua_tothread(L, -1);
@@ -275,10 +335,12 @@ static lua_State *push_spare(lua_State *L) {
     return co;
   }
   if (!spare_busy) lua_pop(L, 1);
+  place_spare(L);
   lua_State *co = lua_newthread(L);
   int nres;
   lua_pushcfunction(co, return_nothing);
   if (lua_resume(co, L, 0, &nres) != LUA_OK) luaL_error(L, "Process: cannot start (%s)", lua_tostring(co, -1));
+  spare_placing = 0;
   lua_settop(co, 0);
   lua_pushvalue(L, -1);
   lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.spare");

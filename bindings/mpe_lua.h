@@ -210,6 +210,10 @@ double mpel_deadline(double timeout);
 double mpel_left(double deadline);
 extern volatile sig_atomic_t mpel_signal;
 extern const char *mpel_process_name;
+/* Set by a program that links the module in (embed.c): its code is never
+ * unloaded, so the module may put an allocator of its own in front of the
+ * state's (lprocess.c). */
+extern int mpel_resident;
 /* The broker of this run (`mpengine run --broker URL`, MPENGINE_BROKER): its
  * URL, password included, or NULL; set by the host before the script runs. */
 const char *mpel_run_broker(void);

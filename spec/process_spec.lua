@@ -395,6 +395,28 @@ describe("Process", function()
     p:join()
   end)
 
+  it("a target may outgrow the thread it runs on: many arguments, deep calls, then again", function()
+    -- The first start's thread is made in a small fixed block: its stack
+    -- grows into the heap here, in this process (100 arguments) and in the
+    -- child (deep recursion); the next start reuses the grown thread.
+    local function depth(n) if n == 0 then return 0 end return 1 + depth(n - 1) end
+    for round = 1, 2 do
+      local r, w = mp.Pipe(false)
+      local args = {w}
+      for i = 1, 100 do args[#args + 1] = i end
+      local p = mp.Process{args = args, target = function(c, ...)
+        local sum = 0
+        for _, v in ipairs({...}) do sum = sum + v end
+        c:send({select("#", ...), sum, depth(5000)})
+      end}
+      p:start()
+      w:close()
+      assert.are.same({100, 5050, 5000}, r:recv(10), "round " .. round)
+      assert.is_true(p:join(10))
+      assert.are.equal(0, p.exitcode)
+    end
+  end)
+
   it("a start+join makes few system calls: the child resets only the caught handlers", function()
     if select(2, H.sh("strace -qq -o /dev/null true")) ~= 0 then
       pending("strace is missing or may not trace here")
