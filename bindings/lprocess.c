@@ -29,12 +29,18 @@
 
 enum { NEW, STARTED, CLOSED, FOREIGN, SELF };
 
+/* A Process keeps its name, target and args as user values (no table of
+ * its own: a start allocates as little as it can). A default name is made
+ * when asked, from num. */
+enum { UV_NAME = 1, UV_TARGET, UV_ARGS, NUV = UV_ARGS };
+
 typedef struct lproc {
   mpe_process *h;
   int state;
   int daemon;
   lua_Integer pid; /* the pid a FOREIGN handle names, a CLOSED one named; 0: none
                       (a STARTED one asks h: see proc_pid) */
+  lua_Integer num; /* the N of the default name "Process-N", while UV_NAME is nil */
 } lproc;
 
 static lua_Integer counter;
@@ -56,6 +62,9 @@ static lua_Integer parent_pid;
  * ours alone. A name that does not fit: the child makes the handle at once. */
 static char name_buf[2][256];
 static int own_buf, next_buf, next_long;
+/* A child's own default name, by the same turns (its parent's string is
+ * made only when asked). */
+static char default_name[2][32];
 static int spare_busy;        /* in a child: the spare thread runs this process's target */
 
 static lproc *check_proc(lua_State *L, int idx) { return luaL_checkudata(L, idx, "Process"); }
@@ -137,22 +146,20 @@ static void p_name(lua_State *L, int idx) {
     lua_pushstring(L, mpel_process_name);
     return;
   }
-  lua_getiuservalue(L, idx, 1);
-  lua_getfield(L, -1, "name");
-  lua_remove(L, -2);
+  if (lua_getiuservalue(L, idx, UV_NAME) == LUA_TSTRING) return;
+  lua_pop(L, 1);
+  lua_pushfstring(L, "Process-%I", p->num);
 }
 
 /* Pushes a handle of state st naming pid (0: no process) and name. */
 static void push_handle(lua_State *L, int st, lua_Integer pid, const char *name, size_t len) {
-  lproc *p = lua_newuserdatauv(L, sizeof *p, 1);
+  lproc *p = lua_newuserdatauv(L, sizeof *p, NUV);
   memset(p, 0, sizeof *p);
   p->state = st;
   p->pid = pid;
   luaL_setmetatable(L, "Process");
-  lua_createtable(L, 0, 1);
   lua_pushlstring(L, name, len);
-  lua_setfield(L, -2, "name");
-  lua_setiuservalue(L, -2, 1);
+  lua_setiuservalue(L, -2, UV_NAME);
 }
 
 static const char *const allowed[] = {"target", "args", "name", "daemon", NULL};
@@ -168,32 +175,22 @@ static int l_process(lua_State *L) {
     if (!ok) return luaL_error(L, "Process: unknown option '%s' (expected target, args, name, daemon)",
                                k ? k : luaL_typename(L, -1));
   }
-  lproc *p = lua_newuserdatauv(L, sizeof *p, 1);
+  lproc *p = lua_newuserdatauv(L, sizeof *p, NUV);
   memset(p, 0, sizeof *p);
   luaL_setmetatable(L, "Process");
-  lua_createtable(L, 0, 3);
   if (lua_getfield(L, 1, "target") != LUA_TFUNCTION) return luaL_error(L, "Process: target must be a function");
-  lua_setfield(L, -2, "target");
+  lua_setiuservalue(L, -2, UV_TARGET);
   int t = lua_getfield(L, 1, "args");
   if (t != LUA_TNIL && t != LUA_TTABLE) return luaL_error(L, "Process: args must be a table");
-  if (t == LUA_TNIL) {
-    lua_pop(L, 1);
-    lua_newtable(L);
-  }
-  lua_setfield(L, -2, "args");
+  lua_setiuservalue(L, -2, UV_ARGS); /* nil: none */
   t = lua_getfield(L, 1, "name");
-  if (t == LUA_TNIL) {
-    lua_pop(L, 1);
-    lua_pushfstring(L, "Process-%I", ++counter);
-  } else if (t != LUA_TSTRING) {
-    return luaL_error(L, "Process: name must be a string");
-  }
-  lua_setfield(L, -2, "name");
+  if (t != LUA_TNIL && t != LUA_TSTRING) return luaL_error(L, "Process: name must be a string");
+  if (t == LUA_TNIL) p->num = ++counter;
+  lua_setiuservalue(L, -2, UV_NAME);
   t = lua_getfield(L, 1, "daemon");
   if (t != LUA_TNIL && t != LUA_TBOOLEAN) return luaL_error(L, "Process: daemon must be a boolean");
   p->daemon = lua_toboolean(L, -1);
   lua_pop(L, 1);
-  lua_setiuservalue(L, -2, 1);
   return 1;
 }
 
@@ -392,15 +389,12 @@ static int p_start(lua_State *L) {
   lproc *p = check_proc(L, 1);
   lua_settop(L, 1);
   if (state_of(p) != NEW) return luaL_error(L, "Process: cannot start a process twice");
-  lua_getiuservalue(L, 1, 1);
   mpel_wire *w = mpel_wire_get(L, 1);
   w->transfer = 0; /* a check only: nothing is sent, no reference taken */
   w->check = 1;
-  lua_getfield(L, 2, "target");
-  mpel_encode(L, -1, "target", w);
-  lua_getfield(L, 2, "args");
-  mpel_encode(L, -1, "args", w);
-  lua_settop(L, 2); /* the Process, its table */
+  lua_getiuservalue(L, 1, UV_TARGET); /* 2 */
+  mpel_encode(L, 2, "target", w);
+  if (lua_getiuservalue(L, 1, UV_ARGS) == LUA_TTABLE) mpel_encode(L, 3, "args", w); /* 3, or nil */
   mpe_pipe *keep[MPEL_MAX_ENDS];
   size_t nkeep = w->nends;
   memcpy(keep, w->ends, nkeep * sizeof *keep);
@@ -408,25 +402,27 @@ static int p_start(lua_State *L) {
   /* This process writes what it can before fork: after it, each page it
    * writes is copied while the child lives. So the Process is listed now
    * (and taken out if fork fails), and the child's thread is ready. */
-  push_children(L); /* 3 */
-  prune_children(L, 3, 0);
+  push_children(L); /* 4 */
+  prune_children(L, 4, 0);
   lua_pushvalue(L, 1);
   lua_pushboolean(L, 1);
-  lua_rawset(L, 3);
+  lua_rawset(L, 4);
   mpe_spawn_options o = {.daemon = p->daemon, .keep = keep, .nkeep = nkeep};
   child_ctx c = {.L = L, .co = push_spare(L), .daemon = p->daemon, .parent = mpe_self_pid()};
-  lua_getfield(L, 2, "name");
-  c.name = lua_tostring(L, -1); /* kept alive by the table, kept by the Process */
-  lua_getfield(L, 2, "target");
-  lua_getfield(L, 2, "args");
-  lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+  if (lua_getiuservalue(L, 1, UV_NAME) == LUA_TSTRING)
+    c.name = lua_tostring(L, -1); /* kept alive by the Process */
+  lua_Integer n = lua_istable(L, 3) ? (lua_Integer)lua_rawlen(L, 3) : 0;
   luaL_checkstack(L, (int)n + 4, "too many arguments");
   luaL_checkstack(c.co, (int)n + 4, "too many arguments");
-  for (lua_Integer i = 1; i <= n; i++) lua_rawgeti(L, -1 - (int)(i - 1), i);
-  lua_remove(L, -1 - (int)n);
+  lua_pushvalue(L, 2);
+  for (lua_Integer i = 1; i <= n; i++) lua_rawgeti(L, 3, i);
   lua_xmove(L, c.co, (int)n + 1);
   c.nargs = (int)n;
   mpel_child_prepare(L);
+  if (!c.name) {
+    snprintf(default_name[next_buf], sizeof default_name[0], "Process-%lld", (long long)p->num);
+    c.name = default_name[next_buf];
+  }
   /* The child's references to the shared objects it inherits are taken
    * here, before fork: taken in the child, an object this process drops
    * meanwhile could be freed before the child holds it. */
@@ -439,7 +435,7 @@ static int p_start(lua_State *L) {
     mpel_handles_fork(L, MPEL_FORK_FAILED);
     lua_pushvalue(L, 1);
     lua_pushnil(L);
-    lua_rawset(L, 3);
+    lua_rawset(L, 4);
     return mpel_fail(L, "Process: cannot start", rc);
   }
   return 0;
@@ -531,11 +527,7 @@ static int p_index(lua_State *L) {
     if (proc_exitcode(p, &code)) lua_pushinteger(L, code);
     else lua_pushnil(L);
   } else if (strcmp(k, "name") == 0) {
-    if (state_of(p) == SELF) lua_pushstring(L, mpel_process_name);
-    else {
-      lua_getiuservalue(L, 1, 1);
-      lua_getfield(L, -1, "name");
-    }
+    p_name(L, 1);
   } else if (strcmp(k, "daemon") == 0) {
     lua_pushboolean(L, state_of(p) == SELF ? self_daemon : p->daemon);
   } else {
@@ -557,9 +549,8 @@ static int p_newindex(lua_State *L) {
       mpel_process_name = lua_tostring(L, 3);
       return 0;
     }
-    lua_getiuservalue(L, 1, 1);
     lua_pushvalue(L, 3);
-    lua_setfield(L, -2, "name");
+    lua_setiuservalue(L, 1, UV_NAME);
   } else if (strcmp(k, "daemon") == 0) {
     luaL_checktype(L, 3, LUA_TBOOLEAN);
     if (state_of(p) != NEW) return luaL_error(L, "Process: cannot set daemon after start");

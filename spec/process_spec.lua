@@ -93,6 +93,26 @@ describe("Process", function()
     assert.are.equal(0, #mp.active_children())
   end)
 
+  it("a child under a default name knows it, and keeps it when it starts a child of its own", function()
+    local r, w = mp.Pipe(false)
+    local p = mp.Process{args = {w}, target = function(c)
+      local before = mp.current_process().name
+      local q = mp.Process{target = function() end}
+      q:start()
+      q:join()
+      c:send({before, mp.current_process().name, q.name})
+    end}
+    p:start()
+    w:close()
+    local got = r:recv(10)
+    assert.is_true(p:join(10))
+    assert.matches("^Process%-%d+$", p.name)
+    assert.are.equal(p.name, got[1])
+    assert.are.equal(p.name, got[2])
+    assert.matches("^Process%-%d+$", got[3])
+    assert.are_not.equal(got[1], got[3])
+  end)
+
   it("raises on misuse", function()
     assert.has_error(function() mp.Process{target = 1} end, "Process: target must be a function")
     assert.has_error(function() mp.Process{target = print, bogus = 1} end,
