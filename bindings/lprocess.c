@@ -9,8 +9,11 @@
  *
  * The registry table "mpengine.children" holds every started, unreaped
  * Process (as Python's _children): start() and active_children() drop the
- * ended ones from it, and the sentinel's __gc (lmodule.c) ends the run
- * through mpel_processes_atexit.
+ * ended ones from it, join() its own, and the sentinel's __gc (lmodule.c)
+ * ends the run through mpel_processes_atexit. It is an array whose slots
+ * are reused, and each Process knows its slot: a start or a join writes one
+ * slot, not a hash node and the table's header (two pages to copy, after a
+ * fork).
  *
  * A handle is in one of five states: NEW, STARTED (ours: it can be joined
  * and signalled), CLOSED, FOREIGN (received from another process, or the
@@ -41,6 +44,7 @@ typedef struct lproc {
   lua_Integer pid; /* the pid a FOREIGN handle names, a CLOSED one named; 0: none
                       (a STARTED one asks h: see proc_pid) */
   lua_Integer num; /* the N of the default name "Process-N", while UV_NAME is nil */
+  lua_Integer slot; /* its slot in the children table while STARTED; 0: none */
 } lproc;
 
 static lua_Integer counter;
@@ -56,6 +60,7 @@ static int self_daemon; /* in a child: the daemon flag of the Process it runs */
  * thread the target runs on. These variables share one page with the rest
  * of the module's, which the child writes anyway. */
 static int stale_children, stale_self, stale_parent;
+static lua_Integer nslots; /* slots of the children table used so far */
 static lua_Integer parent_pid;
 /* The parent's name, copied (its string may be collected here): two
  * buffers, so that preparing a child of our own (into the other one) leaves
@@ -90,8 +95,9 @@ static void keep_pid(lproc *p) { p->pid = proc_pid(p); }
 static void push_children(lua_State *L) {
   if (lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.children") != LUA_TTABLE || stale_children) {
     stale_children = 0; /* the parent's children are our siblings */
+    nslots = 0;
     lua_pop(L, 1);
-    lua_newtable(L);
+    lua_createtable(L, 8, 0);
     lua_pushvalue(L, -1);
     lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.children");
   }
@@ -118,25 +124,41 @@ static int proc_exitcode(lproc *p, int *code) {
 }
 
 /* Drops the ended children from the children table at ch; appends the
- * running ones to the list at list, if list is not 0. */
-static void prune_children(lua_State *L, int ch, int list) {
-  lua_Integer n = 0;
-  lua_pushnil(L);
-  while (lua_next(L, ch)) {
-    lua_pop(L, 1);
-    lproc *p = lua_touserdata(L, -1);
+ * running ones to the list at list, if list is not 0. Returns the first
+ * free slot. */
+static lua_Integer prune_children(lua_State *L, int ch, int list) {
+  lua_Integer n = 0, free_slot = 0;
+  for (lua_Integer i = 1; i <= nslots; i++) {
+    lproc *p = lua_rawgeti(L, ch, i) == LUA_TUSERDATA ? lua_touserdata(L, -1) : NULL;
     int code;
-    if (state_of(p) == STARTED && !proc_exitcode(p, &code)) {
+    if (p && state_of(p) == STARTED && !proc_exitcode(p, &code)) {
       if (list) {
         lua_pushvalue(L, -1);
         lua_rawseti(L, list, ++n);
       }
     } else {
-      lua_pushvalue(L, -1);
-      lua_pushnil(L);
-      lua_rawset(L, ch); /* assigning nil to an existing field is fine in next */
+      if (p) {
+        p->slot = 0;
+        lua_pushnil(L);
+        lua_rawseti(L, ch, i);
+      }
+      if (!free_slot) free_slot = i;
     }
+    lua_pop(L, 1);
   }
+  return free_slot ? free_slot : nslots + 1;
+}
+
+/* Takes the Process at idx out of the children table at ch. */
+static void drop_child(lua_State *L, int ch, int idx) {
+  lproc *p = lua_touserdata(L, idx);
+  if (!p->slot) return;
+  if (lua_rawgeti(L, ch, p->slot) == LUA_TUSERDATA && lua_rawequal(L, -1, idx)) {
+    lua_pushnil(L);
+    lua_rawseti(L, ch, p->slot);
+  }
+  lua_pop(L, 1);
+  p->slot = 0;
 }
 
 /* Pushes the name of the handle at idx. */
@@ -389,8 +411,11 @@ static int p_start(lua_State *L) {
   lproc *p = check_proc(L, 1);
   lua_settop(L, 1);
   if (state_of(p) != NEW) return luaL_error(L, "Process: cannot start a process twice");
-  mpel_wire *w = mpel_wire_get(L, 1);
-  w->transfer = 0; /* a check only: nothing is sent, no reference taken */
+  /* A check only: nothing is sent, no reference taken. Its wire is this
+   * file's, on the page start() writes anyway. */
+  static mpel_wire check_wire;
+  mpel_wire *w = mpel_wire_begin(&check_wire, 1);
+  w->transfer = 0;
   w->check = 1;
   lua_getiuservalue(L, 1, UV_TARGET); /* 2 */
   mpel_encode(L, 2, "target", w);
@@ -403,10 +428,10 @@ static int p_start(lua_State *L) {
    * writes is copied while the child lives. So the Process is listed now
    * (and taken out if fork fails), and the child's thread is ready. */
   push_children(L); /* 4 */
-  prune_children(L, 4, 0);
+  p->slot = prune_children(L, 4, 0);
+  if (p->slot > nslots) nslots = p->slot;
   lua_pushvalue(L, 1);
-  lua_pushboolean(L, 1);
-  lua_rawset(L, 4);
+  lua_rawseti(L, 4, p->slot);
   mpe_spawn_options o = {.daemon = p->daemon, .keep = keep, .nkeep = nkeep};
   child_ctx c = {.L = L, .co = push_spare(L), .daemon = p->daemon, .parent = mpe_self_pid()};
   if (lua_getiuservalue(L, 1, UV_NAME) == LUA_TSTRING)
@@ -433,9 +458,7 @@ static int p_start(lua_State *L) {
   if (rc < 0) {
     p->state = NEW;
     mpel_handles_fork(L, MPEL_FORK_FAILED);
-    lua_pushvalue(L, 1);
-    lua_pushnil(L);
-    lua_rawset(L, 4);
+    drop_child(L, 4, 1);
     return mpel_fail(L, "Process: cannot start", rc);
   }
   return 0;
@@ -454,9 +477,7 @@ static int p_join(lua_State *L) {
   if (rc < 0 && rc != MPE_ETIMEDOUT) return mpel_fail(L, "join", rc);
   if (rc == 0) { /* joined: no longer an active child (as Python's join) */
     push_children(L);
-    lua_pushvalue(L, 1);
-    lua_pushnil(L);
-    lua_rawset(L, -3);
+    drop_child(L, lua_gettop(L), 1);
     lua_pop(L, 1);
   }
   return mpel_push_bool(L, rc == 0); /* false, "timeout" when it timed out */

@@ -113,6 +113,49 @@ describe("Process", function()
     assert.are_not.equal(got[1], got[3])
   end)
 
+  it("active_children() stays exact as children start and end in any order", function()
+    local function sleeper()
+      local r, w = mp.Pipe(false)
+      local p = mp.Process{args = {r}, target = function(c) c:recv(30) end}
+      p:start()
+      r:close()
+      return {p = p, w = w}
+    end
+    local function active()
+      local pids = {}
+      for _, p in ipairs(mp.active_children()) do pids[#pids + 1] = p.pid end
+      table.sort(pids)
+      return pids
+    end
+    local function pids_of(list)
+      local pids = {}
+      for _, k in ipairs(list) do pids[#pids + 1] = k.p.pid end
+      table.sort(pids)
+      return pids
+    end
+    local kids = {}
+    for i = 1, 5 do kids[i] = sleeper() end
+    assert.are.same(pids_of(kids), active())
+    kids[2].w:send(true)
+    assert.is_true(kids[2].p:join(10)) -- joined
+    kids[4].w:send(true)               -- ended, never joined
+    H.wait_until(function() return not kids[4].p:is_alive() end, 10)
+    assert.are.same(pids_of{kids[1], kids[3], kids[5]}, active())
+    kids[6], kids[7] = sleeper(), sleeper() -- into the slots left
+    assert.are.same(pids_of{kids[1], kids[3], kids[5], kids[6], kids[7]}, active())
+    for _, i in ipairs{7, 1, 6, 3, 5} do
+      kids[i].w:send(true)
+      assert.is_true(kids[i].p:join(10))
+    end
+    -- none is kept alive once joined, or ended and seen so
+    local weak = setmetatable({kids[2].p, kids[4].p, kids[5].p}, {__mode = "v"})
+    kids = nil
+    collectgarbage()
+    collectgarbage()
+    assert.are.same({}, {weak[1], weak[2], weak[3]})
+    assert.are.same({}, active())
+  end)
+
   it("raises on misuse", function()
     assert.has_error(function() mp.Process{target = 1} end, "Process: target must be a function")
     assert.has_error(function() mp.Process{target = print, bogus = 1} end,
