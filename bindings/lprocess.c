@@ -407,6 +407,19 @@ MPE_CHILD_PATH static int child_main(void *arg) {
   return 1;
 }
 
+/* "Process-N" into buf (by hand: snprintf's frame would reach a page of
+ * stack that nothing else here writes, to be copied after each fork). */
+static const char *default_name_of(char buf[32], lua_Integer num) {
+  char digits[24];
+  int n = 0;
+  unsigned long long v = (unsigned long long)num;
+  do digits[n++] = (char)('0' + v % 10); while ((v /= 10) != 0 && n < (int)sizeof digits);
+  memcpy(buf, "Process-", 8);
+  for (int i = 0; i < n; i++) buf[8 + i] = digits[n - 1 - i];
+  buf[8 + n] = 0;
+  return buf;
+}
+
 static int p_start(lua_State *L) {
   lproc *p = check_proc(L, 1);
   lua_settop(L, 1);
@@ -444,10 +457,7 @@ static int p_start(lua_State *L) {
   lua_xmove(L, c.co, (int)n + 1);
   c.nargs = (int)n;
   mpel_child_prepare(L);
-  if (!c.name) {
-    snprintf(default_name[next_buf], sizeof default_name[0], "Process-%lld", (long long)p->num);
-    c.name = default_name[next_buf];
-  }
+  if (!c.name) c.name = default_name_of(default_name[next_buf], p->num);
   /* The child's references to the shared objects it inherits are taken
    * here, before fork: taken in the child, an object this process drops
    * meanwhile could be freed before the child holds it. */
