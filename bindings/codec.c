@@ -92,15 +92,17 @@ mpel_wire *mpel_wire_get(lua_State *L, int allow_ends) {
   return mpel_wire_begin(w, allow_ends);
 }
 
-void mpel_wire_done(mpel_wire *w) {
+void mpel_wire_trim(mpel_wire *w, size_t keep) {
   w->nends = 0;
-  if (w->cap > WIRE_KEEP) { /* do not sit on a huge buffer */
+  if (w->cap > keep) { /* do not sit on a huge buffer */
     free(w->buf);
     w->buf = NULL;
     w->cap = 0;
   }
   w->len = 0;
 }
+
+void mpel_wire_done(mpel_wire *w) { mpel_wire_trim(w, WIRE_KEEP); }
 
 int mpel_wire_reserve(mpel_wire *w, size_t more) {
   if (w->cap - w->len >= more) return 0;

@@ -436,7 +436,7 @@ static int p_start(lua_State *L) {
   mpe_pipe *keep[MPEL_MAX_ENDS];
   size_t nkeep = w->nends;
   memcpy(keep, w->ends, nkeep * sizeof *keep);
-  mpel_wire_done(w);
+  mpel_wire_trim(w, 64u << 10); /* a start with big args leaves no big buffer behind */
   /* This process writes what it can before fork: after it, each page it
    * writes is copied while the child lives. So the Process is listed now
    * (and taken out if fork fails), and the child's thread is ready. */

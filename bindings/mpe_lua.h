@@ -165,6 +165,8 @@ mpel_wire *mpel_wire_get(lua_State *L, int allow_ends);
 void mpel_push_wire(lua_State *L);
 mpel_wire *mpel_wire_begin(mpel_wire *w, int allow_ends);
 void mpel_wire_done(mpel_wire *w);
+/* mpel_wire_done, keeping a buffer of at most keep bytes. */
+void mpel_wire_trim(mpel_wire *w, size_t keep);
 /* The send of w's message failed: gives back its references in flight. */
 void mpel_wire_unsend(lua_State *L, mpel_wire *w);
 int mpel_wire_reserve(mpel_wire *w, size_t more);
