@@ -31,7 +31,7 @@ struct mpe__redis {
   unsigned seed;
 };
 
-static void fail_text(char *err, size_t n, const char *fmt, ...) {
+__attribute__((format(printf, 3, 4))) static void fail_text(char *err, size_t n, const char *fmt, ...) {
   if (!err || !n) return;
   va_list ap;
   va_start(ap, fmt);
