@@ -99,6 +99,21 @@ describe("codec", function()
     assert.are.equal(0, other.get())
   end)
 
+  it("keeps the upvalues of closures in a table with both a list and named fields", function()
+    -- such a table is first tried as an array, then sent as a map
+    local n, m = 5, {7}
+    local function get() return n end
+    local function both() return n, m end
+    local r = rt{get, both, name = "t"}
+    assert.are.equal(5, r[1]())
+    local a, b = r[2]()
+    assert.are.equal(5, a)
+    assert.are.same({7}, b)
+    local r2 = rt{{get}, get, x = 1}
+    assert.are.equal(5, r2[1][1]())
+    assert.are.equal(5, r2[2]())
+  end)
+
   it("sends modules and their C functions by name", function()
     local cjson = require "cjson"
     local r = rt{string = string, fmt = string.format, out = io.stdout, json = cjson, enc = cjson.encode, mp = mp}
