@@ -327,7 +327,8 @@ static int enc_named(enc *e, int idx) {
   return 1;
 }
 
-/* Undoes what an abandoned array encoding wrote and the ids it gave. */
+/* Undoes what an abandoned array encoding wrote, the ids it gave and the
+ * upvalues it named. */
 static void rewind_to(enc *e, size_t len, int nextid) {
   lua_State *L = e->L;
   e->w->len = len;
@@ -344,6 +345,18 @@ static void rewind_to(enc *e, size_t len, int nextid) {
       lua_pushvalue(L, -1);
       lua_pushnil(L);
       lua_rawset(L, e->seen); /* clearing a field while traversing is allowed */
+    }
+  }
+  if (!lua_isnil(L, e->upids)) { /* and the upvalues of the functions it gave ids */
+    lua_pushnil(L);
+    while (lua_next(L, e->upids)) {
+      int drop = (lua_tointeger(L, -1) >> 16) > nextid;
+      lua_pop(L, 1);
+      if (drop) {
+        lua_pushvalue(L, -1);
+        lua_pushnil(L);
+        lua_rawset(L, e->upids);
+      }
     }
   }
   e->nextid = nextid;
