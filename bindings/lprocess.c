@@ -61,6 +61,7 @@ static int self_daemon; /* in a child: the daemon flag of the Process it runs */
  * of the module's, which the child writes anyway. */
 static int stale_children, stale_self, stale_parent;
 static lua_Integer nslots; /* slots of the children table used so far */
+static const void *slots_of; /* the children table nslots counts (a program may have several states) */
 static lua_Integer parent_pid;
 /* The parent's name, copied (its string may be collected here): two
  * buffers, so that preparing a child of our own (into the other one) leaves
@@ -100,7 +101,15 @@ static void push_children(lua_State *L) {
     lua_createtable(L, 8, 0);
     lua_pushvalue(L, -1);
     lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.children");
+  } else if (lua_topointer(L, -1) != slots_of) { /* another state's: count its slots */
+    nslots = 0;
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+      lua_pop(L, 1);
+      if (lua_tointeger(L, -1) > nslots) nslots = lua_tointeger(L, -1);
+    }
   }
+  slots_of = lua_topointer(L, -1);
 }
 
 static void check_open(lua_State *L, const lproc *p) {
