@@ -156,6 +156,54 @@ describe("Process", function()
     assert.are.same({}, active())
   end)
 
+  it("tricky values keep their shape through a Process's args and back over a Pipe", function()
+    -- cycles, a table shared by several, the root met again, shared
+    -- metatables, closures sharing a variable, functions as keys, and a
+    -- table tried as an array then sent as a map
+    local function shape(a, b, m, c, keyed, mixed, again)
+      local f = next(keyed)
+      c.inc(); c.inc()
+      local x, y = mixed[2]()
+      return {
+        a.self == a, a[1] == a, a[2].up == a,
+        b[1] == b[2], b[3][1] == b[1],
+        getmetatable(m[1]) == getmetatable(m[2]), m[1] == m[3], m[2].hi,
+        c.get(),
+        keyed[f] == f, f(),
+        mixed[1](), x, y[1], mixed.name,
+        again == a,
+      }
+    end
+    local want = {true, true, true, true, true, true, true, "hi!", 2, true, 3, 5, 5, 7, "t", true}
+    local function values()
+      local a = {}
+      a.self, a[1], a[2] = a, a, {up = a}
+      local s = {}
+      local mt = {__index = function(_, k) return k .. "!" end}
+      local m1 = setmetatable({}, mt)
+      local n = 0
+      local c = {inc = function() n = n + 1 end, get = function() return n end}
+      local three = function() return 3 end
+      local v, w = 5, {7}
+      local function get() return v end
+      local function both() return v, w end
+      return a, {s, s, {s}}, {m1, setmetatable({}, mt), m1}, c, {[three] = three}, {get, both, name = "t"}, a
+    end
+    assert.are.same(want, shape(values()))
+    local r, w = mp.Pipe(false)
+    local p = mp.Process{args = {w, shape, values()}, target = function(conn, sh, ...)
+      conn:send({sh(...), {...}})
+    end}
+    p:start()
+    w:close()
+    local got = r:recv(10)
+    assert.is_true(p:join(10))
+    assert.are.same(want, got[1])
+    -- and back: the child's values, sent over the Pipe (its counter was at 2)
+    want[9] = 4
+    assert.are.same(want, shape(table.unpack(got[2], 1, 7)))
+  end)
+
   it("raises on misuse", function()
     assert.has_error(function() mp.Process{target = 1} end, "Process: target must be a function")
     assert.has_error(function() mp.Process{target = print, bogus = 1} end,
