@@ -327,39 +327,31 @@ static int enc_named(enc *e, int idx) {
   return 1;
 }
 
-/* Undoes what an abandoned array encoding wrote, the ids it gave and the
- * upvalues it named. */
-static void rewind_to(enc *e, size_t len, int nextid) {
-  lua_State *L = e->L;
-  e->w->len = len;
-  if (e->nextid == nextid) return;
-  if (lua_isnil(L, e->seen)) { /* only the first has an id, and it stays */
-    e->nextid = nextid;
-    return;
-  }
+/* Clears the entries of the table at t whose integer value, shifted right
+ * by shift, is above id (clearing a field while traversing is allowed). */
+static void drop_above(lua_State *L, int t, int shift, int id) {
   lua_pushnil(L);
-  while (lua_next(L, e->seen)) {
-    int drop = lua_tointeger(L, -1) > nextid;
+  while (lua_next(L, t)) {
+    int drop = (lua_tointeger(L, -1) >> shift) > id;
     lua_pop(L, 1);
     if (drop) {
       lua_pushvalue(L, -1);
       lua_pushnil(L);
-      lua_rawset(L, e->seen); /* clearing a field while traversing is allowed */
+      lua_rawset(L, t);
     }
   }
-  if (!lua_isnil(L, e->upids)) { /* and the upvalues of the functions it gave ids */
-    lua_pushnil(L);
-    while (lua_next(L, e->upids)) {
-      int drop = (lua_tointeger(L, -1) >> 16) > nextid;
-      lua_pop(L, 1);
-      if (drop) {
-        lua_pushvalue(L, -1);
-        lua_pushnil(L);
-        lua_rawset(L, e->upids);
-      }
-    }
-  }
+}
+
+/* Undoes what an abandoned array encoding wrote, the ids it gave and the
+ * upvalues of the functions it gave them to. */
+static void rewind_to(enc *e, size_t len, int nextid) {
+  lua_State *L = e->L;
+  e->w->len = len;
+  if (e->nextid == nextid) return;
   e->nextid = nextid;
+  if (lua_isnil(L, e->seen)) return; /* only the first has an id, and it stays */
+  drop_above(L, e->seen, 0, nextid);
+  if (!lua_isnil(L, e->upids)) drop_above(L, e->upids, 16, nextid);
 }
 
 /* Encodes the table at idx as an array of its n = #t elements, in one pass:

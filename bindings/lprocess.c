@@ -158,6 +158,16 @@ static lua_Integer prune_children(lua_State *L, int ch, int list) {
   return free_slot ? free_slot : nslots + 1;
 }
 
+/* Lists the Process at idx in the children table at ch, in its first free
+ * slot (ended children are dropped on the way). */
+static void take_slot(lua_State *L, int ch, int idx) {
+  lproc *p = lua_touserdata(L, idx);
+  p->slot = prune_children(L, ch, 0);
+  if (p->slot > nslots) nslots = p->slot;
+  lua_pushvalue(L, idx);
+  lua_rawseti(L, ch, p->slot);
+}
+
 /* Takes the Process at idx out of the children table at ch. */
 static void drop_child(lua_State *L, int ch, int idx) {
   lproc *p = lua_touserdata(L, idx);
@@ -170,6 +180,19 @@ static void drop_child(lua_State *L, int ch, int idx) {
   p->slot = 0;
 }
 
+/* "Process-N" into buf (by hand: snprintf's frame would reach a page of
+ * stack that nothing else here writes, to be copied after each fork). */
+static const char *default_name_of(char buf[32], lua_Integer num) {
+  char digits[24];
+  int n = 0;
+  unsigned long long v = (unsigned long long)num;
+  do digits[n++] = (char)('0' + v % 10); while ((v /= 10) != 0 && n < (int)sizeof digits);
+  memcpy(buf, "Process-", 8);
+  for (int i = 0; i < n; i++) buf[8 + i] = digits[n - 1 - i];
+  buf[8 + n] = 0;
+  return buf;
+}
+
 /* Pushes the name of the handle at idx. */
 static void p_name(lua_State *L, int idx) {
   lproc *p = lua_touserdata(L, idx);
@@ -179,7 +202,8 @@ static void p_name(lua_State *L, int idx) {
   }
   if (lua_getiuservalue(L, idx, UV_NAME) == LUA_TSTRING) return;
   lua_pop(L, 1);
-  lua_pushfstring(L, "Process-%I", p->num);
+  char buf[32];
+  lua_pushstring(L, default_name_of(buf, p->num));
 }
 
 /* Pushes a handle of state st naming pid (0: no process) and name. */
@@ -326,9 +350,10 @@ static void *spare_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     if (n) memcpy(n, ptr, osize);
     return n;
   }
-  if (!ptr && spare_placing && nsize && spare_used + ((nsize + 15) & ~(size_t)15) <= sizeof spare_mem) {
+  size_t need = (nsize + 15) & ~(size_t)15;
+  if (!ptr && spare_placing && nsize && spare_used + need <= sizeof spare_mem) {
     void *r = spare_mem + spare_used;
-    spare_used += (nsize + 15) & ~(size_t)15;
+    spare_used += need;
     return r;
   }
   return base_alloc(ud, ptr, osize, nsize);
@@ -416,19 +441,6 @@ MPE_CHILD_PATH static int child_main(void *arg) {
   return 1;
 }
 
-/* "Process-N" into buf (by hand: snprintf's frame would reach a page of
- * stack that nothing else here writes, to be copied after each fork). */
-static const char *default_name_of(char buf[32], lua_Integer num) {
-  char digits[24];
-  int n = 0;
-  unsigned long long v = (unsigned long long)num;
-  do digits[n++] = (char)('0' + v % 10); while ((v /= 10) != 0 && n < (int)sizeof digits);
-  memcpy(buf, "Process-", 8);
-  for (int i = 0; i < n; i++) buf[8 + i] = digits[n - 1 - i];
-  buf[8 + n] = 0;
-  return buf;
-}
-
 static int p_start(lua_State *L) {
   lproc *p = check_proc(L, 1);
   lua_settop(L, 1);
@@ -450,10 +462,7 @@ static int p_start(lua_State *L) {
    * writes is copied while the child lives. So the Process is listed now
    * (and taken out if fork fails), and the child's thread is ready. */
   push_children(L); /* 4 */
-  p->slot = prune_children(L, 4, 0);
-  if (p->slot > nslots) nslots = p->slot;
-  lua_pushvalue(L, 1);
-  lua_rawseti(L, 4, p->slot);
+  take_slot(L, 4, 1);
   mpe_spawn_options o = {.daemon = p->daemon, .keep = keep, .nkeep = nkeep};
   child_ctx c = {.L = L, .co = push_spare(L), .daemon = p->daemon, .parent = mpe_self_pid()};
   if (lua_getiuservalue(L, 1, UV_NAME) == LUA_TSTRING)
