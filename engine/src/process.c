@@ -132,10 +132,6 @@ static void record_status(mpe_process *p, int status) {
   p->ledger = 0;
   if (p->pidfd >= 0) close(p->pidfd);
   p->pidfd = -1;
-  if (p->detached) { /* no one else holds it */
-    unlink_child(p);
-    free(p);
-  }
 }
 
 /* Non-blocking reap: 1 if the child has exited, 0 if it runs, < 0 error. */
@@ -156,18 +152,25 @@ static int try_reap(mpe_process *p) {
   return 0;
 }
 
+/* An ended child out of the list; a detached one, which no one else
+ * holds, freed. */
+static void ended(mpe_process *p) {
+  unlink_child(p);
+  if (p->detached) free(p);
+}
+
 /* Reaps p if it has ended and takes it out of the list then: 1 ended (p
  * may have been freed), 0 running, < 0 error. */
 static int reap_unlink(mpe_process *p) {
-  int detached = p->detached, r = try_reap(p);
-  if (r > 0 && !detached) unlink_child(p);
+  int r = try_reap(p);
+  if (r > 0) ended(p);
   return r;
 }
 
 /* mpe_process_wait, and out of the list once ended (p may have been freed). */
 static int wait_unlink(mpe_process *p, double timeout) {
-  int detached = p->detached, r = mpe_process_wait(p, timeout);
-  if (r == 0 && !detached) unlink_child(p);
+  int r = mpe_process_wait(p, timeout);
+  if (r == 0) ended(p);
   return r;
 }
 
