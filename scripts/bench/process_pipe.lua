@@ -13,11 +13,13 @@ local B = require "common"
 
 local M = {}
 
--- The bare fork + waitpid of this Lua process (tests/bench_fork.c), or nil.
+-- The bare fork + waitpid of this Lua process (tests/bench_fork.c), and
+-- the same with a child that calls a Lua function; or nil.
 local function bare_fork()
   local path = B.test_program("bench_fork.so")
   local open = path and package.loadlib(path, "luaopen_bench_fork")
-  return open and open().fork_wait
+  local bf = open and open()
+  if bf then return bf.fork_wait, bf.fork_call end
 end
 
 -- Start+join and a bare fork + waitpid of this same process (nil without
@@ -28,16 +30,19 @@ end
 -- back on the first write. Timed per round, with the bare fork timed inside
 -- C, those writes fell outside the bare fork's time, and inside the next
 -- start+join's. Returns the medians of the blocks' means, and the ratio the
--- old way (per round, bare fork timed inside C) for comparison.
+-- old way (per round, bare fork timed inside C) for comparison, and the
+-- median of a bare fork whose child calls an empty Lua function (the least
+-- a child that runs Lua costs: liblua's code mapped in, the Lua stack).
 local BLOCK = 10
 local function start_join(rounds)
-  local fork_wait = bare_fork()
+  local fork_wait, fork_call = bare_fork()
+  local empty = function() end
   local function once()
     local p = mp.Process{target = function() end}
     p:start()
     p:join()
   end
-  local sj, fw = {}, {}
+  local sj, fw, fc = {}, {}, {}
   for b = 1, math.max(5, rounds // BLOCK) do
     local t0 = mp.time()
     for _ = 1, BLOCK do once() end
@@ -46,6 +51,9 @@ local function start_join(rounds)
       t0 = mp.time()
       for _ = 1, BLOCK do assert(fork_wait()) end
       fw[b] = (mp.time() - t0) / BLOCK
+      t0 = mp.time()
+      for _ = 1, BLOCK do assert(fork_call(empty)) end
+      fc[b] = (mp.time() - t0) / BLOCK
     end
   end
   if not fork_wait then return B.median(sj) end
@@ -56,7 +64,7 @@ local function start_join(rounds)
     old_sj[i] = mp.time() - t0
     old_fw[i] = assert(fork_wait())
   end
-  return B.median(sj), B.median(fw), B.median(old_sj) / B.median(old_fw)
+  return B.median(sj), B.median(fw), B.median(old_sj) / B.median(old_fw), B.median(fc)
 end
 
 local function round_trip(rounds)
@@ -150,7 +158,7 @@ if __name__ == "__main__":
 
 function M.main(rounds)
   rounds = tonumber(rounds) or 2000
-  local sj, fw, old_ratio = start_join(math.max(50, rounds // 10))
+  local sj, fw, old_ratio, fc = start_join(math.max(50, rounds // 10))
   local rt = round_trip(rounds)
   local bw64 = bandwidth(65536, 2000)
   local bw1m = bandwidth(1 << 20, 300)
@@ -168,6 +176,8 @@ function M.main(rounds)
   if fw then -- (without tests/bench_fork.so, no row: the report's rows hold no NaN)
     table.insert(rows, 2, {"fork+waitpid of this Lua process", fw * 1e6, nil, "us", false,
       "the floor of start+join", "fork"})
+    table.insert(rows, 3, {"fork+waitpid, the child runs Lua", fc * 1e6, nil, "us", false,
+      ("start+join is %.2fx this"):format(sj / fc), "fork"})
   end
   B.report(("processes and pipes (%d CPUs)"):format(mp.cpu_count()), rows)
 end
