@@ -28,9 +28,9 @@
  * child's ledger) and after it only the pid and pidfd; the child marks none
  * of the handles it inherited (they are foreign by owner), and it asks the
  * kernel directly (syscall) rather than through a libc function per call,
- * each on its own code page. The parent yields once after fork, so a child
- * queued on its CPU runs before the parent goes on writing pages the child
- * still shares. */
+ * each on its own code page. The parent does not yield after fork: a child
+ * queued on its CPU would then run a whole time slice (milliseconds, for a
+ * busy target) before start() returns. */
 #define _GNU_SOURCE
 #include "internal.h"
 #include "rawsys.h"
@@ -39,7 +39,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
-#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <sys/prctl.h>
@@ -367,7 +366,6 @@ MPE_CHILD_PATH int mpe_process_spawn(mpe_process **out, mpe_entry_fn fn, void *a
     _exit(code & 255);
   }
   pthread_sigmask(SIG_SETMASK, &old, NULL);
-  sched_yield(); /* a child queued on this CPU runs now, not after our work */
   p->pid = pid;
   p->pidfd = (int)syscall(SYS_pidfd_open, pid, 0); /* close-on-exec by design */
   if (p->pidfd < 0) p->pidfd = -1;                    /* old kernel: poll waitpid */
