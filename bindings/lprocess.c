@@ -401,6 +401,18 @@ static lua_State *push_spare(lua_State *L) {
   return co;
 }
 
+/* Drops what the spare thread holds for the last start: the child has its
+ * own copy. Done by join() and by the next start, not right after fork,
+ * where it would write the page the thread sits on while the child runs
+ * (a copy, and a slow one while the child faults too). Until then the
+ * thread keeps the last target and its arguments alive, as the Process
+ * itself does. In a child running its target on it, it is left alone. */
+static void clear_spare(lua_State *L) {
+  if (spare_busy) return;
+  if (lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.spare") == LUA_TTHREAD) lua_settop(lua_tothread(L, -1), 0);
+  lua_pop(L, 1);
+}
+
 typedef struct child_ctx {
   lua_State *L;
   lua_State *co;    /* the spare thread: the target and its arguments on it */
@@ -482,8 +494,8 @@ static int p_start(lua_State *L) {
   mpel_handles_fork(L, MPEL_FOR_CHILD);
   p->state = STARTED; /* and p->h is set before fork: nothing here after it */
   int rc = mpe_process_spawn(&p->h, child_main, &c, &o);
-  lua_settop(c.co, 0); /* the child has its copy: ours must not keep the target alive */
   if (rc < 0) {
+    lua_settop(c.co, 0);
     p->state = NEW;
     mpel_handles_fork(L, MPEL_FORK_FAILED);
     drop_child(L, 4, 1);
@@ -504,6 +516,7 @@ static int p_join(lua_State *L) {
   while ((rc = mpe_process_wait(p->h, mpel_left(deadline))) == MPE_EINTR) mpel_check_signal(L);
   if (rc < 0 && rc != MPE_ETIMEDOUT) return mpel_fail(L, "join", rc);
   if (rc == 0) { /* joined: no longer an active child (as Python's join) */
+    clear_spare(L);
     push_children(L);
     drop_child(L, lua_gettop(L), 1);
     lua_pop(L, 1);

@@ -430,6 +430,8 @@ describe("Process", function()
     assert.matches("No child processes", got.err, 1, true)
     assert.is_true(got.alive)
     assert.is_nil(got.code)
+    assert.are.equal(sibling.pid, got.pid) -- learnt after the sibling's fork, known at the child's
+    assert.matches("(started)", got.text, 1, true)
     assert.is_true(p:join(30))
     gate_w:send(true)
     assert.is_true(sibling:join(30)) -- ours to reap, once: its references given back once
@@ -451,6 +453,22 @@ describe("Process", function()
     assert.is_true(p:join(30))
     assert.matches("(stopped)", tostring(p), 1, true)
     assert.is_true(p.pid > 0)
+  end)
+
+  it("after join, the parent keeps nothing of the target and its args alive", function()
+    local weak = setmetatable({}, {__mode = "v"})
+    do
+      local big, captured = {}, {}
+      weak[1], weak[2] = big, captured
+      local p = mp.Process{target = function(t) return #t + #captured end, args = {big}}
+      p:start()
+      assert.is_true(p:join(30))
+      assert.are.equal(0, p.exitcode)
+    end
+    collectgarbage()
+    collectgarbage()
+    assert.is_nil(weak[1])
+    assert.is_nil(weak[2])
   end)
 
   it("a child gives back what it made when it ends, before its parent reaps it", function()

@@ -364,6 +364,81 @@ TEST(test_self_pid_follows_every_fork) {
   CHECK(mpe_self_pid() == getpid());
 }
 
+/* A child sees the pids of the siblings started before it, whether the
+ * engine forks it or the program does: the parent learns a pid after fork,
+ * and keeps it in a page children do not inherit until the next fork. */
+typedef struct sibling {
+  mpe_process *p;
+  pid_t pid;
+} sibling;
+
+static int sees_sibling(void *arg) {
+  const sibling *s = arg;
+  return mpe_process_pid(s->p) == s->pid ? 0 : 1;
+}
+
+TEST(test_child_sees_siblings_pids) {
+  sibling s;
+  CHECK_RC(mpe_process_spawn(&s.p, sleep_forever, NULL, NULL), 0);
+  s.pid = mpe_process_pid(s.p);
+  CHECK(s.pid > 0 && kill(s.pid, 0) == 0);
+  for (int inherit = 0; inherit < 2; inherit++) {
+    mpe_spawn_options o = {.inherit_fds = inherit};
+    mpe_process *c;
+    CHECK_RC(mpe_process_spawn(&c, sees_sibling, &s, &o), 0);
+    CHECK_RC(mpe_process_wait(c, 30), 0);
+    int code = -1;
+    CHECK_RC(mpe_process_exitcode(c, &code), 1);
+    CHECK(code == 0);
+    CHECK(mpe_process_pid(c) > 0 && mpe_process_pid(c) != s.pid); /* still known once reaped */
+    mpe_process_free(c);
+  }
+  pid_t pid = fork(); /* a fork the engine did not make */
+  CHECK(pid >= 0);
+  if (pid == 0) _exit(sees_sibling(&s));
+  int status;
+  CHECK(waitpid(pid, &status, 0) == pid);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  CHECK(mpe_process_pid(s.p) == s.pid);
+  mpe_process_free(s.p);
+}
+
+/* More children running at once than the page of pids holds (511): the
+ * rest keep theirs in their handles; each is signalled, reaped and
+ * reported as its own. Then the page serves new children again. */
+TEST(test_many_children_at_once) {
+  enum { N = 540 };
+  static mpe_process *p[N];
+  static pid_t pid[N];
+  for (int i = 0; i < N; i++) {
+    CHECK_RC(mpe_process_spawn(&p[i], sleep_forever, NULL, NULL), 0);
+    pid[i] = mpe_process_pid(p[i]);
+    CHECK(pid[i] > 0);
+    for (int j = 0; j < i; j++) CHECK(pid[j] != pid[i]);
+  }
+  for (int i = 0; i < N; i++) CHECK(mpe_process_pid(p[i]) == pid[i]);
+  for (int i = N - 1; i >= 0; i--) CHECK_RC(mpe_process_signal(p[i], SIGKILL), 0);
+  for (int i = 0; i < N; i++) {
+    CHECK_RC(mpe_process_wait(p[i], 30), 0);
+    int code = 0;
+    CHECK_RC(mpe_process_exitcode(p[i], &code), 1);
+    CHECK(code == -SIGKILL);
+    CHECK(mpe_process_pid(p[i]) == pid[i]);
+    CHECK(kill(pid[i], 0) < 0 && errno == ESRCH); /* reaped, no zombie */
+  }
+  for (int i = 0; i < N; i++) mpe_process_free(p[i]);
+  for (int i = 0; i < 3; i++) {
+    mpe_process *c;
+    CHECK_RC(mpe_process_spawn(&c, child_reports_self_pid, NULL, NULL), 0);
+    CHECK(mpe_process_pid(c) > 0);
+    CHECK_RC(mpe_process_wait(c, 30), 0);
+    int code = -1;
+    CHECK_RC(mpe_process_exitcode(c, &code), 1);
+    CHECK(code == 0);
+    mpe_process_free(c);
+  }
+}
+
 int main(void) {
   CHECK_RC(mpe_init(16u << 20), 0);
   RUN(test_self_pid_follows_every_fork);
@@ -379,6 +454,8 @@ int main(void) {
   RUN(test_child_joins_its_children);
   RUN(test_spawn_reaps_ended_children);
   RUN(test_errors_have_names);
+  RUN(test_child_sees_siblings_pids);
+  RUN(test_many_children_at_once);
   CHECK(mpe_process_reap() == 0);
   return 0;
 }

@@ -23,9 +23,11 @@
  *
  * Start cost: after fork every page either side writes is a copy-on-write
  * fault (a page copied while the other side lives; tens of microseconds on a
- * virtual machine), and every code page the child runs is mapped afresh. So
- * the parent writes what it can before fork (the handle, the list, the
- * child's ledger) and after it only the pid and pidfd; the child marks none
+ * virtual machine, and slower still while the child faults at the same
+ * time), and every code page the child runs is mapped afresh. So the parent
+ * writes what it can before fork (the handle, the list, the child's ledger)
+ * and after it only the pid and pidfd, into a page no child inherits
+ * (MADV_DONTFORK: fork leaves it writable; see struct fresh); the child marks none
  * of the handles it inherited (they are foreign by owner), and it asks the
  * kernel directly (syscall) rather than through a libc function per call,
  * each on its own code page. The parent does not yield after fork: a child
@@ -41,6 +43,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -50,9 +53,25 @@
 
 static void register_atfork(void);
 
+/* What the parent learns after fork, pid and pidfd, it writes into a page
+ * of these records that children do not inherit, so the write copies no
+ * page. A handle points to its record while its child is unreaped, in the
+ * process that made it; its own pid and pidfd fields get the values before
+ * any later fork (the atfork prepare handler), so that a child sees its
+ * siblings' pids, and when the child is reaped, when the record is given
+ * back. With no record (the page is full, or could not be made) a handle
+ * keeps them in its own fields, as before. */
+typedef struct fresh {
+  pid_t pid; /* in a free record: the index of the next free one */
+  int pidfd;
+} fresh;
+
+enum { NFRESH = 4096 / sizeof(fresh) };
+
 struct mpe_process {
-  pid_t pid;
+  pid_t pid;      /* see fresh: valid in a child, and in the owner once f is NULL */
   int pidfd;      /* -1 when reaped or pidfds are unavailable; a foreign one's is not ours */
+  fresh *f;       /* in the owner, while unreaped: the record pid and pidfd live in */
   int exited;     /* reaped; code is valid */
   pid_t owner;    /* the process that made it; in any other it is foreign */
   int code;       /* exit code, or -signal */
@@ -65,8 +84,13 @@ struct mpe_process {
 static mpe_process *children;
 static int in_child;
 static pid_t self_pid;
+static fresh *fresh_page; /* NFRESH records; [0].pid: the first free one (0: none) */
 
-MPE_CHILD_PATH static void forget_pid(void) { self_pid = 0; }
+/* In the child of any fork: the records' page is the parent's, and absent. */
+MPE_CHILD_PATH static void forget_pid(void) {
+  self_pid = 0;
+  fresh_page = NULL;
+}
 
 pid_t mpe__self_pid(void) {
   static pthread_once_t once = PTHREAD_ONCE_INIT;
@@ -100,7 +124,56 @@ unsigned long long mpe__start_time(pid_t pid) {
 
 int mpe_in_child(void) { return in_child; }
 pid_t mpe_self_pid(void) { return mpe__self_pid(); }
-pid_t mpe_process_pid(const mpe_process *p) { return p->pid; }
+/* The process that made a handle reads its record; any other, the copy. */
+static fresh *rec_of(const mpe_process *p) { return p->f && p->owner == mpe__self_pid() ? p->f : NULL; }
+static pid_t pid_of(const mpe_process *p) {
+  const fresh *f = rec_of(p);
+  return f ? f->pid : p->pid;
+}
+static int pidfd_of(const mpe_process *p) {
+  const fresh *f = rec_of(p);
+  return f ? f->pidfd : p->pidfd;
+}
+
+pid_t mpe_process_pid(const mpe_process *p) { return pid_of(p); }
+
+/* A record for a new child (pid 0, pidfd -1), or NULL. */
+static fresh *take_fresh(void) {
+  if (!fresh_page) {
+    void *pg = mmap(NULL, NFRESH * sizeof(fresh), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (pg == MAP_FAILED) return NULL;
+    if (madvise(pg, NFRESH * sizeof(fresh), MADV_DONTFORK) != 0) {
+      munmap(pg, NFRESH * sizeof(fresh));
+      return NULL;
+    }
+    fresh_page = pg;
+    for (int i = 0; i < (int)NFRESH; i++) fresh_page[i].pid = i + 1 < (int)NFRESH ? i + 1 : 0;
+  }
+  int i = fresh_page[0].pid;
+  if (i == 0) return NULL;
+  fresh_page[0].pid = fresh_page[i].pid;
+  fresh_page[i].pid = 0;
+  fresh_page[i].pidfd = -1;
+  return &fresh_page[i];
+}
+
+/* Copies p's record into its own fields; and gives the record back if
+ * release. Only in the process that made p. */
+static void settle(mpe_process *p, int release) {
+  fresh *f = rec_of(p);
+  if (!f) return;
+  if (p->pid != f->pid) p->pid = f->pid;
+  if (p->pidfd != f->pidfd) p->pidfd = f->pidfd;
+  if (!release) return;
+  f->pid = fresh_page[0].pid;
+  fresh_page[0].pid = (int)(f - fresh_page);
+  p->f = NULL;
+}
+
+/* Before any fork (pthread_atfork): a child sees its siblings' pids. */
+static void settle_all(void) {
+  for (mpe_process *p = children; p; p = p->next) settle(p, 0);
+}
 
 /* Inherited across fork: the sibling of this process, not its child. This
  * holds in a child of any fork() (the atfork handler forgets our pid), also
@@ -109,7 +182,7 @@ pid_t mpe_process_pid(const mpe_process *p) { return p->pid; }
  * with it (PR_SET_PDEATHSIG), and so do their descendants. */
 static int foreign(const mpe_process *p) { return p->owner != mpe__self_pid(); }
 
-int mpe__process_pidfd(const mpe_process *p) { return foreign(p) ? -1 : p->pidfd; }
+int mpe__process_pidfd(const mpe_process *p) { return foreign(p) ? -1 : pidfd_of(p); }
 
 static void link_child(mpe_process *p) {
   p->next = children;
@@ -125,6 +198,7 @@ static void unlink_child(mpe_process *p) {
 }
 
 static void record_status(mpe_process *p, int status) {
+  settle(p, 1);
   p->code = WIFSIGNALED(status) ? -WTERMSIG(status) : WEXITSTATUS(status);
   p->exited = 1;
   mpe__ledger_settle(p->ledger); /* what the child did not give back */
@@ -137,10 +211,11 @@ static void record_status(mpe_process *p, int status) {
 static int try_reap(mpe_process *p) {
   if (p->exited) return 1;
   if (foreign(p)) return -ECHILD;
-  if (p->pid <= 0) return 0; /* being forked: waitpid(0) would reap any child */
+  pid_t pid = pid_of(p);
+  if (pid <= 0) return 0; /* being forked: waitpid(0) would reap any child */
   int status;
-  pid_t r = waitpid(p->pid, &status, WNOHANG);
-  if (r == p->pid) {
+  pid_t r = waitpid(pid, &status, WNOHANG);
+  if (r == pid) {
     record_status(p, status);
     return 1;
   }
@@ -319,6 +394,7 @@ MPE_CHILD_PATH int mpe_process_spawn(mpe_process **out, mpe_entry_fn fn, void *a
   if (!p) return -ENOMEM;
   pid_t parent = mpe__self_pid();
   p->pidfd = -1;
+  p->f = take_fresh();
   p->owner = parent;
   p->daemon = opts ? opts->daemon : 0;
   p->ledger = mpe__ledger_take_pending();
@@ -340,6 +416,7 @@ MPE_CHILD_PATH int mpe_process_spawn(mpe_process **out, mpe_entry_fn fn, void *a
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     unlink_child(p);
     mpe__ledger_drop(p->ledger);
+    settle(p, 1);
     free(p);
     *out = NULL;
     return -e;
@@ -366,9 +443,15 @@ MPE_CHILD_PATH int mpe_process_spawn(mpe_process **out, mpe_entry_fn fn, void *a
     _exit(code & 255);
   }
   pthread_sigmask(SIG_SETMASK, &old, NULL);
-  p->pid = pid;
-  p->pidfd = (int)syscall(SYS_pidfd_open, pid, 0); /* close-on-exec by design */
-  if (p->pidfd < 0) p->pidfd = -1;                    /* old kernel: poll waitpid */
+  int fd = (int)syscall(SYS_pidfd_open, pid, 0); /* close-on-exec by design */
+  if (fd < 0) fd = -1;                              /* old kernel: poll waitpid */
+  if (rec_of(p)) { /* see struct fresh */
+    p->f->pid = pid;
+    p->f->pidfd = fd;
+  } else {
+    p->pid = pid;
+    p->pidfd = fd;
+  }
   return 0;
 }
 
@@ -377,8 +460,9 @@ int mpe_process_wait(mpe_process *p, double timeout) {
   for (;;) {
     /* With a pidfd, poll first: it is readable once the child has ended, so
      * a join costs poll + waitpid, not a waitpid that finds it running too. */
-    if (p->pidfd >= 0 && !p->exited && !foreign(p)) {
-      struct pollfd pf = {.fd = p->pidfd, .events = POLLIN};
+    int fd = foreign(p) ? -1 : pidfd_of(p);
+    if (fd >= 0 && !p->exited) {
+      struct pollfd pf = {.fd = fd, .events = POLLIN};
       int n = poll(&pf, 1, mpe__deadline_ms(&d));
       if (n < 0 && errno == EINTR) return MPE_EINTR;
       if (n < 0) return -errno;
@@ -391,7 +475,7 @@ int mpe_process_wait(mpe_process *p, double timeout) {
     if (r != 0) return r > 0 ? 0 : r;
     int ms = mpe__deadline_ms(&d);
     if (ms == 0) return MPE_ETIMEDOUT;
-    if (p->pidfd < 0) {
+    if (fd < 0) {
       double left;
       if (mpe_sleep(ms < 0 || ms > 2 ? 0.002 : ms * 1e-3, &left) == MPE_EINTR) return MPE_EINTR;
     }
@@ -408,8 +492,9 @@ int mpe_process_exitcode(mpe_process *p, int *code) {
 int mpe_process_signal(mpe_process *p, int sig) {
   int r = try_reap(p);
   if (r != 0) return r > 0 ? 0 : r;
-  if (p->pid <= 0) return -ESRCH;
-  if (kill(p->pid, sig) < 0) return errno == ESRCH ? 0 : -errno;
+  pid_t pid = pid_of(p);
+  if (pid <= 0) return -ESRCH;
+  if (kill(pid, sig) < 0) return errno == ESRCH ? 0 : -errno;
   return 0;
 }
 
@@ -419,11 +504,12 @@ void mpe_process_free(mpe_process *p) {
     free(p);
     return;
   }
-  if (!p->exited && p->pid > 0) {
-    kill(p->pid, SIGKILL);
+  if (!p->exited && pid_of(p) > 0) {
+    kill(pid_of(p), SIGKILL);
     while (mpe_process_wait(p, -1) == MPE_EINTR) {
     }
   }
+  settle(p, 1);
   if (p->pidfd >= 0) close(p->pidfd);
   unlink_child(p);
   free(p);
@@ -432,7 +518,7 @@ void mpe_process_free(mpe_process *p) {
 int mpe_process_signal_all(int sig) {
   int n = 0;
   for (mpe_process *p = children; p; p = p->next)
-    if (!p->exited && p->pid > 0 && kill(p->pid, sig) == 0) n++;
+    if (!p->exited && pid_of(p) > 0 && kill(pid_of(p), sig) == 0) n++;
   return n;
 }
 
@@ -456,7 +542,7 @@ void mpe_process_detach(mpe_process *p) {
 
 int mpe_process_join_all(double timeout) {
   for (mpe_process *p = children; p; p = p->next)
-    if (p->daemon && !p->exited && p->pid > 0) kill(p->pid, SIGTERM);
+    if (p->daemon && !p->exited && pid_of(p) > 0) kill(pid_of(p), SIGTERM);
   mpe__deadline d = mpe__deadline_in(timeout);
   while (children) {
     int ms = mpe__deadline_ms(&d);
@@ -466,7 +552,7 @@ int mpe_process_join_all(double timeout) {
   while (children) {
     mpe_process *p = children;
     if (!p->exited) { /* a reaped one may wait in the list to be taken out */
-      if (p->pid > 0) kill(p->pid, SIGKILL);
+      if (pid_of(p) > 0) kill(pid_of(p), SIGKILL);
       killed++;
     }
     while (wait_unlink(p, -1) == MPE_EINTR) {
@@ -475,4 +561,4 @@ int mpe_process_join_all(double timeout) {
   return killed;
 }
 
-static void register_atfork(void) { pthread_atfork(NULL, NULL, forget_pid); }
+static void register_atfork(void) { pthread_atfork(settle_all, NULL, forget_pid); }
