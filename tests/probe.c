@@ -91,9 +91,14 @@ typedef struct shared {
 
 static shared *sh;
 
+/* Spins before a spinner yields: none when this process may use one CPU
+ * only (taskset -c 0): the other side cannot run while we spin, and 100,000
+ * spins a round made the probe take hours there. */
+static unsigned spin_limit = 100000;
+
 static void wait_while(_Atomic uint32_t *w, uint32_t v) {
   for (unsigned i = 0; atomic_load_explicit(w, memory_order_acquire) == v; i++) {
-    if (i < 100000) relax();
+    if (i < spin_limit) relax();
     else sched_yield(); /* the other side is not running: let it */
   }
 }
@@ -222,6 +227,7 @@ int main(int argc, char **argv) {
   if (sh == MAP_FAILED || pipe(pfd[0]) != 0 || pipe(pfd[1]) != 0) return 1;
   if (sched_getaffinity(0, sizeof allowed, &allowed) != 0) CPU_ZERO(&allowed);
   int cpus = CPU_COUNT(&allowed) > 0 ? CPU_COUNT(&allowed) : 1;
+  if (cpus < 2) spin_limit = 0;
   double cl = round_trip((rt_kind){cl_child, cl_round}, rounds_for(secs, 300));
   double fx = round_trip((rt_kind){fx_child, fx_round}, rounds_for(secs, 20000));
   double pp = round_trip((rt_kind){pp_child, pp_round}, rounds_for(secs, 20000));
