@@ -23,6 +23,7 @@ local meta = B.meta
 local priv = setmetatable({}, {__mode = "k"}) -- pool -> its state
 
 local AsyncResult = {}
+local NO_ARGS = {} -- the args of an apply given none (only ever read)
 AsyncResult.__index = AsyncResult
 AsyncResult.__name = "AsyncResult"
 
@@ -363,10 +364,12 @@ local function settle(st, touched)
   end
 end
 
--- Runs the pool until done() is true or the deadline passes. Returns done().
-local function pump(self, st, done, deadline)
+-- Runs the pool until done(arg) is true or the deadline passes. Returns
+-- done(arg). (A function and its argument, not a closure: an apply makes
+-- no garbage it need not.)
+local function pump(self, st, done, arg, deadline)
   while true do
-    if done() then return true end
+    if done(arg) then return true end
     local broken = B.error(self)
     if broken then error(broken, 0) end
     local wait
@@ -375,12 +378,12 @@ local function pump(self, st, done, deadline)
       if wait <= 0 then
         local touched = B.collect(self, 0) -- what is ready counts still
         if touched then settle(st, touched) end
-        return done()
+        return done(arg)
       end
     end
     local touched, why = B.collect(self, wait)
     if touched then settle(st, touched)
-    elseif why == "empty" then return done() end
+    elseif why == "empty" then return done(arg) end
   end
 end
 
@@ -405,16 +408,18 @@ local function check_timeout(timeout, what)
   end
 end
 
+local function job_ready(job) return job.ready end
+
 function AsyncResult:ready()
   local st = check_owner(self.pool)
-  if not self.job.ready then pump(self.pool, st, function() return self.job.ready end, mp.time()) end
+  if not self.job.ready then pump(self.pool, st, job_ready, self.job, mp.time()) end
   return self.job.ready
 end
 
 function AsyncResult:wait(timeout)
   local st = check_owner(self.pool)
   check_timeout(timeout, "AsyncResult:wait")
-  if pump(self.pool, st, function() return self.job.ready end, timeout and mp.time() + timeout) then
+  if pump(self.pool, st, job_ready, self.job, timeout and mp.time() + timeout) then
     return true
   end
   return false, "timeout"
@@ -425,20 +430,19 @@ function AsyncResult:successful()
   return self.job.first_error == nil
 end
 
--- get, once the caller is known to be the pool's process.
-local function result_get(self, st, timeout)
+-- The result of job of pool, once the caller is known to be the pool's process.
+local function job_get(pool, st, job, timeout)
   check_timeout(timeout, "AsyncResult:get")
-  if not pump(self.pool, st, function() return self.job.ready end, timeout and mp.time() + timeout) then
+  if not pump(pool, st, job_ready, job, timeout and mp.time() + timeout) then
     raise(("AsyncResult: timeout after %g s waiting for the result"):format(timeout))
   end
-  local job = self.job
   if job.first_error then raise_task_error(job.first_error) end
   if job.kind == "apply" then return job.values[1] end
   return job.values
 end
 
 function AsyncResult:get(timeout)
-  return result_get(self, check_owner(self.pool), timeout)
+  return job_get(self.pool, check_owner(self.pool), self.job, timeout)
 end
 
 -------------------------------------------------------------------- submitting
@@ -494,21 +498,21 @@ local function apply_async(self, fn, args, opts, what)
   local job = new_job(st, "apply", fid_of(self, st, fn), true, o)
   job.progress = nil
   job.n = 1
-  job.items = {args or {}} -- kept until done: the objects it names stay alive
+  job.items = {args or NO_ARGS} -- kept until done: the objects it names stay alive
   B.submit(self, job, job.fid, true, job.items, 1, 1, 1, "args")
   job.exhausted = true
   check_complete(st, job)
-  return new_async(self, job), st
+  return job, st
 end
 
 function Pool:apply_async(fn, args, opts)
-  return (apply_async(self, fn, args, opts, "apply_async"))
+  return new_async(self, (apply_async(self, fn, args, opts, "apply_async")))
 end
 
 function Pool:apply(fn, args, extra)
   if extra ~= nil then raise("Pool:apply: takes no options (apply_async takes callbacks)") end
-  local r, st = apply_async(self, fn, args, nil, "apply")
-  return result_get(r, st)
+  local job, st = apply_async(self, fn, args, nil, "apply")
+  return job_get(self, st, job)
 end
 
 -- A list, or an iterator function read to its end now (as Python's map
@@ -559,7 +563,7 @@ for _, kind in ipairs{"map", "starmap"} do
   Pool[kind] = function(self, fn, list, chunksize, opts)
     local st = check_pool(self, kind)
     local _, o = parse_rest(chunksize, opts, kind)
-    return result_get(new_async(self, map_job(self, st, kind, fn, list, star, o, true)), st)
+    return job_get(self, st, map_job(self, st, kind, fn, list, star, o, true))
   end
 end
 
@@ -644,7 +648,7 @@ local function stream(self, kind, fn, src, chunksize, opts, ordered)
         if src_failed then error(src_error, 0) end
         return nil
       end
-      if not pump(self, st, function() return has_output() or (job.exhausted and job.done >= job.n) end, deadline)
+      if not pump(self, st, function() return has_output() or (job.exhausted and job.done >= job.n) end, nil, deadline)
       then
         raise("Pool: timeout")
       end
