@@ -342,11 +342,33 @@ static void drop_above(lua_State *L, int t, int shift, int id) {
   }
 }
 
-/* Undoes what an abandoned array encoding wrote, the ids it gave and the
- * upvalues of the functions it gave them to. */
-static void rewind_to(enc *e, size_t len, int nextid) {
+/* Where an array encoding began: what it must undo if it is abandoned. */
+typedef struct mark {
+  size_t len, nends;
+  int nextid, nobjs;
+} mark;
+
+static mark mark_of(const enc *e) { return (mark){e->w->len, e->w->nends, e->nextid, e->nobjs}; }
+
+/* Undoes what an abandoned array encoding wrote: the bytes, the pipe ends
+ * and engine objects it listed (listed again when the table is encoded as
+ * a map: a second reference in flight for one object would outlive every
+ * handle), the ids it gave and the upvalues of the functions it gave them
+ * to. */
+static void rewind_to(enc *e, mark m) {
   lua_State *L = e->L;
-  e->w->len = len;
+  e->w->len = m.len;
+  e->w->nends = m.nends;
+  if (e->nobjs != m.nobjs) {
+    for (int i = m.nobjs + 1; i <= e->nobjs; i++) {
+      lua_pushnil(L);
+      lua_rawseti(L, e->objs, i);
+    }
+    e->nobjs = m.nobjs;
+    lua_pushinteger(L, e->nobjs);
+    lua_rawseti(L, e->objs, 0);
+  }
+  int nextid = m.nextid;
   if (e->nextid == nextid) return;
   e->nextid = nextid;
   if (lua_isnil(L, e->seen)) return; /* only the first has an id, and it stays */
@@ -360,8 +382,7 @@ static void rewind_to(enc *e, size_t len, int nextid) {
  * value failed. */
 static int enc_array(enc *e, int idx, lua_Unsigned n) {
   lua_State *L = e->L;
-  size_t start = e->w->len;
-  int nextid = e->nextid;
+  mark m = mark_of(e);
   put_count(e, 0, n);
   lua_Unsigned i = 0;
   lua_pushnil(L);
@@ -370,7 +391,7 @@ static int enc_array(enc *e, int idx, lua_Unsigned n) {
     lua_Integer k = lua_tointegerx(L, -2, &isint);
     if (!isint || lua_type(L, -2) != LUA_TNUMBER || (lua_Unsigned)k != i + 1 || i == n) {
       lua_pop(L, 2);
-      rewind_to(e, start, nextid);
+      rewind_to(e, m);
       return 0; /* not 1..n in order: a map after all */
     }
     i++;
@@ -383,7 +404,7 @@ static int enc_array(enc *e, int idx, lua_Unsigned n) {
     lua_pop(L, 1);
   }
   if (i != n) {
-    rewind_to(e, start, nextid);
+    rewind_to(e, m);
     return 0;
   }
   return 1;

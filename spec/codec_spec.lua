@@ -216,4 +216,31 @@ describe("codec", function()
       assert.matches("malformed message", err)
     end
   end)
+
+  it("an object in a table that starts as a list and turns out a map travels with one reference", function()
+    -- {v, [3] = v}: the list encoding meets key 3 and starts over as a map;
+    -- what it listed before must not be counted twice (the Value would then
+    -- outlive every handle, until the end of the run).
+    local function held(shape)
+      collectgarbage()
+      collectgarbage()
+      local used0 = mp.arena_stats()
+      do
+        local a, b = mp.Pipe()
+        local v = mp.Value("i", 7)
+        a:send(shape(v))
+        local got = b:recv(10)
+        assert.are.equal(7, got[1].value)
+        a:close()
+        b:close()
+      end
+      collectgarbage()
+      collectgarbage()
+      return (mp.arena_stats()) - used0
+    end
+    held(function(v) return {v, v} end) -- the arena's own first allocations
+    assert.are.equal(0, held(function(v) return {v, v} end))
+    assert.are.equal(0, held(function(v) return {v, [3] = v} end))
+    assert.are.equal(0, held(function(v) return {v, [3] = "x"} end))
+  end)
 end)
