@@ -316,7 +316,7 @@ MPE_CHILD_PATH void mpel_child_begin(lua_State *L, pid_t parent, const char *nam
  * target and its arguments on it before fork, and the child only resumes
  * it: a child that touched the parent's stack, or allocated, would copy
  * more of the parent's pages. The child gets its copy; this process keeps
- * its own for the next start (which clears it). */
+ * its own for the next start (join, or that start, clears it). */
 static int return_nothing(lua_State *L) {
   (void)L;
   return 0;
