@@ -132,11 +132,26 @@ static int proc_exitcode(lproc *p, int *code) {
   return mpe_process_exitcode(p->h, code) == 1;
 }
 
+/* Drops what the spare thread holds for the last start: the child has its
+ * own copy. Done by join(), when an ended child leaves the children table
+ * (a Process dropped unjoined is then collectable, and so must its args
+ * be: a pipe end among them closes) and by the next start, not right after
+ * fork, where it would write the page the thread sits on while the child
+ * runs (a copy, and a slow one while the child faults too). Until then the
+ * thread keeps the last target and its arguments alive, as the Process
+ * itself does. In a child running its target on it, it is left alone. */
+static void clear_spare(lua_State *L) {
+  if (spare_busy) return;
+  if (lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.spare") == LUA_TTHREAD) lua_settop(lua_tothread(L, -1), 0);
+  lua_pop(L, 1);
+}
+
 /* Drops the ended children from the children table at ch; appends the
  * running ones to the list at list, if list is not 0. Returns the first
  * free slot. */
 static lua_Integer prune_children(lua_State *L, int ch, int list) {
   lua_Integer n = 0, free_slot = 0;
+  int dropped = 0;
   for (lua_Integer i = 1; i <= nslots; i++) {
     lproc *p = lua_rawgeti(L, ch, i) == LUA_TUSERDATA ? lua_touserdata(L, -1) : NULL;
     int code;
@@ -150,11 +165,13 @@ static lua_Integer prune_children(lua_State *L, int ch, int list) {
         p->slot = 0;
         lua_pushnil(L);
         lua_rawseti(L, ch, i);
+        dropped = 1;
       }
       if (!free_slot) free_slot = i;
     }
     lua_pop(L, 1);
   }
+  if (dropped) clear_spare(L);
   return free_slot ? free_slot : nslots + 1;
 }
 
@@ -399,18 +416,6 @@ static lua_State *push_spare(lua_State *L) {
   lua_setfield(L, LUA_REGISTRYINDEX, "mpengine.spare");
   spare_busy = 0; /* the one in use stays on its child's stack */
   return co;
-}
-
-/* Drops what the spare thread holds for the last start: the child has its
- * own copy. Done by join() and by the next start, not right after fork,
- * where it would write the page the thread sits on while the child runs
- * (a copy, and a slow one while the child faults too). Until then the
- * thread keeps the last target and its arguments alive, as the Process
- * itself does. In a child running its target on it, it is left alone. */
-static void clear_spare(lua_State *L) {
-  if (spare_busy) return;
-  if (lua_getfield(L, LUA_REGISTRYINDEX, "mpengine.spare") == LUA_TTHREAD) lua_settop(lua_tothread(L, -1), 0);
-  lua_pop(L, 1);
 }
 
 typedef struct child_ctx {

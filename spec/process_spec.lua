@@ -471,6 +471,30 @@ describe("Process", function()
     assert.is_nil(weak[2])
   end)
 
+  it("a child that ended unjoined keeps nothing alive once dropped: its pipe end's reader sees EOF", function()
+    local weak = setmetatable({}, {__mode = "v"})
+    local r, w = mp.Pipe(false)
+    weak[1] = w
+    local pid
+    do
+      local p = mp.Process{target = function(c) c:send("hi") end, args = {w}}
+      p:start()
+      pid = p.pid
+    end
+    w = nil -- luacheck: ignore
+    assert.are.equal("hi", r:recv(30))
+    H.wait_until(function() -- ended, and seen so: out of the children
+      for _, c in ipairs(mp.active_children()) do
+        if c.pid == pid then return false end
+      end
+      return true
+    end, 30)
+    collectgarbage()
+    collectgarbage()
+    assert.is_nil(weak[1])
+    assert.are.same({nil, "closed"}, {r:recv(10)})
+  end)
+
   it("a child gives back what it made when it ends, before its parent reaps it", function()
     -- Measured against a child that makes nothing: the arena then holds only
     -- the child's ledger until the join.

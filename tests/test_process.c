@@ -403,6 +403,27 @@ TEST(test_child_sees_siblings_pids) {
   mpe_process_free(s.p);
 }
 
+/* A fork that runs no atfork handler (glibc's _Fork): its child reads a
+ * handle's pid from the handle, as it was at the last fork, and never from
+ * the parent's page of records (which it does not have). */
+TEST(test_fork_without_handlers_reads_handles) {
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
+  mpe_process *p, *q;
+  CHECK_RC(mpe_process_spawn(&p, sleep_forever, NULL, NULL), 0);
+  CHECK_RC(mpe_process_spawn(&q, sleep_forever, NULL, NULL), 0); /* its fork settles p */
+  pid_t want = mpe_process_pid(p);
+  CHECK(want > 0);
+  pid_t pid = _Fork();
+  CHECK(pid >= 0);
+  if (pid == 0) _exit(mpe_process_pid(p) == want ? 0 : 1);
+  int status;
+  CHECK(waitpid(pid, &status, 0) == pid);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  mpe_process_free(q);
+  mpe_process_free(p);
+#endif
+}
+
 /* More children running at once than the page of pids holds (511): the
  * rest keep theirs in their handles; each is signalled, reaped and
  * reported as its own. Then the page serves new children again. */
@@ -455,6 +476,7 @@ int main(void) {
   RUN(test_spawn_reaps_ended_children);
   RUN(test_errors_have_names);
   RUN(test_child_sees_siblings_pids);
+  RUN(test_fork_without_handlers_reads_handles);
   RUN(test_many_children_at_once);
   CHECK(mpe_process_reap() == 0);
   return 0;

@@ -27,7 +27,7 @@
  * time), and every code page the child runs is mapped afresh. So the parent
  * writes what it can before fork (the handle, the list, the child's ledger)
  * and after it only the pid and pidfd, into a page no child inherits
- * (MADV_DONTFORK: fork leaves it writable; see struct fresh); the child marks none
+ * (MADV_WIPEONFORK: fork leaves it writable; see struct fresh); the child marks none
  * of the handles it inherited (they are foreign by owner), and it asks the
  * kernel directly (syscall) rather than through a libc function per call,
  * each on its own code page. The parent does not yield after fork: a child
@@ -60,13 +60,16 @@ static void register_atfork(void);
  * any later fork (the atfork prepare handler), so that a child sees its
  * siblings' pids, and when the child is reaped, when the record is given
  * back. With no record (the page is full, or could not be made) a handle
- * keeps them in its own fields, as before. */
+ * keeps them in its own fields, as before. A child gets the page zeroed
+ * (MADV_WIPEONFORK), not unmapped: the child of a fork that runs no atfork
+ * handler (glibc's _Fork) still takes itself for the owner, and finds no
+ * mark there, so it reads the handles, not the records. */
 typedef struct fresh {
   pid_t pid; /* in a free record: the index of the next free one */
-  int pidfd;
+  int pidfd; /* in the first: FRESH_MARK */
 } fresh;
 
-enum { NFRESH = 4096 / sizeof(fresh) };
+enum { NFRESH = 4096 / sizeof(fresh), FRESH_MARK = 0x6672 };
 
 struct mpe_process {
   pid_t pid;      /* see fresh: valid in a child, and in the owner once f is NULL */
@@ -86,7 +89,7 @@ static int in_child;
 static pid_t self_pid;
 static fresh *fresh_page; /* NFRESH records; [0].pid: the first free one (0: none) */
 
-/* In the child of any fork: the records' page is the parent's, and absent. */
+/* In the child of any fork: the records' page is the parent's, and zeroed. */
 MPE_CHILD_PATH static void forget_pid(void) {
   self_pid = 0;
   fresh_page = NULL;
@@ -124,8 +127,16 @@ unsigned long long mpe__start_time(pid_t pid) {
 
 int mpe_in_child(void) { return in_child; }
 pid_t mpe_self_pid(void) { return mpe__self_pid(); }
+/* The page of records, if this process has it (see struct fresh). */
+static int have_page(void) { return fresh_page && fresh_page[0].pidfd == FRESH_MARK; }
+
 /* The process that made a handle reads its record; any other, the copy. */
-static fresh *rec_of(const mpe_process *p) { return p->f && p->owner == mpe__self_pid() ? p->f : NULL; }
+static fresh *rec_of(const mpe_process *p) {
+  return p->f && p->owner == mpe__self_pid() && have_page() &&
+                 (uintptr_t)p->f - (uintptr_t)fresh_page < sizeof(fresh[NFRESH])
+             ? p->f
+             : NULL;
+}
 static pid_t pid_of(const mpe_process *p) {
   const fresh *f = rec_of(p);
   return f ? f->pid : p->pid;
@@ -139,15 +150,16 @@ pid_t mpe_process_pid(const mpe_process *p) { return pid_of(p); }
 
 /* A record for a new child (pid 0, pidfd -1), or NULL. */
 static fresh *take_fresh(void) {
-  if (!fresh_page) {
+  if (!have_page()) {
     void *pg = mmap(NULL, NFRESH * sizeof(fresh), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (pg == MAP_FAILED) return NULL;
-    if (madvise(pg, NFRESH * sizeof(fresh), MADV_DONTFORK) != 0) {
+    if (madvise(pg, NFRESH * sizeof(fresh), MADV_WIPEONFORK) != 0) {
       munmap(pg, NFRESH * sizeof(fresh));
       return NULL;
     }
     fresh_page = pg;
     for (int i = 0; i < (int)NFRESH; i++) fresh_page[i].pid = i + 1 < (int)NFRESH ? i + 1 : 0;
+    fresh_page[0].pidfd = FRESH_MARK;
   }
   int i = fresh_page[0].pid;
   if (i == 0) return NULL;
