@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -424,6 +425,37 @@ TEST(test_fork_without_handlers_reads_handles) {
 #endif
 }
 
+/* A fork in a thread that does not use the engine leaves the engine's list
+ * alone (the thread that does may be changing it): that fork's child sees
+ * a sibling started since the last fork of the engine's thread as not
+ * started (pid 0), not a half-written record. */
+static void *fork_in_thread(void *arg) {
+  const mpe_process *p = arg;
+  pid_t pid = fork();
+  if (pid == 0) _exit(mpe_process_pid(p) == 0 ? 0 : 1);
+  int status = 0;
+  if (pid < 0 || waitpid(pid, &status, 0) != pid) return (void *)(intptr_t)-1;
+  return (void *)(intptr_t)(WIFEXITED(status) ? WEXITSTATUS(status) : 100);
+}
+
+TEST(test_fork_in_another_thread_leaves_the_list) {
+  mpe_process *p;
+  CHECK_RC(mpe_process_spawn(&p, sleep_forever, NULL, NULL), 0);
+  CHECK(mpe_process_pid(p) > 0);
+  pthread_t t;
+  void *rc = NULL;
+  CHECK(pthread_create(&t, NULL, fork_in_thread, p) == 0);
+  CHECK(pthread_join(t, &rc) == 0);
+  CHECK(rc == (void *)0);
+  pid_t pid = fork(); /* in this thread: settled first */
+  CHECK(pid >= 0);
+  if (pid == 0) _exit(mpe_process_pid(p) > 0 ? 0 : 1);
+  int status;
+  CHECK(waitpid(pid, &status, 0) == pid);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  mpe_process_free(p);
+}
+
 /* More children running at once than the page of pids holds (511): the
  * rest keep theirs in their handles; each is signalled, reaped and
  * reported as its own. Then the page serves new children again. */
@@ -477,6 +509,7 @@ int main(void) {
   RUN(test_errors_have_names);
   RUN(test_child_sees_siblings_pids);
   RUN(test_fork_without_handlers_reads_handles);
+  RUN(test_fork_in_another_thread_leaves_the_list);
   RUN(test_many_children_at_once);
   CHECK(mpe_process_reap() == 0);
   return 0;

@@ -88,6 +88,8 @@ static mpe_process *children;
 static int in_child;
 static pid_t self_pid;
 static fresh *fresh_page; /* NFRESH records; [0].pid: the first free one (0: none) */
+static pthread_t spawner;  /* the thread that last spawned: the one that uses the engine */
+static int have_spawner;
 
 /* In the child of any fork: the records' page is the parent's, and zeroed. */
 MPE_CHILD_PATH static void forget_pid(void) {
@@ -184,6 +186,10 @@ static void settle(mpe_process *p, int release) {
 
 /* Before any fork (pthread_atfork): a child sees its siblings' pids. */
 static void settle_all(void) {
+  /* Only in the thread that uses the engine: a fork in another thread
+   * (which the engine does not own) must not walk the list while that
+   * thread changes it. Its children see pid 0 for siblings started since. */
+  if (!have_spawner || !pthread_equal(pthread_self(), spawner)) return;
   for (mpe_process *p = children; p; p = p->next) settle(p, 0);
 }
 
@@ -405,6 +411,8 @@ MPE_CHILD_PATH int mpe_process_spawn(mpe_process **out, mpe_entry_fn fn, void *a
   mpe_process *p = calloc(1, sizeof *p);
   if (!p) return -ENOMEM;
   pid_t parent = mpe__self_pid();
+  spawner = pthread_self();
+  have_spawner = 1;
   p->pidfd = -1;
   p->f = take_fresh();
   p->owner = parent;
