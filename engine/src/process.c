@@ -88,7 +88,7 @@ static mpe_process *children;
 static int in_child;
 static pid_t self_pid;
 static fresh *fresh_page; /* NFRESH records; [0].pid: the first free one (0: none) */
-static pthread_t spawner;  /* the thread that first asked for our pid: the one that uses the engine */
+static pthread_t spawner;  /* the thread that last spawned: the one that uses the engine */
 static int have_spawner;
 
 /* In the child of any fork: the records' page is the parent's, and zeroed. */
@@ -411,6 +411,8 @@ MPE_CHILD_PATH int mpe_process_spawn(mpe_process **out, mpe_entry_fn fn, void *a
   mpe_process *p = calloc(1, sizeof *p);
   if (!p) return -ENOMEM;
   pid_t parent = mpe__self_pid();
+  spawner = pthread_self();
+  have_spawner = 1;
   p->pidfd = -1;
   p->f = take_fresh();
   p->owner = parent;
@@ -579,8 +581,4 @@ int mpe_process_join_all(double timeout) {
   return killed;
 }
 
-static void register_atfork(void) {
-  spawner = pthread_self();
-  have_spawner = 1;
-  pthread_atfork(settle_all, NULL, forget_pid);
-}
+static void register_atfork(void) { pthread_atfork(settle_all, NULL, forget_pid); }
