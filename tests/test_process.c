@@ -456,6 +456,31 @@ TEST(test_fork_in_another_thread_leaves_the_list) {
   mpe_process_free(p);
 }
 
+/* In the child of a fork the program makes itself, the engine's children
+ * are the parent's: joining "all" there neither signals them nor waits on
+ * them (it used to SIGTERM the daemons, then loop for ever on ECHILD). */
+TEST(test_join_all_in_a_hosts_fork_child) {
+  mpe_process *p, *d;
+  mpe_spawn_options daemon = {.daemon = 1};
+  CHECK_RC(mpe_process_spawn(&p, sleep_forever, NULL, NULL), 0);
+  CHECK_RC(mpe_process_spawn(&d, sleep_forever, NULL, &daemon), 0);
+  pid_t pid = fork();
+  CHECK(pid >= 0);
+  if (pid == 0) {
+    alarm(20); /* a hang is the failure: SIGALRM ends it */
+    int killed = mpe_process_join_all(-1);
+    _exit(killed == 0 && mpe_process_reap() == 0 ? 0 : 1);
+  }
+  int status;
+  CHECK(waitpid(pid, &status, 0) == pid);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  int code = 0;
+  CHECK_RC(mpe_process_exitcode(p, &code), 0); /* both still running, untouched */
+  CHECK_RC(mpe_process_exitcode(d, &code), 0);
+  mpe_process_free(d);
+  mpe_process_free(p);
+}
+
 /* More children running at once than the page of pids holds (511): the
  * rest keep theirs in their handles; each is signalled, reaped and
  * reported as its own. Then the page serves new children again. */
@@ -510,6 +535,7 @@ int main(void) {
   RUN(test_child_sees_siblings_pids);
   RUN(test_fork_without_handlers_reads_handles);
   RUN(test_fork_in_another_thread_leaves_the_list);
+  RUN(test_join_all_in_a_hosts_fork_child);
   RUN(test_many_children_at_once);
   CHECK(mpe_process_reap() == 0);
   return 0;
