@@ -85,6 +85,7 @@ struct mpe_process {
 };
 
 static mpe_process *children;
+static mpe_process *inherited; /* in a child: the list it had from its parent */
 static int in_child;
 static pid_t self_pid;
 static fresh *fresh_page; /* NFRESH records; [0].pid: the first free one (0: none) */
@@ -92,9 +93,14 @@ static pthread_t spawner;  /* the thread that last spawned: the one that uses th
 static int have_spawner;
 
 /* In the child of any fork: the records' page is the parent's, and zeroed. */
+/* In the child of any fork (the engine's or the program's own): the
+ * parent's children are siblings here, not to be signalled, joined or
+ * reaped. */
 MPE_CHILD_PATH static void forget_pid(void) {
   self_pid = 0;
   fresh_page = NULL;
+  inherited = children;
+  children = NULL;
 }
 
 pid_t mpe__self_pid(void) {
@@ -272,7 +278,7 @@ MPE_CHILD_PATH void mpe__processes_after_fork(const mpe_spawn_options *opts) {
    * Their pidfds are closed with every other descriptor, or here when the
    * child keeps the others. Their ledgers are our parent's to settle. */
   if (opts && opts->inherit_fds)
-    for (const mpe_process *p = children; p; p = p->next)
+    for (const mpe_process *p = inherited; p; p = p->next)
       if (p->pidfd >= 0) close(p->pidfd);
   children = NULL;
 }
